@@ -1,0 +1,498 @@
+"""The session actor: one task per session, owning one SUMO subprocess and its TraCI connection.
+
+It materializes its template, leases a port from the supervisor, starts `sumo`, connects TraCI,
+advances the simulation in jumps of `sample_every` steps (one TraCI round trip per jump), hands a
+sample row to the writer after each, and records how it ended. TraCI calls run on the session's
+own single thread, never on the event loop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import re
+import shutil
+import signal
+from collections import deque
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Protocol, TypeVar
+
+import asyncpg
+import psutil
+import structlog
+import traci.constants as tc
+from traci.connection import Connection
+from traci.exceptions import FatalTraCIError, TraCIException
+
+from actors.writer import WriterActor
+from supervisor import db, templates
+from supervisor.session_request import SessionRequest
+
+T = TypeVar("T")
+
+# How often a starting SUMO's port is tried: SUMO needs ~0.1 s to listen; traci.start's 1 s
+# sleeps between tries would dominate start latency.
+CONNECT_POLL_S = 0.005
+MAX_PORT_ATTEMPTS = 5
+STDERR_TAIL_LINES = 20
+# SUMO counts a vehicle as halting below this speed (m/s).
+HALTING_SPEED = 0.1
+# A context subscription this wide around any junction sees every vehicle in the network: one
+# round trip for all vehicles' speeds instead of one call per vehicle.
+EVERYWHERE_M = 1e9
+_ADDRESS_IN_USE = re.compile(r"address already in use", re.IGNORECASE)
+
+
+@dataclass(frozen=True)
+class SessionSpec:
+    id: str
+    template_name: str
+    template_version: int
+    config_path: str
+    request: SessionRequest
+
+
+@dataclass(frozen=True)
+class StopSession:
+    """End the session; it ends with `status` ('stopped' or 'timed_out')."""
+
+    status: str
+    reason: str
+
+
+@dataclass(frozen=True)
+class Outcome:
+    status: str
+    reason: str
+    cause: str | None = None
+    error: str | None = None
+    exit_code: int | None = None
+    sim_time: float | None = None
+
+
+class PortBroker(Protocol):
+    """What a session needs from the supervisor."""
+
+    async def lease_port(self, session_id: str) -> int: ...
+    async def port_refused(self, session_id: str, port: int) -> None: ...
+    async def sumo_started(self, session_id: str, pid: int) -> None: ...
+
+
+class PortsExhausted(Exception):
+    pass
+
+
+@dataclass
+class _Jump:
+    sim_time: float
+    inserted: int
+    running: int
+    min_expected: int
+    speeds: list[float]
+    waiting: float
+
+
+class _Drive:
+    """Result of driving one SUMO process, before its exit status is known."""
+
+    def __init__(self, kind: str, detail: str = "") -> None:
+        self.kind = kind  # completed | stop | exited_early | traci_lost | connect_timeout
+        self.detail = detail
+
+
+class SessionActor:
+    def __init__(
+        self,
+        spec: SessionSpec,
+        *,
+        pool: asyncpg.Pool,
+        writer: WriterActor,
+        broker: PortBroker,
+        workdir: Path,
+        sumo_binary: str,
+        stop_grace_s: float,
+        connect_timeout_s: float,
+    ) -> None:
+        self.spec = spec
+        self._pool = pool
+        self._writer = writer
+        self._broker = broker
+        self._workdir = workdir
+        self._sumo_binary = sumo_binary
+        self._stop_grace_s = stop_grace_s
+        self._connect_timeout_s = connect_timeout_s
+        self._inbox: asyncio.Queue[StopSession] = asyncio.Queue(maxsize=4)
+        self._stop: StopSession | None = None
+        self._stderr_tail: deque[str] = deque(maxlen=STDERR_TAIL_LINES)
+        self._sim_time: float | None = None
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"traci-{spec.id}")
+        self._log = structlog.get_logger("session").bind(session_id=spec.id)
+
+    # ---- messages ------------------------------------------------------------------------------
+
+    def send(self, msg: StopSession) -> None:
+        """Deliver a message; a full inbox means a stop is already pending, so drop it."""
+        with contextlib.suppress(asyncio.QueueFull):
+            self._inbox.put_nowait(msg)
+
+    def _stop_requested(self) -> StopSession | None:
+        while self._stop is None and not self._inbox.empty():
+            self._stop = self._inbox.get_nowait()
+        return self._stop
+
+    # ---- lifecycle -----------------------------------------------------------------------------
+
+    async def run(self) -> Outcome:
+        outcome = Outcome("failed", "internal error", cause="internal")
+        try:
+            await db.set_session_status(
+                self._pool, self.spec.id, "starting", "admitted", started_at="now"
+            )
+            outcome = await self._run()
+        except asyncio.CancelledError:
+            stop = self._stop_requested()
+            outcome = Outcome(
+                stop.status if stop else "stopped",
+                (stop.reason if stop else "cancelled") + "; killed after grace period",
+                cause="timeout" if stop and stop.status == "timed_out" else None,
+                sim_time=self._sim_time,
+            )
+            raise
+        except Exception as exc:
+            self._log.exception("session_crashed")
+            outcome = Outcome("failed", "internal error", cause="internal", error=repr(exc))
+        finally:
+            self._executor.shutdown(wait=False, cancel_futures=True)
+            await asyncio.shield(self._finish(outcome))
+        return outcome
+
+    async def _finish(self, outcome: Outcome) -> None:
+        try:
+            # Every sample is committed before the final status is visible: readers who see
+            # 'completed' see all of its rows.
+            await asyncio.wait_for(self._writer.flush(), timeout=60)
+        except TimeoutError:
+            self._log.error("flush_timeout")
+        await asyncio.to_thread(shutil.rmtree, self._workdir, ignore_errors=True)
+        await db.set_session_status(
+            self._pool,
+            self.spec.id,
+            outcome.status,
+            outcome.reason,
+            ended_at="now",
+            exit_code=outcome.exit_code,
+            cause=outcome.cause,
+            error=outcome.error,
+            sim_time=outcome.sim_time if outcome.sim_time is not None else self._sim_time,
+        )
+        self._log.info(
+            "session_ended",
+            status=outcome.status,
+            reason=outcome.reason,
+            cause=outcome.cause,
+            exit_code=outcome.exit_code,
+            sim_time=outcome.sim_time,
+        )
+
+    async def _run(self) -> Outcome:
+        try:
+            files = await db.fetch_template_files(
+                self._pool, self.spec.template_name, self.spec.template_version
+            )
+            await asyncio.to_thread(self._prepare_workdir, files)
+        except OSError as exc:
+            return Outcome(
+                "failed",
+                "could not write the session directory",
+                cause="io_error",
+                error=f"{exc.strerror or exc}: {exc.filename or self._workdir}",
+            )
+        outcome: Outcome | None = None
+        for _attempt in range(MAX_PORT_ATTEMPTS):
+            if (stop := self._stop_requested()) is not None:
+                return Outcome(stop.status, stop.reason)
+            try:
+                port = await self._broker.lease_port(self.spec.id)
+            except PortsExhausted:
+                return Outcome("failed", "no free TraCI port", cause="port_in_use")
+            outcome = await self._run_on_port(port)
+            if outcome.cause != "port_in_use":
+                return outcome
+            self._log.warning("port_refused", port=port)
+            await self._broker.port_refused(self.spec.id, port)
+        assert outcome is not None
+        return outcome
+
+    def _prepare_workdir(self, files: list[db.TemplateFile]) -> None:
+        self._workdir.mkdir(parents=True, exist_ok=False)
+        templates.materialize(files, self._workdir)
+
+    # ---- one SUMO process ----------------------------------------------------------------------
+
+    def _command(self, port: int) -> list[str]:
+        return [
+            self._sumo_binary,
+            "-c",
+            self.spec.config_path,
+            "--remote-port",
+            str(port),
+            "--no-step-log",
+            "true",
+            *self.spec.request.sumo_args(),
+        ]
+
+    async def _run_on_port(self, port: int) -> Outcome:
+        self._stderr_tail.clear()
+        proc = await asyncio.create_subprocess_exec(
+            *self._command(port),
+            cwd=self._workdir,
+            stdin=asyncio.subprocess.DEVNULL,
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.PIPE,
+            # Its own process group, so the whole group can be killed whatever SUMO spawned.
+            start_new_session=True,
+        )
+        log = self._log.bind(port=port, pid=proc.pid)
+        log.info("sumo_started", command=self._command(port))
+        try:
+            started_at = psutil.Process(proc.pid).create_time()
+        except psutil.Error:
+            started_at = None
+        await self._broker.sumo_started(self.spec.id, proc.pid)
+        await db.set_session_process(self._pool, self.spec.id, port, proc.pid, started_at)
+        assert proc.stdout is not None and proc.stderr is not None
+        async with asyncio.TaskGroup() as tg:
+            tg.create_task(self._relog(proc.stdout, "stdout", log))
+            tg.create_task(self._relog(proc.stderr, "stderr", log))
+            try:
+                drive = await self._drive(proc, port, log)
+            finally:
+                await self._reap(proc, log)
+        return self._classify(drive, proc.returncode)
+
+    async def _relog(self, stream: asyncio.StreamReader, name: str, log: Any) -> None:
+        async for raw in stream:
+            line = raw.decode(errors="replace").rstrip()
+            if not line:
+                continue
+            if name == "stderr":
+                self._stderr_tail.append(line)
+            log.info("sumo_output", stream=name, line=line)
+
+    async def _reap(self, proc: asyncio.subprocess.Process, log: Any) -> None:
+        """Let SUMO exit by itself for a moment, then kill its whole process group."""
+        try:
+            await asyncio.wait_for(proc.wait(), timeout=self._stop_grace_s)
+        except TimeoutError:
+            log.warning("sumo_kill", reason="did not exit after TraCI closed")
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            # Also catches anything SUMO left behind in its group.
+            os.killpg(proc.pid, signal.SIGKILL)
+        await asyncio.wait_for(proc.wait(), timeout=10)
+        log.info("sumo_exited", exit_code=proc.returncode)
+
+    def _classify(self, drive: _Drive, returncode: int | None) -> Outcome:
+        stop = self._stop
+        if drive.kind == "stop" or (stop is not None and drive.kind == "traci_lost"):
+            assert stop is not None
+            return Outcome(
+                stop.status,
+                stop.reason,
+                cause="timeout" if stop.status == "timed_out" else None,
+                exit_code=returncode,
+                sim_time=self._sim_time,
+            )
+        if drive.kind == "completed":
+            return Outcome(
+                "completed", drive.detail, exit_code=returncode, sim_time=self._sim_time
+            )
+        tail = "\n".join(self._stderr_tail)
+        errors = "\n".join(line for line in self._stderr_tail if line.startswith("Error"))
+        if drive.kind == "exited_early" and _ADDRESS_IN_USE.search(tail):
+            return Outcome("failed", "TraCI port in use", cause="port_in_use", error=tail)
+        if drive.kind == "exited_early":
+            return Outcome(
+                "failed",
+                "SUMO could not load the scenario",
+                cause="config_invalid",
+                error=errors or tail or f"sumo exited with code {returncode}",
+                exit_code=returncode,
+            )
+        if drive.kind == "connect_timeout":
+            return Outcome(
+                "failed",
+                "SUMO did not open its TraCI port in time",
+                cause="timeout",
+                error=tail or None,
+                exit_code=returncode,
+            )
+        # traci_lost: SUMO died or closed the connection mid-run.
+        died = returncode is not None and returncode != 0
+        how = _describe_exit(returncode)
+        return Outcome(
+            "failed",
+            f"SUMO {how} during the simulation" if died else "TraCI connection lost",
+            cause="sumo_exited" if died else "traci_closed",
+            error="\n".join(filter(None, [errors or tail, f"{drive.detail} ({how})"])),
+            exit_code=returncode,
+            sim_time=self._sim_time,
+        )
+
+    # ---- TraCI ---------------------------------------------------------------------------------
+
+    async def _in_thread(self, fn: Callable[..., T], *args: Any) -> T:
+        return await asyncio.get_running_loop().run_in_executor(self._executor, fn, *args)
+
+    async def _drive(self, proc: asyncio.subprocess.Process, port: int, log: Any) -> _Drive:
+        conn = await self._connect(proc, port)
+        if isinstance(conn, _Drive):
+            return conn
+        try:
+            return await self._simulate(conn, port, log)
+        except (FatalTraCIError, TraCIException, OSError) as exc:
+            return _Drive("traci_lost", str(exc) or type(exc).__name__)
+        finally:
+            await self._in_thread(_close_quietly, conn)
+
+    async def _connect(self, proc: asyncio.subprocess.Process, port: int) -> Connection | _Drive:
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self._connect_timeout_s
+        while True:
+            if proc.returncode is not None:
+                return _Drive("exited_early")
+            if self._stop_requested() is not None:
+                return _Drive("stop")
+            try:
+                return await self._in_thread(Connection, "127.0.0.1", port, None, None, False, None)
+            except ConnectionRefusedError:
+                pass
+            if loop.time() > deadline:
+                return _Drive("connect_timeout")
+            # Waiting on the process as well notices an early exit at once.
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(asyncio.shield(proc.wait()), CONNECT_POLL_S)
+
+    async def _simulate(self, conn: Connection, port: int, log: Any) -> _Drive:
+        request = self.spec.request
+        setup = await self._in_thread(_subscribe, conn)
+        end = request.end
+        if end is None and setup.end_time > 0:
+            end = setup.end_time
+        await db.set_session_status(
+            self._pool,
+            self.spec.id,
+            "running",
+            "traci connected",
+            end_time=end,
+            sim_time=None,
+        )
+        log.info("session_running", end=end, delta_t=setup.delta_t)
+        jump_s = setup.delta_t * request.sample_every
+        begin = setup.sim_time
+        k = 0
+        inserted_before = 0
+        left_before = 0
+        self._sim_time = begin
+        while True:
+            if self._stop_requested() is not None:
+                return _Drive("stop")
+            k += 1
+            # Targets are computed from the start, not accumulated, so float error cannot drift.
+            target = round(begin + k * jump_s, 6)
+            if end is not None:
+                target = min(target, end)
+            jump = await self._in_thread(_advance, conn, target, setup.anchor)
+            self._sim_time = jump.sim_time
+            left = jump.inserted - jump.running
+            speeds = jump.speeds
+            await self._writer.write(
+                (
+                    self.spec.id,
+                    jump.sim_time,
+                    jump.running,
+                    jump.inserted - inserted_before,
+                    left - left_before,
+                    sum(speeds) / len(speeds) if speeds else 0.0,
+                    sum(1 for s in speeds if s < HALTING_SPEED),
+                    jump.waiting,
+                )
+            )
+            inserted_before, left_before = jump.inserted, left
+            if end is not None and jump.sim_time >= end - 1e-9:
+                return _Drive("completed", "end time reached")
+            if jump.min_expected == 0:
+                return _Drive("completed", "no vehicles left to simulate")
+
+
+def _describe_exit(returncode: int | None) -> str:
+    if returncode is None:
+        return "still running"
+    if returncode < 0:
+        try:
+            return f"was killed by {signal.Signals(-returncode).name}"
+        except ValueError:
+            return f"was killed by signal {-returncode}"
+    return f"exited with code {returncode}"
+
+
+# ---- blocking TraCI work, run on the session's thread -------------------------------------------
+
+_SIM_VARS = [tc.VAR_TIME, tc.VAR_MIN_EXPECTED_VEHICLES, tc.VAR_PARAMETER, tc.VAR_PARAMETER_WITH_KEY]
+_SIM_PARAMS = {
+    tc.VAR_PARAMETER: ("s", "stats.vehicles.inserted"),
+    tc.VAR_PARAMETER_WITH_KEY: ("s", "stats.vehicles.running"),
+}
+
+
+@dataclass(frozen=True)
+class _Setup:
+    sim_time: float
+    delta_t: float
+    end_time: float  # SUMO's own end (from the config); negative when it has none
+    anchor: str | None  # the junction whose context subscription sees every vehicle
+
+
+def _subscribe(conn: Connection) -> _Setup:
+    """Subscribe to what a sample needs, so each jump is a single round trip."""
+    conn.simulation.subscribe(_SIM_VARS, parameters=_SIM_PARAMS)
+    junctions = conn.junction.getIDList()
+    anchor = junctions[0] if junctions else None
+    if anchor is not None:
+        conn.junction.subscribeContext(
+            anchor, tc.CMD_GET_VEHICLE_VARIABLE, EVERYWHERE_M, [tc.VAR_SPEED, tc.VAR_WAITING_TIME]
+        )
+    return _Setup(
+        sim_time=float(conn.simulation.getTime()),
+        delta_t=float(conn.simulation.getDeltaT()),
+        end_time=float(conn.simulation.getEndTime()),
+        anchor=anchor,
+    )
+
+
+def _advance(conn: Connection, target: float, anchor: str | None) -> _Jump:
+    conn.simulationStep(target)
+    sim = conn.simulation.getSubscriptionResults()
+    vehicles = (conn.junction.getContextSubscriptionResults(anchor) if anchor else None) or {}
+    return _Jump(
+        sim_time=float(sim[tc.VAR_TIME]),
+        inserted=int(sim[tc.VAR_PARAMETER]),
+        running=int(sim[tc.VAR_PARAMETER_WITH_KEY][1]),
+        min_expected=int(sim[tc.VAR_MIN_EXPECTED_VEHICLES]),
+        speeds=[v[tc.VAR_SPEED] for v in vehicles.values()],
+        waiting=float(sum(v[tc.VAR_WAITING_TIME] for v in vehicles.values())),
+    )
+
+
+def _close_quietly(conn: Connection) -> None:
+    with contextlib.suppress(FatalTraCIError, TraCIException, OSError):
+        conn.close(wait=False)
+    # close() skips the socket when the command failed; make sure it is gone.
+    sock = getattr(conn, "_socket", None)
+    if sock is not None:
+        sock.close()
+
+

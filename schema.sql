@@ -1,0 +1,86 @@
+-- sumo-supervisor's database. Applied at every start; every statement is idempotent.
+-- The database is the source of truth: a restarted daemon rebuilds its view from these tables.
+
+-- A named scenario. Its content lives in immutable versions.
+CREATE TABLE IF NOT EXISTS templates (
+    name        text PRIMARY KEY CHECK (name ~ '^[a-z0-9][a-z0-9_.-]{0,62}$'),
+    created_at  timestamptz NOT NULL DEFAULT now()
+);
+
+-- One upload of a template. Never changed after insert; a new upload of the same name is a new
+-- version. `sha256` hashes the config path and every (path, file hash) pair, so equal content
+-- gives an equal hash.
+CREATE TABLE IF NOT EXISTS template_versions (
+    name         text NOT NULL REFERENCES templates (name) ON DELETE CASCADE,
+    version      integer NOT NULL CHECK (version >= 1),
+    config_path  text NOT NULL,
+    sha256       text NOT NULL,
+    total_bytes  bigint NOT NULL,
+    created_at   timestamptz NOT NULL DEFAULT now(),
+    PRIMARY KEY (name, version)
+);
+
+-- The files of a template version, by relative path (subfolders allowed). SUMO reads them from a
+-- per-session temp dir they are materialized into.
+CREATE TABLE IF NOT EXISTS template_files (
+    name     text NOT NULL,
+    version  integer NOT NULL,
+    path     text NOT NULL,
+    sha256   text NOT NULL,
+    size     bigint NOT NULL,
+    content  bytea NOT NULL,
+    PRIMARY KEY (name, version, path),
+    FOREIGN KEY (name, version) REFERENCES template_versions (name, version) ON DELETE CASCADE
+);
+
+-- One simulation run. The id starts with its UTC creation time (fixed width), so ids sort by
+-- creation. `pid` and `pid_started_at` identify the SUMO process, so a restarted daemon kills
+-- only that process, never a later one that reused the pid.
+CREATE TABLE IF NOT EXISTS sessions (
+    id                text PRIMARY KEY,
+    template_name     text NOT NULL,
+    template_version  integer NOT NULL,
+    status            text NOT NULL CHECK (status IN
+                        ('queued', 'starting', 'running', 'completed', 'failed', 'stopped', 'timed_out')),
+    request           jsonb NOT NULL,
+    label             text,
+    created_at        timestamptz NOT NULL DEFAULT now(),
+    started_at        timestamptz,
+    ended_at          timestamptz,
+    end_time          double precision,
+    sim_time          double precision,
+    port              integer,
+    pid               integer,
+    pid_started_at    double precision,
+    exit_code         integer,
+    cause             text,
+    error             text,
+    FOREIGN KEY (template_name, template_version) REFERENCES template_versions (name, version)
+);
+CREATE INDEX IF NOT EXISTS sessions_status_idx ON sessions (status, id);
+CREATE INDEX IF NOT EXISTS sessions_label_idx ON sessions (label, id) WHERE label IS NOT NULL;
+
+-- Every status change of a session, with why.
+CREATE TABLE IF NOT EXISTS session_events (
+    id          bigserial PRIMARY KEY,
+    session_id  text NOT NULL REFERENCES sessions (id) ON DELETE CASCADE,
+    at          timestamptz NOT NULL DEFAULT clock_timestamp(),
+    status      text NOT NULL,
+    reason      text
+);
+CREATE INDEX IF NOT EXISTS session_events_session_idx ON session_events (session_id, id);
+
+-- One aggregate row per session every `sample_every` steps, written in batches by the writer.
+-- `departed`/`arrived` count vehicles in the interval since the previous sample, so their sums
+-- are the run's totals; `waiting_time` is the summed waiting time (s) of the vehicles in the net.
+CREATE TABLE IF NOT EXISTS samples (
+    session_id    text NOT NULL REFERENCES sessions (id) ON DELETE CASCADE,
+    sim_time      double precision NOT NULL,
+    vehicles      integer NOT NULL,
+    departed      integer NOT NULL,
+    arrived       integer NOT NULL,
+    mean_speed    double precision NOT NULL,
+    halting       integer NOT NULL,
+    waiting_time  double precision NOT NULL,
+    PRIMARY KEY (session_id, sim_time)
+);

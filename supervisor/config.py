@@ -1,0 +1,164 @@
+"""The daemon's configuration: one frozen object, built once from flags > env > TOML file > defaults."""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import tomllib
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+ENV_PREFIX = "SUMO_SUPERVISOR_"
+
+
+class ConfigError(ValueError):
+    """A setting is missing, malformed or out of range; the message names it."""
+
+
+@dataclass(frozen=True)
+class PortRange:
+    first: int
+    last: int
+
+    @classmethod
+    def parse(cls, text: str) -> PortRange:
+        try:
+            first_s, _, last_s = text.partition("-")
+            first = int(first_s)
+            last = int(last_s) if last_s else first
+        except ValueError:
+            raise ConfigError(f"traci_ports: expected 'FIRST-LAST', got {text!r}") from None
+        if not (1024 <= first <= last <= 65535):
+            raise ConfigError(f"traci_ports: need 1024 <= FIRST <= LAST <= 65535, got {text!r}")
+        return cls(first, last)
+
+    def ports(self) -> range:
+        return range(self.first, self.last + 1)
+
+    def __str__(self) -> str:
+        return f"{self.first}-{self.last}"
+
+
+@dataclass(frozen=True)
+class Config:
+    host: str = "127.0.0.1"
+    port: int = 8750
+    state_dir: Path = Path("state")
+    database_url: str | None = None
+    traci_ports: PortRange = field(default_factory=lambda: PortRange(8813, 8912))
+    max_running: int = field(default_factory=lambda: os.cpu_count() or 1)
+    max_queued: int = 10_000
+    log_level: str = "info"
+    log_format: str = "json"
+    # Uploads: the whole multipart body, and how many files one template may have.
+    max_upload_bytes: int = 256 * 1024 * 1024
+    max_template_files: int = 1000
+    # How long a stopping session gets to end by itself before its process group is killed.
+    stop_grace_s: float = 2.0
+    # How long SUMO may take to open its TraCI port.
+    connect_timeout_s: float = 60.0
+    # Whole-daemon shutdown deadline (sessions stopped, writer flushed).
+    shutdown_timeout_s: float = 20.0
+    writer_batch_rows: int = 5000
+    writer_flush_s: float = 0.25
+    writer_queue_rows: int = 20_000
+    config_file: Path | None = None
+
+    @property
+    def temp_root(self) -> Path:
+        return self.state_dir / "sessions"
+
+    @property
+    def pgdata(self) -> Path:
+        return self.state_dir / "pgdata"
+
+
+def _coerce(name: str, raw: Any, source: str) -> Any:
+    """Turn a flag, env or TOML value into the field's type, or say which setting is wrong."""
+    target = {f.name: f for f in dataclasses.fields(Config)}[name]
+    kind = str(target.type)
+    try:
+        if name == "traci_ports":
+            return raw if isinstance(raw, PortRange) else PortRange.parse(str(raw))
+        if "Path" in kind:
+            return Path(str(raw)) if raw not in (None, "") else None
+        if kind.startswith("str | None"):
+            return str(raw) if raw not in (None, "") else None
+        if kind == "int":
+            if isinstance(raw, bool):
+                raise ValueError
+            return int(raw)
+        if kind == "float":
+            return float(raw)
+        return str(raw)
+    except (TypeError, ValueError):
+        raise ConfigError(f"{name}: invalid value {raw!r} (from {source})") from None
+
+
+def _validate(cfg: Config) -> None:
+    if not 1 <= cfg.port <= 65535:
+        raise ConfigError(f"port: must be 1..65535, got {cfg.port}")
+    if cfg.max_running < 1:
+        raise ConfigError(f"max_running: must be at least 1, got {cfg.max_running}")
+    if cfg.max_queued < 1:
+        raise ConfigError(f"max_queued: must be at least 1, got {cfg.max_queued}")
+    if cfg.log_level not in ("debug", "info", "warning", "error"):
+        raise ConfigError(f"log_level: one of debug, info, warning, error; got {cfg.log_level!r}")
+    if cfg.log_format not in ("json", "console"):
+        raise ConfigError(f"log_format: 'json' or 'console', got {cfg.log_format!r}")
+    for name in ("max_upload_bytes", "max_template_files", "writer_batch_rows", "writer_queue_rows"):
+        if getattr(cfg, name) < 1:
+            raise ConfigError(f"{name}: must be positive, got {getattr(cfg, name)}")
+    for name in ("stop_grace_s", "connect_timeout_s", "shutdown_timeout_s", "writer_flush_s"):
+        if getattr(cfg, name) <= 0:
+            raise ConfigError(f"{name}: must be positive, got {getattr(cfg, name)}")
+    if cfg.database_url is not None and not cfg.database_url.startswith(
+        ("postgres://", "postgresql://")
+    ):
+        raise ConfigError("database_url: must start with postgresql:// or postgres://")
+
+
+def load_config(
+    flags: Mapping[str, Any] | None = None, env: Mapping[str, str] | None = None
+) -> Config:
+    """Build the config. `flags` holds only options given on the command line (None = not given)."""
+    flags = {k: v for k, v in (flags or {}).items() if v is not None}
+    env = os.environ if env is None else env
+    names = [f.name for f in dataclasses.fields(Config)]
+    for key in flags:
+        if key not in names:
+            raise ConfigError(f"unknown setting {key!r}")
+
+    config_file = flags.get("config_file") or env.get(ENV_PREFIX + "CONFIG")
+    file_values: dict[str, Any] = {}
+    if config_file:
+        path = Path(config_file)
+        try:
+            file_values = tomllib.loads(path.read_text())
+        except OSError as exc:
+            raise ConfigError(f"config file {path}: {exc.strerror}") from None
+        except tomllib.TOMLDecodeError as exc:
+            raise ConfigError(f"config file {path}: {exc}") from None
+        file_values = {k.replace("-", "_"): v for k, v in file_values.items()}
+        for key in file_values:
+            if key not in names or key == "config_file":
+                raise ConfigError(f"config file {path}: unknown setting {key!r}")
+
+    values: dict[str, Any] = {}
+    for name in names:
+        if name in flags:
+            values[name] = _coerce(name, flags[name], "command line")
+        elif ENV_PREFIX + name.upper() in env:
+            values[name] = _coerce(name, env[ENV_PREFIX + name.upper()], ENV_PREFIX + name.upper())
+        elif name == "state_dir" and env.get("STATE_DIRECTORY"):
+            # systemd's StateDirectory= sets this (possibly several, colon-separated).
+            values[name] = Path(env["STATE_DIRECTORY"].split(":")[0])
+        elif name in file_values:
+            values[name] = _coerce(name, file_values[name], f"config file {config_file}")
+    if config_file:
+        values["config_file"] = Path(config_file)
+    cfg = Config(**values)
+    _validate(cfg)
+    return cfg

@@ -1,0 +1,359 @@
+"""Database access: the pool, the schema, and one named function per query."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import Awaitable, Callable, Iterable, Sequence
+from dataclasses import dataclass
+from importlib import resources
+from typing import Any, TypeVar
+
+import asyncpg
+import structlog
+
+log = structlog.get_logger("db")
+
+T = TypeVar("T")
+
+# Errors after which the same statement can succeed later: the server restarted or is unreachable.
+TRANSIENT_ERRORS: tuple[type[BaseException], ...] = (
+    OSError,
+    asyncio.TimeoutError,
+    asyncpg.exceptions.PostgresConnectionError,
+    asyncpg.exceptions.CannotConnectNowError,
+    asyncpg.exceptions.AdminShutdownError,
+    asyncpg.exceptions.CrashShutdownError,
+    asyncpg.exceptions.TooManyConnectionsError,
+    asyncpg.exceptions.ConnectionDoesNotExistError,
+    asyncpg.exceptions.InterfaceError,
+)
+
+SAMPLE_COLUMNS = (
+    "session_id",
+    "sim_time",
+    "vehicles",
+    "departed",
+    "arrived",
+    "mean_speed",
+    "halting",
+    "waiting_time",
+)
+
+ACTIVE_STATUSES = ("starting", "running")
+FINAL_STATUSES = ("completed", "failed", "stopped", "timed_out")
+
+
+async def _init_connection(conn: asyncpg.Connection) -> None:
+    await conn.set_type_codec("jsonb", encoder=json.dumps, decoder=json.loads, schema="pg_catalog")
+
+
+async def create_pool(url: str, *, max_size: int = 10) -> asyncpg.Pool:
+    return await asyncpg.create_pool(
+        url, min_size=1, max_size=max_size, init=_init_connection, command_timeout=60
+    )
+
+
+async def apply_schema(pool: asyncpg.Pool) -> None:
+    sql = resources.files("supervisor").joinpath("schema.sql").read_text()
+    async with pool.acquire() as conn, conn.transaction():
+        # Two daemons starting against one database must not race on CREATE ... IF NOT EXISTS.
+        await conn.execute("SELECT pg_advisory_xact_lock(8750)")
+        await conn.execute(sql)
+
+
+async def with_retry(
+    op: Callable[[], Awaitable[T]], *, what: str, deadline_s: float = 120.0
+) -> T:
+    """Run `op`, retrying transient database errors with backoff until `deadline_s` has passed."""
+    loop = asyncio.get_running_loop()
+    give_up = loop.time() + deadline_s
+    delay = 0.1
+    while True:
+        try:
+            return await op()
+        except TRANSIENT_ERRORS as exc:
+            if loop.time() + delay > give_up:
+                raise
+            log.warning("db_retry", what=what, error=repr(exc), delay_s=delay)
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 2.0)
+
+
+async def ping(pool: asyncpg.Pool) -> None:
+    async with pool.acquire(timeout=2) as conn:
+        await conn.fetchval("SELECT 1", timeout=2)
+
+
+# ---- templates ---------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class TemplateFile:
+    path: str
+    sha256: str
+    content: bytes
+
+
+async def insert_template_version(
+    pool: asyncpg.Pool,
+    name: str,
+    config_path: str,
+    sha256: str,
+    files: Sequence[TemplateFile],
+) -> int:
+    """Store a new immutable version of `name`; returns its version number."""
+    async with pool.acquire() as conn, conn.transaction():
+        await conn.execute(
+            "INSERT INTO templates (name) VALUES ($1) ON CONFLICT (name) DO NOTHING", name
+        )
+        # Row lock: concurrent uploads of one name get consecutive versions, not a clash.
+        await conn.execute("SELECT 1 FROM templates WHERE name = $1 FOR UPDATE", name)
+        version: int = await conn.fetchval(
+            "SELECT coalesce(max(version), 0) + 1 FROM template_versions WHERE name = $1", name
+        )
+        await conn.execute(
+            "INSERT INTO template_versions (name, version, config_path, sha256, total_bytes)"
+            " VALUES ($1, $2, $3, $4, $5)",
+            name,
+            version,
+            config_path,
+            sha256,
+            sum(len(f.content) for f in files),
+        )
+        await conn.copy_records_to_table(
+            "template_files",
+            records=[(name, version, f.path, f.sha256, len(f.content), f.content) for f in files],
+            columns=("name", "version", "path", "sha256", "size", "content"),
+        )
+        return version
+
+
+async def list_templates(pool: asyncpg.Pool) -> list[dict[str, Any]]:
+    rows = await pool.fetch(
+        """SELECT t.name, t.created_at, v.version AS latest_version, v.sha256, v.config_path,
+                  v.created_at AS updated_at,
+                  (SELECT count(*) FROM template_versions WHERE name = t.name) AS versions
+             FROM templates t
+             JOIN LATERAL (SELECT * FROM template_versions WHERE name = t.name
+                            ORDER BY version DESC LIMIT 1) v ON true
+            ORDER BY t.name"""
+    )
+    return [dict(r) for r in rows]
+
+
+async def get_template(pool: asyncpg.Pool, name: str) -> dict[str, Any] | None:
+    versions = await pool.fetch(
+        "SELECT version, config_path, sha256, total_bytes, created_at FROM template_versions"
+        " WHERE name = $1 ORDER BY version",
+        name,
+    )
+    if not versions:
+        return None
+    files = await pool.fetch(
+        "SELECT version, path, sha256, size FROM template_files WHERE name = $1"
+        " ORDER BY version, path",
+        name,
+    )
+    by_version: dict[int, list[dict[str, Any]]] = {}
+    for f in files:
+        by_version.setdefault(f["version"], []).append(
+            {"path": f["path"], "sha256": f["sha256"], "size": f["size"]}
+        )
+    return {
+        "name": name,
+        "versions": [dict(v) | {"files": by_version.get(v["version"], [])} for v in versions],
+    }
+
+
+async def resolve_template_version(
+    pool: asyncpg.Pool, name: str, version: int | None
+) -> dict[str, Any] | None:
+    """The requested version of a template (the latest when `version` is None), without files."""
+    row = await pool.fetchrow(
+        "SELECT name, version, config_path, sha256 FROM template_versions WHERE name = $1"
+        " AND ($2::int IS NULL OR version = $2) ORDER BY version DESC LIMIT 1",
+        name,
+        version,
+    )
+    return dict(row) if row else None
+
+
+async def fetch_template_files(pool: asyncpg.Pool, name: str, version: int) -> list[TemplateFile]:
+    rows = await pool.fetch(
+        "SELECT path, sha256, content FROM template_files WHERE name = $1 AND version = $2",
+        name,
+        version,
+    )
+    return [TemplateFile(r["path"], r["sha256"], bytes(r["content"])) for r in rows]
+
+
+# ---- sessions ----------------------------------------------------------------------------------
+
+_SESSION_FIELDS = """s.id, s.template_name, s.template_version, s.status, s.request, s.label,
+    s.created_at, s.started_at, s.ended_at, s.end_time, s.port, s.pid, s.exit_code, s.cause,
+    s.error,
+    coalesce(s.sim_time, (SELECT max(sim_time) FROM samples WHERE session_id = s.id)) AS sim_time"""
+
+
+async def insert_session(
+    pool: asyncpg.Pool,
+    session_id: str,
+    template_name: str,
+    template_version: int,
+    request: dict[str, Any],
+    label: str | None,
+    end_time: float | None,
+) -> None:
+    async with pool.acquire() as conn, conn.transaction():
+        await conn.execute(
+            "INSERT INTO sessions (id, template_name, template_version, status, request, label,"
+            " end_time) VALUES ($1, $2, $3, 'queued', $4, $5, $6)",
+            session_id,
+            template_name,
+            template_version,
+            request,
+            label,
+            end_time,
+        )
+        await conn.execute(
+            "INSERT INTO session_events (session_id, status, reason) VALUES ($1, 'queued', $2)",
+            session_id,
+            "submitted",
+        )
+
+
+# Columns a status change may set besides the status itself.
+_UPDATABLE = frozenset(
+    {
+        "started_at",
+        "ended_at",
+        "end_time",
+        "sim_time",
+        "port",
+        "pid",
+        "pid_started_at",
+        "exit_code",
+        "cause",
+        "error",
+    }
+)
+
+
+async def set_session_status(
+    pool: asyncpg.Pool,
+    session_id: str,
+    status: str,
+    reason: str,
+    **fields: Any,
+) -> None:
+    """Change a session's status, set `fields`, and record the change as an event, atomically.
+
+    Timestamps named in `fields` with the value "now" are set by the database clock.
+    """
+    unknown = set(fields) - _UPDATABLE
+    if unknown:
+        raise ValueError(f"not updatable: {sorted(unknown)}")
+    sets = ["status = $2"]
+    args: list[Any] = [session_id, status]
+    for key, value in fields.items():
+        if value == "now":
+            sets.append(f"{key} = clock_timestamp()")
+        else:
+            args.append(value)
+            sets.append(f"{key} = ${len(args)}")
+
+    async def op() -> None:
+        async with pool.acquire() as conn, conn.transaction():
+            await conn.execute(f"UPDATE sessions SET {', '.join(sets)} WHERE id = $1", *args)
+            await conn.execute(
+                "INSERT INTO session_events (session_id, status, reason) VALUES ($1, $2, $3)",
+                session_id,
+                status,
+                reason,
+            )
+
+    await with_retry(op, what=f"session_status:{status}")
+
+
+async def set_session_process(
+    pool: asyncpg.Pool, session_id: str, port: int, pid: int | None, pid_started_at: float | None
+) -> None:
+    async def op() -> None:
+        await pool.execute(
+            "UPDATE sessions SET port = $2, pid = $3, pid_started_at = $4 WHERE id = $1",
+            session_id,
+            port,
+            pid,
+            pid_started_at,
+        )
+
+    await with_retry(op, what="session_process")
+
+
+async def get_session(pool: asyncpg.Pool, session_id: str) -> dict[str, Any] | None:
+    row = await pool.fetchrow(f"SELECT {_SESSION_FIELDS} FROM sessions s WHERE s.id = $1", session_id)
+    return dict(row) if row else None
+
+
+async def list_sessions(
+    pool: asyncpg.Pool, status: str | None, label: str | None, limit: int
+) -> list[dict[str, Any]]:
+    rows = await pool.fetch(
+        f"SELECT {_SESSION_FIELDS} FROM sessions s"
+        " WHERE ($1::text IS NULL OR s.status = $1) AND ($2::text IS NULL OR s.label = $2)"
+        " ORDER BY s.id DESC LIMIT $3",
+        status,
+        label,
+        limit,
+    )
+    return [dict(r) for r in rows]
+
+
+async def session_events(pool: asyncpg.Pool, session_id: str) -> list[dict[str, Any]]:
+    rows = await pool.fetch(
+        "SELECT at, status, reason FROM session_events WHERE session_id = $1 ORDER BY id",
+        session_id,
+    )
+    return [dict(r) for r in rows]
+
+
+async def sessions_in_status(pool: asyncpg.Pool, statuses: Iterable[str]) -> list[dict[str, Any]]:
+    rows = await pool.fetch(
+        "SELECT id, status, request, template_name, template_version, end_time, pid,"
+        " pid_started_at FROM sessions WHERE status = ANY($1::text[]) ORDER BY id",
+        list(statuses),
+    )
+    return [dict(r) for r in rows]
+
+
+# ---- samples -----------------------------------------------------------------------------------
+
+
+async def copy_samples(conn: asyncpg.Connection, rows: Sequence[tuple[Any, ...]]) -> None:
+    await conn.copy_records_to_table("samples", records=rows, columns=SAMPLE_COLUMNS)
+
+
+async def insert_samples_skipping_duplicates(
+    conn: asyncpg.Connection, rows: Sequence[tuple[Any, ...]]
+) -> None:
+    """Slow path when a COPY was refused: keep every row that can be kept."""
+    await conn.executemany(
+        f"INSERT INTO samples ({', '.join(SAMPLE_COLUMNS)})"
+        " VALUES ($1, $2, $3, $4, $5, $6, $7, $8) ON CONFLICT DO NOTHING",
+        rows,
+    )
+
+
+async def get_samples(
+    pool: asyncpg.Pool, session_id: str, after: float | None, limit: int
+) -> list[dict[str, Any]]:
+    rows = await pool.fetch(
+        "SELECT sim_time, vehicles, departed, arrived, mean_speed, halting, waiting_time"
+        " FROM samples WHERE session_id = $1 AND ($2::float8 IS NULL OR sim_time > $2)"
+        " ORDER BY sim_time LIMIT $3",
+        session_id,
+        after,
+        limit,
+    )
+    return [dict(r) for r in rows]

@@ -1,0 +1,177 @@
+"""What a user may ask of a new session: the typed request, its validation, and the allow-list of
+SUMO options that can be passed through."""
+
+from __future__ import annotations
+
+import math
+import re
+from collections.abc import Callable, Mapping
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from supervisor.errors import InvalidRequest
+
+
+def _float(lo: float, hi: float) -> Callable[[Any], str]:
+    def check(v: Any) -> str:
+        if isinstance(v, bool) or not isinstance(v, int | float) or not lo <= v <= hi:
+            raise ValueError(f"a number in [{lo}, {hi}]")
+        return repr(float(v))
+
+    return check
+
+
+def _int(lo: int, hi: int) -> Callable[[Any], str]:
+    def check(v: Any) -> str:
+        if isinstance(v, bool) or not isinstance(v, int) or not lo <= v <= hi:
+            raise ValueError(f"an integer in [{lo}, {hi}]")
+        return str(v)
+
+    return check
+
+
+def _bool(v: Any) -> str:
+    if not isinstance(v, bool):
+        raise ValueError("true or false")
+    return "true" if v else "false"
+
+
+def _choice(*values: str) -> Callable[[Any], str]:
+    def check(v: Any) -> str:
+        if v not in values:
+            raise ValueError(f"one of {', '.join(values)}")
+        return str(v)
+
+    return check
+
+
+# SUMO options a session may set, each with its value check. Anything that names files, ports,
+# the GUI or TraCI is deliberately absent: those are the daemon's to choose.
+SUMO_OPTIONS: Mapping[str, Callable[[Any], str]] = {
+    "step-length": _float(0.001, 60),
+    "begin": _float(0, 1e9),
+    "scale": _float(0, 1000),
+    "time-to-teleport": _float(-1, 1e9),
+    "time-to-teleport.highways": _float(-1, 1e9),
+    "max-depart-delay": _float(-1, 1e9),
+    "ignore-route-errors": _bool,
+    "ignore-junction-blocker": _float(-1, 1e9),
+    "collision.action": _choice("none", "warn", "teleport", "remove"),
+    "collision.check-junctions": _bool,
+    "lateral-resolution": _float(-1, 100),
+    "step-method.ballistic": _bool,
+    "default.speeddev": _float(-1, 10),
+    "default.action-step-length": _float(0, 60),
+    "routing-algorithm": _choice("dijkstra", "astar", "CH", "CHWrapper"),
+    "device.rerouting.probability": _float(0, 1),
+    "device.rerouting.period": _float(0, 1e9),
+    "eager-insert": _bool,
+    "random-depart-offset": _float(0, 1e9),
+    "no-warnings": _bool,
+    "max-num-vehicles": _int(-1, 10_000_000),
+    "time-to-impatience": _float(0, 1e9),
+}
+
+_LABEL_RE = re.compile(r"^[\w.:@/+-]{1,100}$")
+MAX_SAMPLE_EVERY = 1_000_000
+
+
+@dataclass(frozen=True)
+class SessionRequest:
+    template: str
+    version: int | None = None
+    end: float | None = None
+    seed: int | None = None
+    sample_every: int = 10
+    max_wall_s: float | None = None
+    label: str | None = None
+    # (option, value as SUMO reads it), in the order given.
+    sumo_options: tuple[tuple[str, str], ...] = field(default=())
+
+    def to_json(self) -> dict[str, Any]:
+        data = asdict(self)
+        data["sumo_options"] = dict(self.sumo_options)
+        return data
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any]) -> SessionRequest:
+        """Rebuild a request stored by `to_json` (already validated when it was made)."""
+        fields = dict(data)
+        fields["sumo_options"] = tuple(fields.get("sumo_options", {}).items())
+        return cls(**fields)
+
+    def sumo_args(self) -> list[str]:
+        args: list[str] = []
+        if self.end is not None:
+            args += ["--end", repr(float(self.end))]
+        if self.seed is not None:
+            args += ["--seed", str(self.seed)]
+        for option, value in self.sumo_options:
+            args += [f"--{option}", value]
+        return args
+
+
+def _number(body: Mapping[str, Any], key: str, *, integer: bool, lo: float, hi: float) -> Any:
+    value = body.get(key)
+    if value is None:
+        return None
+    ok = not isinstance(value, bool) and isinstance(value, int if integer else int | float)
+    if not ok or not math.isfinite(value) or not lo <= value <= hi:
+        kind = "an integer" if integer else "a number"
+        raise InvalidRequest(f"{key} must be {kind} in [{lo}, {hi}]", field=key, value=value)
+    return value
+
+
+def parse_session_request(body: Any) -> SessionRequest:
+    if not isinstance(body, dict):
+        raise InvalidRequest("request body must be a JSON object")
+    known = {
+        "template",
+        "version",
+        "end",
+        "seed",
+        "sample_every",
+        "max_wall_s",
+        "label",
+        "sumo_options",
+    }
+    unknown = sorted(set(body) - known)
+    if unknown:
+        raise InvalidRequest(f"unknown field(s): {', '.join(unknown)}", fields=unknown)
+    template = body.get("template")
+    if not isinstance(template, str) or not template:
+        raise InvalidRequest("template is required (a template name)", field="template")
+    label = body.get("label")
+    if label is not None and (not isinstance(label, str) or not _LABEL_RE.match(label)):
+        raise InvalidRequest(
+            "label must be 1-100 characters of letters, digits and ._:@/+-", field="label"
+        )
+    options = body.get("sumo_options") or {}
+    if not isinstance(options, dict):
+        raise InvalidRequest("sumo_options must be an object of option: value", field="sumo_options")
+    sumo_options = []
+    for option, value in options.items():
+        check = SUMO_OPTIONS.get(option)
+        if check is None:
+            raise InvalidRequest(
+                f"SUMO option {option!r} is not allowed",
+                field="sumo_options",
+                allowed=sorted(SUMO_OPTIONS),
+            )
+        try:
+            sumo_options.append((option, check(value)))
+        except ValueError as exc:
+            raise InvalidRequest(
+                f"SUMO option {option!r} must be {exc}", field="sumo_options", value=value
+            ) from None
+    sample_every = _number(body, "sample_every", integer=True, lo=1, hi=MAX_SAMPLE_EVERY)
+    return SessionRequest(
+        template=template,
+        version=_number(body, "version", integer=True, lo=1, hi=2**31 - 1),
+        end=_number(body, "end", integer=False, lo=0.001, hi=1e9),
+        seed=_number(body, "seed", integer=True, lo=0, hi=2**31 - 1),
+        sample_every=10 if sample_every is None else sample_every,
+        max_wall_s=_number(body, "max_wall_s", integer=False, lo=0.001, hi=1e8),
+        label=label,
+        sumo_options=tuple(sumo_options),
+    )
