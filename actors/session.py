@@ -38,6 +38,8 @@ T = TypeVar("T")
 # sleeps between tries would dominate start latency.
 CONNECT_POLL_S = 0.005
 MAX_PORT_ATTEMPTS = 5
+# SUMO answers its first command at once once it listens.
+HANDSHAKE_TIMEOUT_S = 5.0
 STDERR_TAIL_LINES = 20
 # SUMO counts a vehicle as halting below this speed (m/s).
 HALTING_SPEED = 0.1
@@ -129,8 +131,9 @@ class SessionActor:
         self._stop: StopSession | None = None
         self._stderr_tail: deque[str] = deque(maxlen=STDERR_TAIL_LINES)
         self._sim_time: float | None = None
+        self._jumps = 0
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"traci-{spec.id}")
-        self._log = structlog.get_logger("session").bind(session_id=spec.id)
+        self._log = structlog.get_logger(component="session").bind(session_id=spec.id)
 
     # ---- messages ------------------------------------------------------------------------------
 
@@ -307,14 +310,15 @@ class SessionActor:
                 sim_time=self._sim_time,
             )
         if drive.kind == "completed":
-            return Outcome(
-                "completed", drive.detail, exit_code=returncode, sim_time=self._sim_time
-            )
+            return Outcome("completed", drive.detail, exit_code=returncode, sim_time=self._sim_time)
         tail = "\n".join(self._stderr_tail)
         errors = "\n".join(line for line in self._stderr_tail if line.startswith("Error"))
         if drive.kind == "exited_early" and _ADDRESS_IN_USE.search(tail):
             return Outcome("failed", "TraCI port in use", cause="port_in_use", error=tail)
-        if drive.kind == "exited_early":
+        # SUMO reads routes as the simulation runs, so a bad route file may only fail the first
+        # step: an error exit before any step completed is still a scenario SUMO refused.
+        refused = drive.kind == "traci_lost" and self._jumps == 0 and returncode == 1 and errors
+        if drive.kind == "exited_early" or refused:
             return Outcome(
                 "failed",
                 "SUMO could not load the scenario",
@@ -348,7 +352,7 @@ class SessionActor:
         return await asyncio.get_running_loop().run_in_executor(self._executor, fn, *args)
 
     async def _drive(self, proc: asyncio.subprocess.Process, port: int, log: Any) -> _Drive:
-        conn = await self._connect(proc, port)
+        conn = await self._connect(proc, port, log)
         if isinstance(conn, _Drive):
             return conn
         try:
@@ -358,7 +362,9 @@ class SessionActor:
         finally:
             await self._in_thread(_close_quietly, conn)
 
-    async def _connect(self, proc: asyncio.subprocess.Process, port: int) -> Connection | _Drive:
+    async def _connect(
+        self, proc: asyncio.subprocess.Process, port: int, log: Any
+    ) -> Connection | _Drive:
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self._connect_timeout_s
         while True:
@@ -367,9 +373,13 @@ class SessionActor:
             if self._stop_requested() is not None:
                 return _Drive("stop")
             try:
-                return await self._in_thread(Connection, "127.0.0.1", port, None, None, False, None)
+                return await self._in_thread(_open_connection, port, HANDSHAKE_TIMEOUT_S)
             except ConnectionRefusedError:
                 pass
+            except (TimeoutError, FatalTraCIError, TraCIException, OSError) as exc:
+                # Something that is not this SUMO answered on the port (SUMO itself failed to
+                # listen there); its exit, noticed next time round, tells why.
+                log.warning("traci_handshake_failed", error=repr(exc))
             if loop.time() > deadline:
                 return _Drive("connect_timeout")
             # Waiting on the process as well notices an early exit at once.
@@ -422,6 +432,7 @@ class SessionActor:
                 )
             )
             inserted_before, left_before = jump.inserted, left
+            self._jumps += 1
             if end is not None and jump.sim_time >= end - 1e-9:
                 return _Drive("completed", "end time reached")
             if jump.min_expected == 0:
@@ -487,6 +498,20 @@ def _advance(conn: Connection, target: float, anchor: str | None) -> _Jump:
     )
 
 
+def _open_connection(port: int, handshake_timeout_s: float) -> Connection:
+    """Connect and check that SUMO answers: a listener that is not SUMO would block forever."""
+    conn = Connection("127.0.0.1", port, None, None, False, None)
+    conn._socket.settimeout(handshake_timeout_s)
+    try:
+        conn.getVersion()
+    except BaseException:
+        _close_quietly(conn)
+        raise
+    # A jump of many steps may take as long as it takes; SUMO dying closes the socket anyway.
+    conn._socket.settimeout(None)
+    return conn
+
+
 def _close_quietly(conn: Connection) -> None:
     with contextlib.suppress(FatalTraCIError, TraCIException, OSError):
         conn.close(wait=False)
@@ -494,5 +519,3 @@ def _close_quietly(conn: Connection) -> None:
     sock = getattr(conn, "_socket", None)
     if sock is not None:
         sock.close()
-
-

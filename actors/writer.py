@@ -52,7 +52,7 @@ class WriterActor:
         self._batch_rows = batch_rows
         self._flush_s = flush_s
         self._inbox: asyncio.Queue[Row | Flush | Close] = asyncio.Queue(maxsize=queue_rows)
-        self._log = structlog.get_logger("writer")
+        self._log = structlog.get_logger(component="writer")
         self.stats = WriterStats()
 
     @property

@@ -1,4 +1,4 @@
-"""The daemon's configuration: one frozen object, built once from flags > env > TOML file > defaults."""
+"""The daemon's configuration: one frozen object, built once from flags > env > TOML > defaults."""
 
 from __future__ import annotations
 
@@ -93,13 +93,15 @@ def _coerce(name: str, raw: Any, source: str) -> Any:
         if kind == "float":
             return float(raw)
         return str(raw)
+    except ConfigError as exc:
+        raise ConfigError(f"{exc} (from {source})") from None
     except (TypeError, ValueError):
         raise ConfigError(f"{name}: invalid value {raw!r} (from {source})") from None
 
 
 def _validate(cfg: Config) -> None:
-    if not 1 <= cfg.port <= 65535:
-        raise ConfigError(f"port: must be 1..65535, got {cfg.port}")
+    if not 0 <= cfg.port <= 65535:
+        raise ConfigError(f"port: must be 0..65535 (0 = any free port), got {cfg.port}")
     if cfg.max_running < 1:
         raise ConfigError(f"max_running: must be at least 1, got {cfg.max_running}")
     if cfg.max_queued < 1:
@@ -108,7 +110,12 @@ def _validate(cfg: Config) -> None:
         raise ConfigError(f"log_level: one of debug, info, warning, error; got {cfg.log_level!r}")
     if cfg.log_format not in ("json", "console"):
         raise ConfigError(f"log_format: 'json' or 'console', got {cfg.log_format!r}")
-    for name in ("max_upload_bytes", "max_template_files", "writer_batch_rows", "writer_queue_rows"):
+    for name in (
+        "max_upload_bytes",
+        "max_template_files",
+        "writer_batch_rows",
+        "writer_queue_rows",
+    ):
         if getattr(cfg, name) < 1:
             raise ConfigError(f"{name}: must be positive, got {getattr(cfg, name)}")
     for name in ("stop_grace_s", "connect_timeout_s", "shutdown_timeout_s", "writer_flush_s"):

@@ -12,7 +12,7 @@ from typing import Any, TypeVar
 import asyncpg
 import structlog
 
-log = structlog.get_logger("db")
+log = structlog.get_logger(component="db")
 
 T = TypeVar("T")
 
@@ -26,7 +26,6 @@ TRANSIENT_ERRORS: tuple[type[BaseException], ...] = (
     asyncpg.exceptions.CrashShutdownError,
     asyncpg.exceptions.TooManyConnectionsError,
     asyncpg.exceptions.ConnectionDoesNotExistError,
-    asyncpg.exceptions.InterfaceError,
 )
 
 SAMPLE_COLUMNS = (
@@ -62,9 +61,7 @@ async def apply_schema(pool: asyncpg.Pool) -> None:
         await conn.execute(sql)
 
 
-async def with_retry(
-    op: Callable[[], Awaitable[T]], *, what: str, deadline_s: float = 120.0
-) -> T:
+async def with_retry(op: Callable[[], Awaitable[T]], *, what: str, deadline_s: float = 120.0) -> T:
     """Run `op`, retrying transient database errors with backoff until `deadline_s` has passed."""
     loop = asyncio.get_running_loop()
     give_up = loop.time() + deadline_s
@@ -292,7 +289,9 @@ async def set_session_process(
 
 
 async def get_session(pool: asyncpg.Pool, session_id: str) -> dict[str, Any] | None:
-    row = await pool.fetchrow(f"SELECT {_SESSION_FIELDS} FROM sessions s WHERE s.id = $1", session_id)
+    row = await pool.fetchrow(
+        f"SELECT {_SESSION_FIELDS} FROM sessions s WHERE s.id = $1", session_id
+    )
     return dict(row) if row else None
 
 

@@ -148,7 +148,9 @@ def parse_session_request(body: Any) -> SessionRequest:
         )
     options = body.get("sumo_options") or {}
     if not isinstance(options, dict):
-        raise InvalidRequest("sumo_options must be an object of option: value", field="sumo_options")
+        raise InvalidRequest(
+            "sumo_options must be an object of option: value", field="sumo_options"
+        )
     sumo_options = []
     for option, value in options.items():
         check = SUMO_OPTIONS.get(option)

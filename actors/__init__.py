@@ -1,0 +1,1 @@
+"""The daemon's actors: each module owns its state and is reached by messages."""

@@ -1,0 +1,470 @@
+"""The supervisor actor: admission, the TraCI port pool, wall-clock timeouts and cleanup.
+
+It is the only owner of which sessions exist in this process. Everything reaches it through one
+bounded inbox and is handled by one loop, so its state needs no locks: the API submits and stops
+sessions, session actors lease ports and report their SUMO process, and each session task reports
+its own end. Whatever way a session ends, its process group is killed, its ports are returned and
+its temp dir is removed here.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import secrets
+import shutil
+import signal
+from collections import deque
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+
+import asyncpg
+import psutil
+import structlog
+
+from actors.ports import PortPool
+from actors.session import (
+    Outcome,
+    PortsExhausted,
+    SessionActor,
+    SessionSpec,
+    StopSession,
+)
+from actors.writer import WriterActor
+from supervisor import db
+from supervisor.errors import QueueFull, SessionConflict, SessionNotFound, ShuttingDown
+from supervisor.session_request import SessionRequest
+
+# A reply from the supervisor to one of its own actors never takes this long unless it is stuck.
+REPLY_TIMEOUT_S = 30.0
+INBOX_SIZE = 1024
+# Two process start times (psutil) of one process agree to well within this.
+START_TIME_TOLERANCE_S = 0.05
+
+
+def new_session_id() -> str:
+    """Fixed-width UTC time first, so ids sort by creation; random suffix for uniqueness."""
+    return datetime.now(UTC).strftime("%Y%m%dT%H%M%S%fZ").lower() + "-" + secrets.token_hex(4)
+
+
+# ---- messages ----------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Submit:
+    spec: SessionSpec
+    reply: asyncio.Future[None]
+
+
+@dataclass(frozen=True)
+class Stop:
+    session_id: str
+    reply: asyncio.Future[str]  # the status the session had when the stop was accepted
+
+
+@dataclass(frozen=True)
+class LeasePort:
+    session_id: str
+    reply: asyncio.Future[int | None]
+
+
+@dataclass(frozen=True)
+class PortRefused:
+    session_id: str
+    port: int
+
+
+@dataclass(frozen=True)
+class SumoStarted:
+    session_id: str
+    pid: int
+
+
+@dataclass(frozen=True)
+class SessionEnded:
+    session_id: str
+    outcome: Outcome | None
+
+
+@dataclass(frozen=True)
+class Shutdown:
+    reason: str
+
+
+Message = Submit | Stop | LeasePort | PortRefused | SumoStarted | SessionEnded | Shutdown
+
+
+@dataclass
+class _Running:
+    actor: SessionActor
+    task: asyncio.Task[None]
+    workdir: Path
+    wall_deadline: float | None
+    ports: set[int] = field(default_factory=set)
+    pid: int | None = None
+    # Escalation after a stop request: SIGKILL the group, later cancel the task.
+    stop_sent_at: float | None = None
+    killed: bool = False
+    cancelled: bool = False
+
+
+class _Broker:
+    """A session's view of the supervisor: requests are messages, answers come back as futures."""
+
+    def __init__(self, supervisor: SupervisorActor) -> None:
+        self._supervisor = supervisor
+
+    async def lease_port(self, session_id: str) -> int:
+        reply: asyncio.Future[int | None] = asyncio.get_running_loop().create_future()
+        await self._supervisor.send(LeasePort(session_id, reply))
+        port = await asyncio.wait_for(reply, REPLY_TIMEOUT_S)
+        if port is None:
+            raise PortsExhausted
+        return port
+
+    async def port_refused(self, session_id: str, port: int) -> None:
+        await self._supervisor.send(PortRefused(session_id, port))
+
+    async def sumo_started(self, session_id: str, pid: int) -> None:
+        await self._supervisor.send(SumoStarted(session_id, pid))
+
+
+@dataclass(frozen=True)
+class SupervisorSettings:
+    temp_root: Path
+    sumo_binary: str
+    max_running: int
+    max_queued: int
+    stop_grace_s: float
+    connect_timeout_s: float
+
+
+class SupervisorActor:
+    def __init__(
+        self,
+        settings: SupervisorSettings,
+        *,
+        pool: asyncpg.Pool,
+        writer: WriterActor,
+        ports: PortPool,
+    ) -> None:
+        self._settings = settings
+        self._pool = pool
+        self._writer = writer
+        self._ports = ports
+        self._inbox: asyncio.Queue[Message] = asyncio.Queue(maxsize=INBOX_SIZE)
+        self._queue: deque[SessionSpec] = deque()
+        self._running: dict[str, _Running] = {}
+        self._accepting = True
+        self._shutdown_reason: str | None = None
+        self._broker = _Broker(self)
+        self._log = structlog.get_logger(component="supervisor")
+
+    # ---- what others may read (same event loop, so always consistent) --------------------------
+
+    @property
+    def running_count(self) -> int:
+        return len(self._running)
+
+    @property
+    def queued_count(self) -> int:
+        return len(self._queue)
+
+    @property
+    def ports_leased(self) -> int:
+        return self._ports.leased
+
+    # ---- messages in ---------------------------------------------------------------------------
+
+    async def send(self, msg: Message) -> None:
+        await asyncio.wait_for(self._inbox.put(msg), REPLY_TIMEOUT_S)
+
+    async def submit(self, spec: SessionSpec) -> None:
+        reply: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        await self.send(Submit(spec, reply))
+        await asyncio.wait_for(reply, REPLY_TIMEOUT_S)
+
+    async def stop(self, session_id: str) -> str:
+        reply: asyncio.Future[str] = asyncio.get_running_loop().create_future()
+        await self.send(Stop(session_id, reply))
+        return await asyncio.wait_for(reply, REPLY_TIMEOUT_S)
+
+    async def shutdown(self, reason: str) -> None:
+        await self.send(Shutdown(reason))
+
+    # ---- start-up reconciliation ---------------------------------------------------------------
+
+    async def recover(self) -> None:
+        """Make the database true again after a previous run of the daemon ended, however it ended.
+
+        Sessions it left starting/running are failed (their SUMO killed if it still lives); queued
+        ones are admitted again in their original order; leftover session dirs are removed.
+        """
+        for row in await db.sessions_in_status(self._pool, db.ACTIVE_STATUSES):
+            killed = await asyncio.to_thread(
+                _kill_if_same_process, row["pid"], row["pid_started_at"]
+            )
+            await db.set_session_status(
+                self._pool,
+                row["id"],
+                "failed",
+                "daemon restarted while the session was active",
+                ended_at="now",
+                cause="daemon_restarted",
+                error="the daemon stopped before the session ended",
+            )
+            self._log.warning(
+                "session_orphaned", session_id=row["id"], pid=row["pid"], sumo_killed=killed
+            )
+        requeued = 0
+        for row in await db.sessions_in_status(self._pool, ["queued"]):
+            version = await db.resolve_template_version(
+                self._pool, row["template_name"], row["template_version"]
+            )
+            assert version is not None  # a foreign key keeps it
+            self._queue.append(
+                SessionSpec(
+                    id=row["id"],
+                    template_name=row["template_name"],
+                    template_version=row["template_version"],
+                    config_path=version["config_path"],
+                    request=SessionRequest.from_json(row["request"]),
+                )
+            )
+            requeued += 1
+        swept = await asyncio.to_thread(_sweep, self._settings.temp_root)
+        self._log.info("recovered", requeued=requeued, temp_dirs_removed=swept)
+
+    # ---- the loop ------------------------------------------------------------------------------
+
+    async def run(self) -> None:
+        """Run until a Shutdown has stopped every session. Session tasks are owned here."""
+        loop = asyncio.get_running_loop()
+        async with asyncio.TaskGroup() as tg:
+            self._admit(tg)
+            while self._accepting or self._running:
+                # Woken at the next deadline, and at least every second regardless.
+                timeout = min(self._next_deadline(loop.time()), 1.0)
+                try:
+                    msg = await asyncio.wait_for(self._inbox.get(), timeout)
+                except TimeoutError:
+                    msg = None
+                if msg is not None:
+                    try:
+                        await self._handle(msg)
+                    except Exception as exc:
+                        # A caller's error (or the database's) goes back to the caller; the loop
+                        # that owns every session must go on.
+                        reply = getattr(msg, "reply", None)
+                        if reply is not None and not reply.done():
+                            reply.set_exception(exc)
+                        else:
+                            self._log.exception(
+                                "supervisor_message_failed", message=type(msg).__name__
+                            )
+                self._enforce_deadlines(loop.time())
+                self._admit(tg)
+        self._log.info("supervisor_stopped", reason=self._shutdown_reason)
+
+    async def _handle(self, msg: Message) -> None:
+        match msg:
+            case Submit(spec, reply):
+                if not self._accepting:
+                    reply.set_exception(ShuttingDown("the daemon is shutting down"))
+                elif len(self._queue) >= self._settings.max_queued:
+                    reply.set_exception(
+                        QueueFull(f"queue is full ({self._settings.max_queued} sessions waiting)")
+                    )
+                else:
+                    # The row is written here, in admission order, so a full queue or a shutdown
+                    # never leaves a session in the database that will not run.
+                    await db.insert_session(
+                        self._pool,
+                        spec.id,
+                        spec.template_name,
+                        spec.template_version,
+                        spec.request.to_json(),
+                        spec.request.label,
+                        spec.request.end,
+                    )
+                    self._queue.append(spec)
+                    reply.set_result(None)
+            case Stop(session_id, reply):
+                reply.set_result(await self._stop(session_id))
+            case LeasePort(session_id, reply):
+                port = self._ports.lease() if session_id in self._running else None
+                if port is not None:
+                    self._running[session_id].ports.add(port)
+                if not reply.done():
+                    reply.set_result(port)
+            case PortRefused(session_id, port):
+                self._ports.quarantine(port)
+                if (run := self._running.get(session_id)) is not None:
+                    run.ports.discard(port)
+            case SumoStarted(session_id, pid):
+                if (run := self._running.get(session_id)) is not None:
+                    run.pid = pid
+            case SessionEnded(session_id, _outcome):
+                await self._cleanup(session_id)
+            case Shutdown(reason):
+                await self._begin_shutdown(reason)
+
+    def _admit(self, tg: asyncio.TaskGroup) -> None:
+        loop = asyncio.get_running_loop()
+        while self._accepting and self._queue and len(self._running) < self._settings.max_running:
+            spec = self._queue.popleft()
+            workdir = self._settings.temp_root / spec.id
+            actor = SessionActor(
+                spec,
+                pool=self._pool,
+                writer=self._writer,
+                broker=self._broker,
+                workdir=workdir,
+                sumo_binary=self._settings.sumo_binary,
+                stop_grace_s=self._settings.stop_grace_s,
+                connect_timeout_s=self._settings.connect_timeout_s,
+            )
+            wall = spec.request.max_wall_s
+            task = tg.create_task(self._session_main(actor), name=f"session-{spec.id}")
+            self._running[spec.id] = _Running(
+                actor, task, workdir, loop.time() + wall if wall is not None else None
+            )
+            self._log.info("session_admitted", session_id=spec.id, running=len(self._running))
+
+    async def _session_main(self, actor: SessionActor) -> None:
+        outcome: Outcome | None = None
+        try:
+            outcome = await actor.run()
+        except asyncio.CancelledError:
+            # Cancelled by the escalation below; the actor has recorded its status. Report the end
+            # so cleanup runs, then let the cancellation finish the task.
+            await asyncio.shield(self._inbox.put(SessionEnded(actor.spec.id, None)))
+            raise
+        await self._inbox.put(SessionEnded(actor.spec.id, outcome))
+
+    async def _stop(self, session_id: str) -> str:
+        for spec in self._queue:
+            if spec.id == session_id:
+                self._queue.remove(spec)
+                await db.set_session_status(
+                    self._pool, session_id, "stopped", "stopped while queued", ended_at="now"
+                )
+                self._log.info("session_ended", session_id=session_id, status="stopped")
+                return "queued"
+        run = self._running.get(session_id)
+        if run is None:
+            row = await db.get_session(self._pool, session_id)
+            if row is None:
+                raise SessionNotFound(f"no session {session_id!r}")
+            raise SessionConflict(
+                f"session {session_id} has already ended ({row['status']})", status=row["status"]
+            )
+        self._request_stop(run, StopSession("stopped", "stop requested"))
+        return "running"
+
+    def _request_stop(self, run: _Running, stop: StopSession) -> None:
+        if run.stop_sent_at is None:
+            run.stop_sent_at = asyncio.get_running_loop().time()
+            run.actor.send(stop)
+            self._log.info("session_stopping", session_id=run.actor.spec.id, reason=stop.reason)
+
+    async def _begin_shutdown(self, reason: str) -> None:
+        if not self._accepting:
+            return
+        self._accepting = False
+        self._shutdown_reason = reason
+        self._log.info(
+            "supervisor_shutting_down",
+            reason=reason,
+            running=len(self._running),
+            queued=len(self._queue),
+        )
+        while self._queue:
+            spec = self._queue.popleft()
+            await db.set_session_status(
+                self._pool, spec.id, "stopped", f"daemon shutting down ({reason})", ended_at="now"
+            )
+        for run in self._running.values():
+            self._request_stop(run, StopSession("stopped", f"daemon shutting down ({reason})"))
+
+    # ---- timeouts and escalation ---------------------------------------------------------------
+
+    def _next_deadline(self, now: float) -> float:
+        grace = self._settings.stop_grace_s
+        times: list[float] = []
+        for run in self._running.values():
+            if run.stop_sent_at is None:
+                if run.wall_deadline is not None:
+                    times.append(run.wall_deadline)
+            elif not run.killed:
+                times.append(run.stop_sent_at + grace)
+            elif not run.cancelled:
+                times.append(run.stop_sent_at + 3 * grace)
+        return max(0.0, min(times) - now) if times else float("inf")
+
+    def _enforce_deadlines(self, now: float) -> None:
+        grace = self._settings.stop_grace_s
+        for session_id, run in self._running.items():
+            if run.stop_sent_at is None:
+                if run.wall_deadline is not None and now >= run.wall_deadline:
+                    self._request_stop(run, StopSession("timed_out", "max_wall_s exceeded"))
+            elif not run.killed and now >= run.stop_sent_at + grace:
+                # A jump of many steps can take long; killing SUMO ends it at once, and the actor
+                # still records the status it was asked for.
+                run.killed = True
+                if run.pid is not None:
+                    self._log.warning("session_kill", session_id=session_id, pid=run.pid)
+                    _killpg(run.pid)
+            elif not run.cancelled and now >= run.stop_sent_at + 3 * grace:
+                run.cancelled = True
+                self._log.error("session_cancel", session_id=session_id)
+                run.task.cancel()
+
+    async def _cleanup(self, session_id: str) -> None:
+        run = self._running.pop(session_id, None)
+        if run is None:
+            return
+        for port in run.ports:
+            self._ports.release(port)
+        if run.pid is not None:
+            _killpg(run.pid)  # the actor reaped SUMO; anything left in its group goes too
+        await asyncio.to_thread(shutil.rmtree, run.workdir, ignore_errors=True)
+
+
+def _killpg(pgid: int) -> None:
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(pgid, signal.SIGKILL)
+
+
+def _kill_if_same_process(pid: int | None, started_at: float | None) -> bool:
+    """Kill a recorded SUMO only if that pid still is the process that was started then."""
+    if pid is None or started_at is None:
+        return False
+    try:
+        proc = psutil.Process(pid)
+        if abs(proc.create_time() - started_at) > START_TIME_TOLERANCE_S:
+            return False
+        _killpg(pid)
+        proc.kill()
+        proc.wait(timeout=5)
+    except (psutil.NoSuchProcess, psutil.TimeoutExpired):
+        return False
+    except psutil.AccessDenied:
+        return False
+    return True
+
+
+def _sweep(root: Path) -> int:
+    """Remove every session dir left under `root` (only called before any session runs)."""
+    if not root.exists():
+        return 0
+    removed = 0
+    for child in root.iterdir():
+        if child.is_dir() and not child.is_symlink():
+            shutil.rmtree(child, ignore_errors=True)
+        else:
+            child.unlink(missing_ok=True)
+        removed += 1
+    return removed

@@ -1,0 +1,1 @@
+"""sumo-supervisor: the daemon (config, wiring, API, CLI, database access)."""

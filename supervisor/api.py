@@ -1,0 +1,329 @@
+"""The HTTP API (aiohttp). Handlers parse and check input, then ask the database or the supervisor
+actor; typed errors become JSON 4xx responses in one place, `error_middleware`."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from dataclasses import dataclass
+from datetime import datetime
+from functools import partial
+from typing import Any
+from urllib.parse import unquote
+
+import asyncpg
+import structlog
+from aiohttp import BodyPartReader, web
+
+from actors.session import SessionSpec
+from actors.supervisor import SupervisorActor, new_session_id
+from actors.writer import WriterActor
+from supervisor import db, templates
+from supervisor.config import Config
+from supervisor.errors import (
+    InvalidRequest,
+    InvalidTemplate,
+    PayloadTooLarge,
+    SessionNotFound,
+    SupervisorError,
+    TemplateNotFound,
+)
+from supervisor.session_request import parse_session_request
+
+log = structlog.get_logger(component="api")
+
+MAX_JSON_BODY = 1024 * 1024
+MAX_FORM_FIELD = 1024
+CHUNK = 256 * 1024
+ALL_STATUSES = ("queued", "starting", "running", *db.FINAL_STATUSES)
+
+
+@dataclass(frozen=True)
+class Services:
+    config: Config
+    pool: asyncpg.Pool
+    supervisor: SupervisorActor
+    writer: WriterActor
+
+
+SERVICES = web.AppKey("services", Services)
+
+
+def _default(value: Any) -> Any:
+    if isinstance(value, datetime):
+        return value.isoformat()
+    raise TypeError(f"not JSON serializable: {type(value).__name__}")
+
+
+_dumps = partial(json.dumps, default=_default)
+
+
+def _json(data: Any, status: int = 200) -> web.Response:
+    return web.json_response(data, status=status, dumps=_dumps)
+
+
+# ---- errors, in one place ----------------------------------------------------------------------
+
+
+@web.middleware
+async def error_middleware(request: web.Request, handler: Any) -> web.StreamResponse:
+    try:
+        response: web.StreamResponse = await handler(request)
+        return response
+    except SupervisorError as exc:
+        return _json({"error": exc.message, **exc.detail}, status=exc.status)
+    except web.HTTPException as exc:
+        if exc.status < 400:
+            raise
+        return _json({"error": exc.reason, "path": request.path}, status=exc.status)
+    except db.TRANSIENT_ERRORS as exc:
+        log.warning("api_database_unavailable", path=request.path, error=repr(exc))
+        return _json({"error": "database unavailable, try again"}, status=503)
+    except Exception:
+        log.exception("api_internal_error", path=request.path, method=request.method)
+        return _json({"error": "internal error"}, status=500)
+
+
+async def _json_body(request: web.Request) -> Any:
+    if request.content_length is not None and request.content_length > MAX_JSON_BODY:
+        raise PayloadTooLarge(f"JSON body larger than {MAX_JSON_BODY} bytes")
+    raw = await request.content.read(MAX_JSON_BODY + 1)
+    if len(raw) > MAX_JSON_BODY:
+        raise PayloadTooLarge(f"JSON body larger than {MAX_JSON_BODY} bytes")
+    try:
+        return json.loads(raw)
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise InvalidRequest(f"request body is not valid JSON: {exc}") from None
+
+
+def _query_int(request: web.Request, key: str, default: int, lo: int, hi: int) -> int:
+    raw = request.query.get(key)
+    if raw is None:
+        return default
+    try:
+        value = int(raw)
+    except ValueError:
+        raise InvalidRequest(f"{key} must be an integer", field=key, value=raw) from None
+    if not lo <= value <= hi:
+        raise InvalidRequest(f"{key} must be in [{lo}, {hi}]", field=key, value=value)
+    return value
+
+
+def _query_float(request: web.Request, key: str) -> float | None:
+    raw = request.query.get(key)
+    if raw is None:
+        return None
+    try:
+        return float(raw)
+    except ValueError:
+        raise InvalidRequest(f"{key} must be a number", field=key, value=raw) from None
+
+
+# ---- health ------------------------------------------------------------------------------------
+
+
+async def healthz(request: web.Request) -> web.Response:
+    s = request.app[SERVICES]
+    body: dict[str, Any] = {
+        "running": s.supervisor.running_count,
+        "queued": s.supervisor.queued_count,
+        "ports_leased": s.supervisor.ports_leased,
+        "writer_queue": s.writer.queued,
+    }
+    try:
+        await db.ping(s.pool)
+    except (*db.TRANSIENT_ERRORS, asyncpg.PostgresError) as exc:
+        return _json({"status": "unavailable", "error": f"database: {exc!r}", **body}, status=503)
+    return _json({"status": "ok", **body})
+
+
+# ---- templates ---------------------------------------------------------------------------------
+
+
+async def _read_part(part: BodyPartReader, budget: int) -> bytes:
+    """A part's bytes, or PayloadTooLarge once more than `budget` bytes have come."""
+    chunks: list[bytes] = []
+    size = 0
+    while chunk := await part.read_chunk(CHUNK):
+        size += len(chunk)
+        if size > budget:
+            raise PayloadTooLarge(f"upload larger than the limit of {budget} bytes")
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+async def create_template(request: web.Request) -> web.Response:
+    s = request.app[SERVICES]
+    limit = s.config.max_upload_bytes
+    if request.content_length is not None and request.content_length > limit:
+        raise PayloadTooLarge(f"upload larger than the limit of {limit} bytes", limit=limit)
+    if request.content_type != "multipart/form-data":
+        raise InvalidRequest("send the template as multipart/form-data")
+    reader = await request.multipart()
+    fields: dict[str, str] = {}
+    files: dict[str, bytes] = {}
+    used = 0
+    while (part := await reader.next()) is not None:
+        if not isinstance(part, BodyPartReader):
+            raise InvalidRequest("nested multipart bodies are not supported")
+        if part.filename is not None:
+            # RFC 7578 lets clients percent-encode file names (aiohttp's client does, '/' as %2F);
+            # the path is checked after decoding, so an encoded '..' is refused like a plain one.
+            path = templates.check_relative_path(unquote(part.filename))
+            if path in files:
+                raise InvalidTemplate(f"file {path!r} appears twice in the upload", path=path)
+            if len(files) >= s.config.max_template_files:
+                raise PayloadTooLarge(
+                    f"more than {s.config.max_template_files} files in one template"
+                )
+            data = await _read_part(part, limit - used)
+            used += len(data)
+            files[path] = data
+        elif part.name in ("name", "config"):
+            raw = await _read_part(part, MAX_FORM_FIELD)
+            fields[part.name] = raw.decode(errors="replace").strip()
+        else:
+            raise InvalidRequest(
+                f"unexpected form field {part.name!r}: send 'name', 'config' and file parts",
+                field=part.name,
+            )
+    for key in ("name", "config"):
+        if not fields.get(key):
+            raise InvalidRequest(f"form field {key!r} is required", field=key)
+    name = templates.validate_name(fields["name"])
+    sha256, stored = await asyncio.to_thread(templates.check_upload, fields["config"], files)
+    version = await db.insert_template_version(s.pool, name, fields["config"], sha256, stored)
+    log.info("template_created", template=name, version=version, files=len(stored), bytes=used)
+    return _json(
+        {
+            "name": name,
+            "version": version,
+            "sha256": sha256,
+            "config": fields["config"],
+            "files": [{"path": f.path, "sha256": f.sha256, "size": len(f.content)} for f in stored],
+        },
+        status=201,
+    )
+
+
+async def list_templates(request: web.Request) -> web.Response:
+    return _json({"templates": await db.list_templates(request.app[SERVICES].pool)})
+
+
+async def get_template(request: web.Request) -> web.Response:
+    name = request.match_info["name"]
+    template = await db.get_template(request.app[SERVICES].pool, name)
+    if template is None:
+        raise TemplateNotFound(f"no template named {name!r}", template=name)
+    return _json(template)
+
+
+# ---- sessions ----------------------------------------------------------------------------------
+
+
+def _session_json(row: dict[str, Any]) -> dict[str, Any]:
+    end, sim_time = row["end_time"], row["sim_time"]
+    if row["status"] == "completed":
+        progress = 1.0
+    elif end and sim_time is not None:
+        progress = max(0.0, min(1.0, sim_time / end))
+    else:
+        progress = 0.0
+    return {
+        "id": row["id"],
+        "template": row["template_name"],
+        "version": row["template_version"],
+        "status": row["status"],
+        "label": row["label"],
+        "created_at": row["created_at"],
+        "started_at": row["started_at"],
+        "ended_at": row["ended_at"],
+        "sim_time": sim_time,
+        "end": end,
+        "progress": progress,
+        "port": row["port"],
+        "pid": row["pid"],
+        "exit_code": row["exit_code"],
+        "cause": row["cause"],
+        "error": row["error"],
+        "request": row["request"],
+    }
+
+
+async def _session_row(request: web.Request) -> dict[str, Any]:
+    session_id = request.match_info["id"]
+    row = await db.get_session(request.app[SERVICES].pool, session_id)
+    if row is None:
+        raise SessionNotFound(f"no session {session_id!r}", session=session_id)
+    return row
+
+
+async def create_session(request: web.Request) -> web.Response:
+    s = request.app[SERVICES]
+    req = parse_session_request(await _json_body(request))
+    version = await db.resolve_template_version(s.pool, req.template, req.version)
+    if version is None:
+        which = f"{req.template!r}" + (f" version {req.version}" if req.version else "")
+        raise TemplateNotFound(f"no template {which}", template=req.template, version=req.version)
+    spec = SessionSpec(
+        id=new_session_id(),
+        template_name=version["name"],
+        template_version=version["version"],
+        config_path=version["config_path"],
+        request=req,
+    )
+    await s.supervisor.submit(spec)
+    row = await db.get_session(s.pool, spec.id)
+    assert row is not None
+    return _json(_session_json(row), status=201)
+
+
+async def list_sessions(request: web.Request) -> web.Response:
+    status = request.query.get("status")
+    if status is not None and status not in ALL_STATUSES:
+        raise InvalidRequest(f"status must be one of {', '.join(ALL_STATUSES)}", field="status")
+    label = request.query.get("label")
+    limit = _query_int(request, "limit", 100, 1, 10_000)
+    rows = await db.list_sessions(request.app[SERVICES].pool, status, label, limit)
+    return _json({"sessions": [_session_json(r) for r in rows]})
+
+
+async def get_session(request: web.Request) -> web.Response:
+    return _json(_session_json(await _session_row(request)))
+
+
+async def session_events(request: web.Request) -> web.Response:
+    row = await _session_row(request)
+    events = await db.session_events(request.app[SERVICES].pool, row["id"])
+    return _json({"id": row["id"], "events": events})
+
+
+async def stop_session(request: web.Request) -> web.Response:
+    session_id = request.match_info["id"]
+    was = await request.app[SERVICES].supervisor.stop(session_id)
+    return _json({"id": session_id, "stopping": True, "was": was}, status=202)
+
+
+async def session_samples(request: web.Request) -> web.Response:
+    row = await _session_row(request)
+    after = _query_float(request, "after")
+    limit = _query_int(request, "limit", 100_000, 1, 1_000_000)
+    samples = await db.get_samples(request.app[SERVICES].pool, row["id"], after, limit)
+    return _json({"id": row["id"], "samples": samples})
+
+
+def make_app(services: Services) -> web.Application:
+    # Bodies are streamed and capped by the handlers; aiohttp's own cap only covers request.post().
+    app = web.Application(middlewares=[error_middleware], client_max_size=MAX_JSON_BODY)
+    app[SERVICES] = services
+    app.router.add_get("/healthz", healthz)
+    app.router.add_post("/v1/templates", create_template)
+    app.router.add_get("/v1/templates", list_templates)
+    app.router.add_get("/v1/templates/{name}", get_template)
+    app.router.add_post("/v1/sessions", create_session)
+    app.router.add_get("/v1/sessions", list_sessions)
+    app.router.add_get("/v1/sessions/{id}", get_session)
+    app.router.add_get("/v1/sessions/{id}/events", session_events)
+    app.router.add_post("/v1/sessions/{id}/stop", stop_session)
+    app.router.add_get("/v1/sessions/{id}/samples", session_samples)
+    return app

@@ -1,0 +1,137 @@
+"""Wiring: config -> logging -> database -> schema -> writer -> supervisor -> API, and the ordered
+teardown in reverse when a signal arrives."""
+
+from __future__ import annotations
+
+import asyncio
+import shutil
+import signal
+from pathlib import Path
+
+import asyncpg
+import structlog
+from aiohttp import web
+
+from actors.ports import PortPool
+from actors.supervisor import SupervisorActor, SupervisorSettings
+from actors.writer import WriterActor
+from supervisor import api, db, pgembed
+from supervisor import logging as logsetup
+from supervisor.config import Config, ConfigError
+
+log = structlog.get_logger(component="daemon")
+
+# In-flight HTTP requests get this long to finish when the daemon stops.
+HTTP_SHUTDOWN_S = 3.0
+
+
+def sumo_binary() -> str:
+    """The `sumo` of the eclipse-sumo package; a system one only if that package has none."""
+    try:
+        import sumo
+
+        bundled = Path(sumo.SUMO_HOME) / "bin" / "sumo"
+        if bundled.exists():
+            return str(bundled)
+    except ImportError:
+        pass
+    found = shutil.which("sumo")
+    if found is None:
+        raise ConfigError("no sumo binary: install the eclipse-sumo package")
+    return found
+
+
+async def serve(cfg: Config) -> int:
+    """Run the daemon until SIGTERM/SIGINT; returns the process exit code."""
+    logsetup.configure(cfg.log_level, cfg.log_format)
+    loop = asyncio.get_running_loop()
+    stop_reason: asyncio.Future[str] = loop.create_future()
+
+    def on_signal(sig: signal.Signals) -> None:
+        if not stop_reason.done():
+            stop_reason.set_result(sig.name)
+
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, on_signal, sig)
+    sumo = sumo_binary()
+    cfg.state_dir.mkdir(parents=True, exist_ok=True)
+    embedded = None
+    url = cfg.database_url
+    if url is None:
+        embedded = await pgembed.start(cfg.pgdata)
+        url = embedded.url
+    try:
+        pool = await db.with_retry(lambda: db.create_pool(url), what="connect", deadline_s=60)
+        try:
+            await db.apply_schema(pool)
+            return await _run(cfg, pool, sumo, stop_reason)
+        finally:
+            await asyncio.wait_for(pool.close(), timeout=10)
+    finally:
+        if embedded is not None:
+            await embedded.stop()
+
+
+async def _run(cfg: Config, pool: asyncpg.Pool, sumo: str, stop_reason: asyncio.Future[str]) -> int:
+    writer = WriterActor(
+        pool,
+        batch_rows=cfg.writer_batch_rows,
+        flush_s=cfg.writer_flush_s,
+        queue_rows=cfg.writer_queue_rows,
+    )
+    supervisor = SupervisorActor(
+        SupervisorSettings(
+            temp_root=cfg.temp_root,
+            sumo_binary=sumo,
+            max_running=cfg.max_running,
+            max_queued=cfg.max_queued,
+            stop_grace_s=cfg.stop_grace_s,
+            connect_timeout_s=cfg.connect_timeout_s,
+        ),
+        pool=pool,
+        writer=writer,
+        ports=PortPool(cfg.traci_ports.ports()),
+    )
+    cfg.temp_root.mkdir(parents=True, exist_ok=True)
+    await supervisor.recover()
+    runner = web.AppRunner(
+        api.make_app(api.Services(cfg, pool, supervisor, writer)),
+        access_log=None,
+        shutdown_timeout=HTTP_SHUTDOWN_S,
+    )
+    clean = True
+    async with asyncio.TaskGroup() as tg:
+        writer_task = tg.create_task(writer.run(), name="writer")
+        supervisor_task = tg.create_task(supervisor.run(), name="supervisor")
+        await runner.setup()
+        site = web.TCPSite(runner, cfg.host, cfg.port)
+        await site.start()
+        host, port = runner.addresses[0][:2]
+        log.info(
+            "daemon_ready",
+            host=host,
+            port=port,
+            url=f"http://{host}:{port}",
+            state_dir=str(cfg.state_dir),
+            traci_ports=str(cfg.traci_ports),
+            max_running=cfg.max_running,
+            sumo=sumo,
+        )
+        reason = await stop_reason
+        log.info("daemon_stopping", reason=reason)
+        # Ordered: no new sessions, every session stopped, every row written, then HTTP closed.
+        await supervisor.shutdown(reason)
+        try:
+            await asyncio.wait_for(supervisor_task, cfg.shutdown_timeout_s)
+        except TimeoutError:
+            clean = False
+            log.error("shutdown_timeout", what="sessions", timeout_s=cfg.shutdown_timeout_s)
+        await writer.close()
+        try:
+            await asyncio.wait_for(writer_task, cfg.shutdown_timeout_s)
+        except TimeoutError:
+            clean = False
+            log.error("shutdown_timeout", what="writer", queued_rows=writer.queued)
+        await runner.cleanup()
+    log.info("daemon_stopped", clean=clean)
+    return 0 if clean else 1

@@ -1,0 +1,129 @@
+"""The actors in-process, where a case needs a hand on their insides: real PostgreSQL, real sumo."""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+import time
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import asyncpg
+import pytest
+from conftest import SUMO_BIN, Scenario
+
+from actors.ports import PortPool, port_is_free
+from actors.session import SessionSpec
+from actors.supervisor import SupervisorActor, SupervisorSettings, new_session_id
+from actors.writer import WriterActor
+from supervisor import db, templates
+from supervisor.session_request import SessionRequest
+
+
+@pytest.fixture
+async def pool(db_url: str) -> AsyncIterator[asyncpg.Pool]:
+    pool = await db.create_pool(db_url)
+    await db.apply_schema(pool)
+    yield pool
+    await pool.close()
+
+
+async def store_template(pool: asyncpg.Pool, name: str, scenario: Scenario) -> SessionSpec:
+    sha, files = templates.check_upload(scenario.config, scenario.files())
+    version = await db.insert_template_version(pool, name, scenario.config, sha, files)
+    return SessionSpec(new_session_id(), name, version, scenario.config, SessionRequest(name))
+
+
+async def wait_final(pool: asyncpg.Pool, session_id: str, timeout: float = 60) -> dict:
+    deadline = time.monotonic() + timeout
+    while True:
+        row = await db.get_session(pool, session_id)
+        if row is not None and row["status"] in db.FINAL_STATUSES:
+            return row
+        assert time.monotonic() < deadline, row
+        await asyncio.sleep(0.05)
+
+
+async def test_port_refused_by_sumo_is_retried_on_another(pool, scenarios, tmp_path: Path):
+    """SUMO itself fails with 'Address already in use' and the session moves to the next port.
+
+    The probe is replaced (the one fake here): a real probe would see the taken port and never
+    lease it, so this is the only way to reach SUMO's own refusal. Everything else is real."""
+    first = 23400
+    holder = socket.socket()
+    holder.bind(("0.0.0.0", first))  # no SO_REUSEADDR: SUMO's bind must fail
+    holder.listen()
+    writer = WriterActor(pool, batch_rows=100, flush_s=0.05, queue_rows=1000)
+    supervisor = SupervisorActor(
+        SupervisorSettings(
+            temp_root=tmp_path / "sessions",
+            sumo_binary=str(SUMO_BIN / "sumo"),
+            max_running=2,
+            max_queued=10,
+            stop_grace_s=1.0,
+            connect_timeout_s=30.0,
+        ),
+        pool=pool,
+        writer=writer,
+        ports=PortPool(range(first, first + 3), probe=lambda port: True),
+    )
+    try:
+        async with asyncio.TaskGroup() as tg:
+            tg.create_task(writer.run())
+            tg.create_task(supervisor.run())
+            spec = await store_template(pool, "grid3", scenarios["grid3"])
+            await supervisor.submit(spec)
+            row = await wait_final(pool, spec.id)
+            await supervisor.shutdown("test over")
+            await writer.close()
+    finally:
+        holder.close()
+    assert row["status"] == "completed", row
+    assert row["port"] == first + 1
+    assert supervisor.ports_leased == 0
+    assert port_is_free(first + 1)
+
+
+async def test_writer_keeps_every_row_and_flushes_on_close(pool, scenarios):
+    """Rows written faster than one batch, with a queue smaller than the total: none is lost."""
+    spec = await store_template(pool, "grid3", scenarios["grid3"])
+    await db.insert_session(pool, spec.id, "grid3", 1, spec.request.to_json(), None, None)
+    writer = WriterActor(pool, batch_rows=64, flush_s=0.01, queue_rows=50)
+    task = asyncio.create_task(writer.run())
+    try:
+        for t in range(5000):
+            await writer.write((spec.id, float(t), 1, 1, 0, 1.0, 0, 0.0))
+        await writer.close()
+        await asyncio.wait_for(task, 30)
+    finally:
+        task.cancel()
+    rows = await db.get_samples(pool, spec.id, None, 10_000)
+    assert len(rows) == 5000
+    assert sum(r["departed"] for r in rows) == 5000
+    # A rerun's duplicate rows are skipped, the new ones kept.
+    writer = WriterActor(pool, batch_rows=64, flush_s=0.01, queue_rows=50)
+    task = asyncio.create_task(writer.run())
+    for t in range(4990, 5010):
+        await writer.write((spec.id, float(t), 1, 1, 0, 1.0, 0, 0.0))
+    await writer.flush()
+    await writer.close()
+    await asyncio.wait_for(task, 30)
+    assert len(await db.get_samples(pool, spec.id, None, 10_000)) == 5010
+
+
+def test_port_pool_skips_ports_held_elsewhere_and_rotates():
+    holder = socket.socket()
+    holder.bind(("127.0.0.1", 0))
+    holder.listen()
+    taken = holder.getsockname()[1]
+    try:
+        pool = PortPool([taken, taken + 1, taken + 2])
+        leased = pool.lease()
+        assert leased is not None and leased != taken
+        second = pool.lease()
+        assert second not in (None, taken, leased)
+        assert pool.lease() is None  # the held one is quarantined, the others leased
+        pool.release(leased)
+        assert pool.lease() == leased
+    finally:
+        holder.close()
