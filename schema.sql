@@ -84,3 +84,53 @@ CREATE TABLE IF NOT EXISTS samples (
     waiting_time  double precision NOT NULL,
     PRIMARY KEY (session_id, sim_time)
 );
+-- Vehicles that started teleporting in the interval (SUMO's stats.teleports.total, differenced).
+ALTER TABLE samples ADD COLUMN IF NOT EXISTS teleports integer NOT NULL DEFAULT 0;
+
+-- The big per-session tables are partitioned by session: one partition per session that records
+-- them, created when it starts (see db.create_record_partitions). Rows of one session stay
+-- together however many sessions accumulate, the session's own partition has its id as the
+-- column default (so SUMO's CSV output is COPYed in as it is), and deleting a session drops its
+-- partitions instead of deleting millions of rows.
+
+-- Every vehicle's state every `trajectory_period` seconds (SUMO's FCD output).
+CREATE TABLE IF NOT EXISTS trajectories (
+    session_id  text NOT NULL,
+    time        double precision NOT NULL,
+    vehicle     text NOT NULL,
+    x           double precision,
+    y           double precision,
+    angle       double precision,
+    speed       double precision,
+    lane        text
+) PARTITION BY LIST (session_id);
+
+-- One row per finished trip (SUMO's tripinfo output).
+CREATE TABLE IF NOT EXISTS trips (
+    session_id    text NOT NULL,
+    vehicle       text NOT NULL,
+    vtype         text,
+    depart        double precision,
+    arrival       double precision,
+    duration      double precision,
+    route_length  double precision,
+    waiting_time  double precision,
+    waiting_count integer,
+    time_loss     double precision,
+    depart_delay  double precision,
+    reroutes      integer
+) PARTITION BY LIST (session_id);
+
+-- Per-edge aggregates per interval (SUMO's edgeData output).
+CREATE TABLE IF NOT EXISTS edge_data (
+    session_id      text NOT NULL,
+    interval_begin  double precision NOT NULL,
+    interval_end    double precision NOT NULL,
+    edge            text NOT NULL,
+    entered         integer,
+    left_edge       integer,
+    mean_speed      double precision,
+    occupancy       double precision,
+    density         double precision,
+    sampled_seconds double precision
+) PARTITION BY LIST (session_id);

@@ -28,6 +28,7 @@ import traci.constants as tc
 from traci.connection import Connection
 from traci.exceptions import FatalTraCIError, TraCIException
 
+from actors.recorder import Recorder
 from actors.writer import WriterActor
 from supervisor import db, templates
 from supervisor.session_request import SessionRequest
@@ -96,6 +97,7 @@ class _Jump:
     min_expected: int
     speeds: list[float]
     waiting: float
+    teleports: int
 
 
 class _Drive:
@@ -134,6 +136,7 @@ class SessionActor:
         self._jumps = 0
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"traci-{spec.id}")
         self._log = structlog.get_logger(component="session").bind(session_id=spec.id)
+        self._recorder = Recorder(spec.id, spec.request, workdir, writer)
 
     # ---- messages ------------------------------------------------------------------------------
 
@@ -207,6 +210,8 @@ class SessionActor:
                 self._pool, self.spec.template_name, self.spec.template_version
             )
             await asyncio.to_thread(self._prepare_workdir, files)
+            if self._recorder.active:
+                await db.create_record_partitions(self._pool, self.spec.id, self._recorder.tables)
         except OSError as exc:
             return Outcome(
                 "failed",
@@ -215,13 +220,15 @@ class SessionActor:
                 error=f"{exc.strerror or exc}: {exc.filename or self._workdir}",
             )
         outcome: Outcome | None = None
-        for _attempt in range(MAX_PORT_ATTEMPTS):
+        for attempt in range(MAX_PORT_ATTEMPTS):
             if (stop := self._stop_requested()) is not None:
                 return Outcome(stop.status, stop.reason)
             try:
                 port = await self._broker.lease_port(self.spec.id)
             except PortsExhausted:
                 return Outcome("failed", "no free TraCI port", cause="port_in_use")
+            if attempt > 0:
+                await asyncio.to_thread(self._recorder.prepare, self.spec.config_path)
             outcome = await self._run_on_port(port)
             if outcome.cause != "port_in_use":
                 return outcome
@@ -233,6 +240,7 @@ class SessionActor:
     def _prepare_workdir(self, files: list[db.TemplateFile]) -> None:
         self._workdir.mkdir(parents=True, exist_ok=False)
         templates.materialize(files, self._workdir)
+        self._recorder.prepare(self.spec.config_path)
 
     # ---- one SUMO process ----------------------------------------------------------------------
 
@@ -246,6 +254,7 @@ class SessionActor:
             "--no-step-log",
             "true",
             *self.spec.request.sumo_args(),
+            *self._recorder.sumo_args(),
         ]
 
     async def _run_on_port(self, port: int) -> Outcome:
@@ -268,13 +277,17 @@ class SessionActor:
         await self._broker.sumo_started(self.spec.id, proc.pid)
         await db.set_session_process(self._pool, self.spec.id, port, proc.pid, started_at)
         assert proc.stdout is not None and proc.stderr is not None
+        sumo_done = asyncio.Event()
         async with asyncio.TaskGroup() as tg:
             tg.create_task(self._relog(proc.stdout, "stdout", log))
             tg.create_task(self._relog(proc.stderr, "stderr", log))
+            if self._recorder.active:
+                tg.create_task(self._recorder.follow(sumo_done))
             try:
                 drive = await self._drive(proc, port, log)
             finally:
                 await self._reap(proc, log)
+                sumo_done.set()
         return self._classify(drive, proc.returncode)
 
     async def _relog(self, stream: asyncio.StreamReader, name: str, log: Any) -> None:
@@ -406,6 +419,7 @@ class SessionActor:
         k = 0
         inserted_before = 0
         left_before = 0
+        teleports_before = 0
         self._sim_time = begin
         while True:
             if self._stop_requested() is not None:
@@ -429,9 +443,11 @@ class SessionActor:
                     sum(speeds) / len(speeds) if speeds else 0.0,
                     sum(1 for s in speeds if s < HALTING_SPEED),
                     jump.waiting,
+                    jump.teleports - teleports_before,
                 )
             )
             inserted_before, left_before = jump.inserted, left
+            teleports_before = jump.teleports
             self._jumps += 1
             if end is not None and jump.sim_time >= end - 1e-9:
                 return _Drive("completed", "end time reached")
@@ -495,6 +511,7 @@ def _advance(conn: Connection, target: float, anchor: str | None) -> _Jump:
         min_expected=int(sim[tc.VAR_MIN_EXPECTED_VEHICLES]),
         speeds=[v[tc.VAR_SPEED] for v in vehicles.values()],
         waiting=float(sum(v[tc.VAR_WAITING_TIME] for v in vehicles.values())),
+        teleports=int(conn.simulation.getParameter("", "stats.teleports.total")),
     )
 
 

@@ -1,15 +1,18 @@
-"""The writer actor: the only owner of bulk writes. Sessions hand it sample rows; it batches them
-by count and time and COPYs them into PostgreSQL.
+"""The writer actor: the only owner of bulk writes. Sessions hand it sample rows and chunks of
+SUMO's own CSV output; it batches them by count and time and COPYs them into PostgreSQL.
 
-Its inbox is bounded: when the database is slow or down, `write` blocks and so the sessions slow
-down. Rows are retried, never dropped, and everything queued is written before `run` returns.
+Its inbox is bounded (in items, and CSV data also in bytes): when the database is slow or down,
+`write`/`write_csv` block and so the sessions slow down. Batches are retried, never dropped, and
+everything queued is written before `run` returns.
 """
 
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from functools import partial
 from typing import Any
 
 import asyncpg
@@ -21,8 +24,28 @@ Row = tuple[Any, ...]
 
 
 @dataclass(frozen=True)
+class Records:
+    """Rows for `table`, converted in Python (samples, trips, edge data)."""
+
+    table: str
+    columns: tuple[str, ...]
+    rows: list[Row]
+
+
+@dataclass(frozen=True)
+class CsvChunk:
+    """Whole lines of SUMO's ';'-separated CSV output, COPYed as they are into `partition`."""
+
+    partition: str
+    columns: tuple[str, ...]
+    data: bytes
+    lines: int
+    where: str | None = None
+
+
+@dataclass(frozen=True)
 class Flush:
-    """Resolve `done` once every row queued before this message is committed."""
+    """Resolve `done` once every item queued before this message is committed."""
 
     done: asyncio.Future[None]
 
@@ -32,11 +55,16 @@ class Close:
     """Write everything queued, then end `run`."""
 
 
+Item = Records | CsvChunk | Flush | Close
+
+
 @dataclass
 class WriterStats:
     rows_written: int = 0
+    bytes_written: int = 0
     batches_written: int = 0
     retries: int = 0
+    batch_seconds: list[float] = field(default_factory=list)
 
 
 class WriterActor:
@@ -47,11 +75,15 @@ class WriterActor:
         batch_rows: int,
         flush_s: float,
         queue_rows: int,
+        queue_bytes: int = 64 * 1024 * 1024,
     ) -> None:
         self._pool = pool
         self._batch_rows = batch_rows
         self._flush_s = flush_s
-        self._inbox: asyncio.Queue[Row | Flush | Close] = asyncio.Queue(maxsize=queue_rows)
+        self._inbox: asyncio.Queue[Item] = asyncio.Queue(maxsize=queue_rows)
+        self._queue_bytes = queue_bytes
+        self._queued_bytes = 0
+        self._space = asyncio.Condition()
         self._log = structlog.get_logger(component="writer")
         self.stats = WriterStats()
 
@@ -60,7 +92,22 @@ class WriterActor:
         return self._inbox.qsize()
 
     async def write(self, row: Row) -> None:
-        await self._inbox.put(row)
+        """One sample row."""
+        await self._inbox.put(Records("samples", db.SAMPLE_COLUMNS, [row]))
+
+    async def write_records(self, table: str, columns: tuple[str, ...], rows: list[Row]) -> None:
+        if rows:
+            await self._inbox.put(Records(table, columns, rows))
+
+    async def write_csv(self, chunk: CsvChunk) -> None:
+        size = len(chunk.data)
+        async with self._space:
+            # A chunk bigger than the whole budget still goes alone, once the queue is empty.
+            await self._space.wait_for(
+                lambda: self._queued_bytes == 0 or self._queued_bytes + size <= self._queue_bytes
+            )
+            self._queued_bytes += size
+        await self._inbox.put(chunk)
 
     async def flush(self) -> None:
         done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
@@ -71,11 +118,12 @@ class WriterActor:
         await self._inbox.put(Close())
 
     async def run(self) -> None:
-        batch: list[Row] = []
-        waiting: list[asyncio.Future[None]] = []
         loop = asyncio.get_running_loop()
         closing = False
         while not closing:
+            batch: list[Records | CsvChunk] = []
+            waiting: list[asyncio.Future[None]] = []
+            rows = 0
             item = await self._inbox.get()
             batch_deadline = loop.time() + self._flush_s
             # Gather a batch: until it is full, its time is up, or someone waits for it.
@@ -86,7 +134,8 @@ class WriterActor:
                     waiting.append(item.done)
                 else:
                     batch.append(item)
-                if closing or waiting or len(batch) >= self._batch_rows:
+                    rows += len(item.rows) if isinstance(item, Records) else item.lines
+                if closing or waiting or rows >= self._batch_rows:
                     break
                 if self._inbox.empty():
                     remaining = batch_deadline - loop.time()
@@ -98,45 +147,89 @@ class WriterActor:
                         break
                 else:
                     item = self._inbox.get_nowait()
-            if batch:
-                await self._commit(batch)
-                batch = []
+            if closing:
+                # Close came last, but items may still be queued behind it by late sessions.
+                while not self._inbox.empty():
+                    late = self._inbox.get_nowait()
+                    if isinstance(late, Flush):
+                        waiting.append(late.done)
+                    elif not isinstance(late, Close):
+                        batch.append(late)
+            await self._commit_batch(batch)
             for fut in waiting:
                 if not fut.done():
                     fut.set_result(None)
-            waiting = []
-        # Close came last, but rows may still be queued behind it by late sessions.
-        while not self._inbox.empty():
-            item = self._inbox.get_nowait()
-            if isinstance(item, Flush):
-                if not item.done.done():
-                    item.done.set_result(None)
-            elif not isinstance(item, Close):
-                batch.append(item)
-        if batch:
-            await self._commit(batch)
         self._log.info("writer_closed", rows_written=self.stats.rows_written)
 
-    async def _commit(self, rows: Sequence[Row]) -> None:
+    async def _commit_batch(self, batch: list[Records | CsvChunk]) -> None:
+        # One COPY per destination: consecutive items for one table become one statement.
+        groups: dict[tuple[str, tuple[str, ...], str | None], list[Records | CsvChunk]] = {}
+        for item in batch:
+            key: tuple[str, tuple[str, ...], str | None]
+            if isinstance(item, Records):
+                key = (item.table, item.columns, None)
+            else:
+                key = (item.partition, item.columns, item.where)
+            groups.setdefault(key, []).append(item)
+        for (target, columns, where), items in groups.items():
+            started = time.perf_counter()
+            if isinstance(items[0], Records):
+                records = [r for i in items if isinstance(i, Records) for r in i.rows]
+                written = len(records)
+                await self._commit(
+                    target, partial(self._copy_records, table=target, columns=columns, rows=records)
+                )
+            else:
+                chunks = [i for i in items if isinstance(i, CsvChunk)]
+                data = b"".join(c.data for c in chunks)
+                written = sum(c.lines for c in chunks)
+                await self._commit(
+                    target,
+                    partial(db.copy_csv, partition=target, columns=columns, data=data, where=where),
+                )
+                async with self._space:
+                    self._queued_bytes -= len(data)
+                    self._space.notify_all()
+                self.stats.bytes_written += len(data)
+            self.stats.rows_written += written
+            self.stats.batches_written += 1
+            self.stats.batch_seconds.append(time.perf_counter() - started)
+            del self.stats.batch_seconds[:-1000]
+
+    @staticmethod
+    async def _copy_records(
+        conn: asyncpg.Connection, table: str, columns: tuple[str, ...], rows: Sequence[Row]
+    ) -> None:
+        try:
+            async with conn.transaction():
+                await db.copy_records(conn, table, columns, rows)
+        except asyncpg.exceptions.UniqueViolationError:
+            if table != "samples":
+                raise
+            # A rerun wrote some of these before; keep the rest.
+            await db.insert_samples_skipping_duplicates(conn, rows)
+
+    async def _commit(self, target: str, op: Any) -> None:
         delay = 0.1
         while True:
             try:
                 async with self._pool.acquire(timeout=10) as conn:
-                    try:
-                        await db.copy_samples(conn, rows)
-                    except asyncpg.exceptions.UniqueViolationError:
-                        # A rerun wrote some of these before; keep the rest.
-                        await db.insert_samples_skipping_duplicates(conn, rows)
-                break
+                    await op(conn)
+                return
             except db.TRANSIENT_ERRORS as exc:
                 self.stats.retries += 1
-                self._log.warning("batch_retry", rows=len(rows), error=repr(exc), delay_s=delay)
+                self._log.warning("batch_retry", target=target, error=repr(exc), delay_s=delay)
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 2.0)
-            except asyncpg.exceptions.ForeignKeyViolationError:
+            except (
+                asyncpg.exceptions.ForeignKeyViolationError,
+                asyncpg.exceptions.UndefinedTableError,
+            ):
                 # The session was deleted while its rows were queued: nothing to keep them for.
-                self._log.warning("batch_discarded_deleted_session", rows=len(rows))
+                self._log.warning("batch_discarded_deleted_session", target=target)
                 return
-        self.stats.rows_written += len(rows)
-        self.stats.batches_written += 1
-        self._log.debug("batch_written", rows=len(rows))
+            except Exception:
+                # Data the database (or the driver) refuses will be refused again: say so and go
+                # on, rather than stop writing for every other session.
+                self._log.exception("batch_rejected", target=target)
+                return

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import io
 import json
+import re
 from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass
 from importlib import resources
@@ -37,7 +39,12 @@ SAMPLE_COLUMNS = (
     "mean_speed",
     "halting",
     "waiting_time",
+    "teleports",
 )
+
+# Tables with one partition per recording session, and what `record` names them.
+RECORD_TABLES = {"trajectories": "trajectories", "trips": "trips", "edges": "edge_data"}
+_SAFE_ID = re.compile(r"^[0-9a-z][0-9a-z_-]{0,80}$")
 
 ACTIVE_STATUSES = ("starting", "running")
 FINAL_STATUSES = ("completed", "failed", "stopped", "timed_out")
@@ -339,7 +346,7 @@ async def insert_samples_skipping_duplicates(
     """Slow path when a COPY was refused: keep every row that can be kept."""
     await conn.executemany(
         f"INSERT INTO samples ({', '.join(SAMPLE_COLUMNS)})"
-        " VALUES ($1, $2, $3, $4, $5, $6, $7, $8) ON CONFLICT DO NOTHING",
+        " VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9) ON CONFLICT DO NOTHING",
         rows,
     )
 
@@ -348,7 +355,7 @@ async def get_samples(
     pool: asyncpg.Pool, session_id: str, after: float | None, limit: int
 ) -> list[dict[str, Any]]:
     rows = await pool.fetch(
-        "SELECT sim_time, vehicles, departed, arrived, mean_speed, halting, waiting_time"
+        "SELECT sim_time, vehicles, departed, arrived, mean_speed, halting, waiting_time, teleports"
         " FROM samples WHERE session_id = $1 AND ($2::float8 IS NULL OR sim_time > $2)"
         " ORDER BY sim_time LIMIT $3",
         session_id,
@@ -356,3 +363,119 @@ async def get_samples(
         limit,
     )
     return [dict(r) for r in rows]
+
+
+# ---- recorded outputs (partitioned per session) -------------------------------------------------
+
+
+def partition_name(table: str, session_id: str) -> str:
+    """The partition of `table` that holds one session's rows; ids are checked, never quoted in."""
+    if table not in RECORD_TABLES.values() or not _SAFE_ID.match(session_id):
+        raise ValueError(f"bad partition {table}/{session_id}")
+    return f"{table}__{session_id.replace('-', '_')}"
+
+
+async def create_record_partitions(
+    pool: asyncpg.Pool, session_id: str, tables: Iterable[str]
+) -> None:
+    async def op() -> None:
+        async with pool.acquire() as conn, conn.transaction():
+            for table in tables:
+                part = partition_name(table, session_id)
+                await conn.execute(
+                    f'CREATE TABLE IF NOT EXISTS "{part}" PARTITION OF {table}'
+                    f" FOR VALUES IN ('{session_id}')"
+                )
+                # COPY into the partition leaves session_id out; the default fills it in.
+                await conn.execute(
+                    f"ALTER TABLE \"{part}\" ALTER COLUMN session_id SET DEFAULT '{session_id}'"
+                )
+                if table == "trajectories":
+                    # Rows arrive in time order: a BRIN index costs almost nothing to keep.
+                    await conn.execute(
+                        f'CREATE INDEX IF NOT EXISTS "{part}_time" ON "{part}" USING brin (time)'
+                    )
+
+    await with_retry(op, what="create_partitions")
+
+
+async def copy_csv(
+    conn: asyncpg.Connection,
+    partition: str,
+    columns: Sequence[str],
+    data: bytes,
+    where: str | None,
+) -> None:
+    """COPY SUMO's own CSV output (';'-separated, no header) straight into a partition."""
+    await conn.copy_to_table(
+        partition,
+        source=io.BytesIO(data),
+        columns=list(columns),
+        format="csv",
+        delimiter=";",
+        null="",
+        where=where,
+    )
+
+
+async def copy_records(
+    conn: asyncpg.Connection, table: str, columns: Sequence[str], rows: Sequence[tuple[Any, ...]]
+) -> None:
+    await conn.copy_records_to_table(table, records=rows, columns=list(columns))
+
+
+async def delete_session(pool: asyncpg.Pool, session_id: str) -> None:
+    async with pool.acquire() as conn, conn.transaction():
+        for table in RECORD_TABLES.values():
+            await conn.execute(f'DROP TABLE IF EXISTS "{partition_name(table, session_id)}"')
+        await conn.execute("DELETE FROM sessions WHERE id = $1", session_id)
+
+
+async def session_status(pool: asyncpg.Pool, session_id: str) -> str | None:
+    status: str | None = await pool.fetchval(
+        "SELECT status FROM sessions WHERE id = $1", session_id
+    )
+    return status
+
+
+SUMMARY_SQL = """
+WITH s AS (
+    SELECT coalesce(sum(departed), 0) AS inserted, coalesce(sum(arrived), 0) AS arrived,
+           coalesce(sum(teleports), 0) AS teleports, min(sim_time) AS first_time,
+           max(sim_time) AS last_time
+      FROM samples WHERE session_id = $1
+), last AS (
+    SELECT vehicles FROM samples WHERE session_id = $1 ORDER BY sim_time DESC LIMIT 1
+), t AS (
+    SELECT count(*) AS trips,
+           avg(duration) AS mean_duration,
+           percentile_cont(0.95) WITHIN GROUP (ORDER BY duration) AS p95_duration,
+           avg(waiting_time) AS mean_waiting_time,
+           avg(time_loss) AS mean_time_loss,
+           avg(route_length) AS mean_route_length,
+           sum(route_length) AS total_distance,
+           avg(route_length / nullif(duration, 0)) AS mean_speed,
+           avg(depart_delay) AS mean_depart_delay
+      FROM trips WHERE session_id = $1
+)
+SELECT s.inserted, s.arrived, coalesce((SELECT vehicles FROM last), 0) AS running, s.teleports,
+       s.first_time, s.last_time, t.*
+  FROM s, t
+"""
+
+
+async def session_summary(pool: asyncpg.Pool, session_id: str) -> dict[str, Any]:
+    row = await pool.fetchrow(SUMMARY_SQL, session_id)
+    assert row is not None
+    return dict(row)
+
+
+async def copy_query_out(
+    pool: asyncpg.Pool,
+    query: str,
+    args: Sequence[Any],
+    output: Callable[[bytes], Awaitable[None]],
+) -> None:
+    """Stream a query's rows as CSV with a header, chunk by chunk, to `output`."""
+    async with pool.acquire() as conn:
+        await conn.copy_from_query(query, *args, output=output, format="csv", header=True)

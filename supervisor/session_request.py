@@ -72,6 +72,9 @@ SUMO_OPTIONS: Mapping[str, Callable[[Any], str]] = {
     "time-to-impatience": _float(0, 1e9),
 }
 
+# What a session can record: `samples` always; the others come from SUMO's own output writers.
+RECORDABLE = ("samples", "trajectories", "trips", "edges")
+
 _LABEL_RE = re.compile(r"^[\w.:@/+-]{1,100}$")
 MAX_SAMPLE_EVERY = 1_000_000
 
@@ -87,6 +90,9 @@ class SessionRequest:
     label: str | None = None
     # (option, value as SUMO reads it), in the order given.
     sumo_options: tuple[tuple[str, str], ...] = field(default=())
+    record: tuple[str, ...] = ("samples",)
+    trajectory_period: float = 1.0
+    edge_period: float = 60.0
 
     def to_json(self) -> dict[str, Any]:
         data = asdict(self)
@@ -98,6 +104,7 @@ class SessionRequest:
         """Rebuild a request stored by `to_json` (already validated when it was made)."""
         fields = dict(data)
         fields["sumo_options"] = tuple(fields.get("sumo_options", {}).items())
+        fields["record"] = tuple(fields.get("record", ("samples",)))
         return cls(**fields)
 
     def sumo_args(self) -> list[str]:
@@ -134,6 +141,9 @@ def parse_session_request(body: Any) -> SessionRequest:
         "max_wall_s",
         "label",
         "sumo_options",
+        "record",
+        "trajectory_period",
+        "edge_period",
     }
     unknown = sorted(set(body) - known)
     if unknown:
@@ -167,6 +177,17 @@ def parse_session_request(body: Any) -> SessionRequest:
                 f"SUMO option {option!r} must be {exc}", field="sumo_options", value=value
             ) from None
     sample_every = _number(body, "sample_every", integer=True, lo=1, hi=MAX_SAMPLE_EVERY)
+    record = body.get("record", ["samples"])
+    if not isinstance(record, list) or not all(isinstance(r, str) for r in record):
+        raise InvalidRequest("record must be a list of names", field="record")
+    bad = sorted(set(record) - set(RECORDABLE))
+    if bad:
+        raise InvalidRequest(
+            f"record: unknown {', '.join(bad)}; choose from {', '.join(RECORDABLE)}",
+            field="record",
+        )
+    trajectory_period = _number(body, "trajectory_period", integer=False, lo=0.001, hi=1e6)
+    edge_period = _number(body, "edge_period", integer=False, lo=0.001, hi=1e9)
     return SessionRequest(
         template=template,
         version=_number(body, "version", integer=True, lo=1, hi=2**31 - 1),
@@ -176,4 +197,7 @@ def parse_session_request(body: Any) -> SessionRequest:
         max_wall_s=_number(body, "max_wall_s", integer=False, lo=0.001, hi=1e8),
         label=label,
         sumo_options=tuple(sumo_options),
+        record=tuple(r for r in RECORDABLE if r == "samples" or r in record),
+        trajectory_period=1.0 if trajectory_period is None else trajectory_period,
+        edge_period=60.0 if edge_period is None else edge_period,
     )

@@ -10,6 +10,7 @@ import os
 import secrets
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 import xml.etree.ElementTree as ET
@@ -94,8 +95,9 @@ def _netgenerate(out: Path, *args: str) -> None:
 
 
 def _random_trips(net: Path, out: Path, *args: str) -> None:
-    # randomTrips.py also writes files of its own into its working directory.
-    _run(sys.executable, RANDOM_TRIPS, "-n", net, "-o", out, *args, cwd=out.parent)
+    # randomTrips.py also writes files of its own (routes.rou.xml) into its working directory.
+    with tempfile.TemporaryDirectory() as scratch:
+        _run(sys.executable, RANDOM_TRIPS, "-n", net, "-o", out, *args, cwd=Path(scratch))
 
 
 def _sumocfg(path: Path, net: str, routes: str, end: float, additional: str | None = None) -> None:

@@ -92,7 +92,7 @@ async def test_writer_keeps_every_row_and_flushes_on_close(pool, scenarios):
     task = asyncio.create_task(writer.run())
     try:
         for t in range(5000):
-            await writer.write((spec.id, float(t), 1, 1, 0, 1.0, 0, 0.0))
+            await writer.write((spec.id, float(t), 1, 1, 0, 1.0, 0, 0.0, 0))
         await writer.close()
         await asyncio.wait_for(task, 30)
     finally:
@@ -104,7 +104,7 @@ async def test_writer_keeps_every_row_and_flushes_on_close(pool, scenarios):
     writer = WriterActor(pool, batch_rows=64, flush_s=0.01, queue_rows=50)
     task = asyncio.create_task(writer.run())
     for t in range(4990, 5010):
-        await writer.write((spec.id, float(t), 1, 1, 0, 1.0, 0, 0.0))
+        await writer.write((spec.id, float(t), 1, 1, 0, 1.0, 0, 0.0, 0))
     await writer.flush()
     await writer.close()
     await asyncio.wait_for(task, 30)

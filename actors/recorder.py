@@ -1,0 +1,235 @@
+"""What a session records beyond samples, taken from SUMO's own output writers.
+
+SUMO writes FCD (trajectories), tripinfo (trips) and edgeData (edges) as ';'-separated CSV files
+in the session dir. A recorder follows those files while SUMO runs and hands whole lines to the
+writer: trajectories go to PostgreSQL's COPY as SUMO wrote them (no per-row Python), trips and
+edge data are small and are picked apart here. Decoding every vehicle over TraCI instead would
+cost far more than SUMO's writer does.
+
+Owned by its session actor; file reads run in a thread.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import csv
+import io
+import posixpath
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import structlog
+
+from actors.writer import CsvChunk, WriterActor
+from supervisor import db, templates
+from supervisor.session_request import SessionRequest
+
+OUT_DIR = "_supervisor"
+POLL_S = 0.2
+READ_CHUNK = 4 * 1024 * 1024
+FCD_ATTRIBUTES = "x,y,speed,angle,lane"
+
+
+def _float(v: str) -> float | None:
+    return float(v) if v else None
+
+
+def _int(v: str) -> int | None:
+    return int(float(v)) if v else None
+
+
+def _str(v: str) -> str | None:
+    return v or None
+
+
+# SUMO's CSV column -> (table column, converter).
+_FCD = {
+    "timestep_time": ("time", _float),
+    "vehicle_id": ("vehicle", _str),
+    "vehicle_x": ("x", _float),
+    "vehicle_y": ("y", _float),
+    "vehicle_angle": ("angle", _float),
+    "vehicle_speed": ("speed", _float),
+    "vehicle_lane": ("lane", _str),
+    "vehicle_edge": ("lane", _str),
+}
+_TRIPS = {
+    "tripinfo_id": ("vehicle", _str),
+    "tripinfo_vType": ("vtype", _str),
+    "tripinfo_depart": ("depart", _float),
+    "tripinfo_arrival": ("arrival", _float),
+    "tripinfo_duration": ("duration", _float),
+    "tripinfo_routeLength": ("route_length", _float),
+    "tripinfo_waitingTime": ("waiting_time", _float),
+    "tripinfo_waitingCount": ("waiting_count", _int),
+    "tripinfo_timeLoss": ("time_loss", _float),
+    "tripinfo_departDelay": ("depart_delay", _float),
+    "tripinfo_rerouteNo": ("reroutes", _int),
+}
+_EDGES = {
+    "interval_begin": ("interval_begin", _float),
+    "interval_end": ("interval_end", _float),
+    "edge_id": ("edge", _str),
+    "edge_entered": ("entered", _int),
+    "edge_left": ("left_edge", _int),
+    "edge_speed": ("mean_speed", _float),
+    "edge_occupancy": ("occupancy", _float),
+    "edge_density": ("density", _float),
+    "edge_sampledSeconds": ("sampled_seconds", _float),
+}
+Mapping_ = Mapping[str, tuple[str, Callable[[str], Any]]]
+
+
+@dataclass
+class _Tail:
+    """One output file being followed: where we are in it and how its columns map."""
+
+    path: Path
+    table: str
+    mapping: Mapping_
+    key: str  # the column a row must have to be kept (empty FCD time steps have no vehicle)
+    offset: int = 0
+    pending: bytes = b""
+    header: list[str] | None = None
+    lines: int = 0
+    # True: COPY SUMO's lines as they are when every column maps (the big FCD output).
+    fast: bool = False
+
+    def read(self) -> bytes:
+        """New whole lines since the last read (blocking: run in a thread)."""
+        try:
+            with open(self.path, "rb") as fh:
+                fh.seek(self.offset)
+                data = fh.read(READ_CHUNK)
+        except FileNotFoundError:
+            return b""
+        self.offset += len(data)
+        data = self.pending + data
+        cut = data.rfind(b"\n") + 1
+        self.pending = data[cut:]
+        data = data[:cut]
+        if self.header is None and data:
+            first, _, data = data.partition(b"\n")
+            self.header = first.decode().strip().split(";")
+        return data
+
+
+class Recorder:
+    def __init__(
+        self, session_id: str, request: SessionRequest, workdir: Path, writer: WriterActor
+    ) -> None:
+        self._id = session_id
+        self._request = request
+        self._workdir = workdir
+        self._writer = writer
+        self._log = structlog.get_logger(component="recorder").bind(session_id=session_id)
+        self._tails: list[_Tail] = []
+        self._extra_args: list[str] = []
+
+    @property
+    def tables(self) -> list[str]:
+        return [db.RECORD_TABLES[r] for r in self._request.record if r in db.RECORD_TABLES]
+
+    @property
+    def active(self) -> bool:
+        return bool(self.tables)
+
+    def sumo_args(self) -> list[str]:
+        return list(self._extra_args)
+
+    def prepare(self, config_path: str) -> None:
+        """Lay out the output dir and the SUMO options that fill it (blocking)."""
+        out = self._workdir / OUT_DIR
+        out.mkdir(exist_ok=True)
+        for old in out.glob("*.csv"):
+            old.unlink()  # a retry on another port starts the files again
+        record = self._request.record
+        args: list[str] = []
+        tails: list[_Tail] = []
+        part = {t: db.partition_name(t, self._id) for t in self.tables}
+        if "trajectories" in record:
+            args += [
+                "--fcd-output", f"{OUT_DIR}/fcd.csv",
+                "--fcd-output.attributes", FCD_ATTRIBUTES,
+                "--device.fcd.period", repr(self._request.trajectory_period),
+            ]  # fmt: skip
+            tails.append(_Tail(out / "fcd.csv", part["trajectories"], _FCD, "vehicle", fast=True))
+        if "trips" in record:
+            args += ["--tripinfo-output", f"{OUT_DIR}/trips.csv"]
+            tails.append(_Tail(out / "trips.csv", part["trips"], _TRIPS, "vehicle"))
+        if "edges" in record:
+            (out / "edges.add.xml").write_text(
+                "<additional>\n"
+                f'  <edgeData id="supervisor_edges" period="{self._request.edge_period!r}"'
+                ' file="edges.csv"/>\n'
+                "</additional>\n"
+            )
+            # On the command line this replaces the config's own additional files: keep them.
+            config = self._workdir / config_path
+            base = posixpath.dirname(config_path)
+            own = [
+                posixpath.normpath(posixpath.join(base, v.strip()))
+                for _s, opt, value in templates.sumocfg_options(config.read_bytes(), config_path)
+                if opt == "additional-files"
+                for v in value.split(",")
+                if v.strip()
+            ]
+            args += ["--additional-files", ",".join([*own, f"{OUT_DIR}/edges.add.xml"])]
+            tails.append(_Tail(out / "edges.csv", part["edge_data"], _EDGES, "edge"))
+        self._extra_args = args
+        self._tails = tails
+
+    async def follow(self, sumo_done: asyncio.Event) -> None:
+        """Ingest the files while SUMO runs, then whatever it wrote last."""
+        while not sumo_done.is_set():
+            await self._ingest_all()
+            try:
+                await asyncio.wait_for(sumo_done.wait(), POLL_S)
+            except TimeoutError:
+                pass
+        # SUMO has exited: its files are complete. Drain them (reads are capped per call).
+        while await self._ingest_all():
+            pass
+        self._log.info("recorded", **{t.table.split("__")[0]: t.lines for t in self._tails})
+
+    async def _ingest_all(self) -> bool:
+        """One pass over every file; True when anything was read."""
+        got = False
+        for tail in self._tails:
+            data = await asyncio.to_thread(tail.read)
+            if data:
+                got = True
+                await self._ingest(tail, data)
+        return got
+
+    async def _ingest(self, tail: _Tail, data: bytes) -> None:
+        assert tail.header is not None
+        mapping = tail.mapping
+        if tail.fast and all(h in mapping for h in tail.header):
+            # The fast path: PostgreSQL parses SUMO's CSV itself, the partition adds session_id.
+            columns = tuple(mapping[h][0] for h in tail.header)
+            n = data.count(b"\n")
+            tail.lines += n
+            await self._writer.write_csv(
+                CsvChunk(tail.table, columns, data, n, f"{tail.key} IS NOT NULL")
+            )
+            return
+        columns = tuple(dict.fromkeys(col for col, _ in mapping.values()))
+        rows = await asyncio.to_thread(_project, tail.header, mapping, tail.key, columns, data)
+        tail.lines += len(rows)
+        await self._writer.write_records(tail.table, columns, rows)
+
+
+def _project(
+    header: list[str], mapping: Mapping_, key: str, columns: tuple[str, ...], data: bytes
+) -> list[tuple[Any, ...]]:
+    """The mapped columns of CSV lines, converted, in `columns` order; rows without `key` go."""
+    picks = [(i, *mapping[h]) for i, h in enumerate(header) if h in mapping]
+    out = []
+    for fields in csv.reader(io.StringIO(data.decode(errors="replace")), delimiter=";"):
+        row = {col: conv(fields[i]) if i < len(fields) else None for i, col, conv in picks}
+        if row.get(key) is not None:
+            out.append(tuple(row.get(c) for c in columns))
+    return out
