@@ -14,16 +14,19 @@ from urllib.parse import unquote
 import asyncpg
 import structlog
 from aiohttp import BodyPartReader, web
+from aiohttp_sse import sse_response
 
+from actors.feeds import EndEvent, FeedHub, LaggedEvent, SampleEvent, StatusEvent
 from actors.session import SessionSpec
 from actors.supervisor import SupervisorActor, new_session_id
 from actors.writer import WriterActor
-from supervisor import db, templates
+from supervisor import db, plots, templates
 from supervisor.config import Config
 from supervisor.errors import (
     InvalidRequest,
     InvalidTemplate,
     PayloadTooLarge,
+    SessionConflict,
     SessionNotFound,
     SupervisorError,
     TemplateNotFound,
@@ -44,6 +47,7 @@ class Services:
     pool: asyncpg.Pool
     supervisor: SupervisorActor
     writer: WriterActor
+    feeds: FeedHub
 
 
 SERVICES = web.AppKey("services", Services)
@@ -312,6 +316,154 @@ async def session_samples(request: web.Request) -> web.Response:
     return _json({"id": row["id"], "samples": samples})
 
 
+async def delete_session(request: web.Request) -> web.Response:
+    row = await _session_row(request)
+    if row["status"] not in db.FINAL_STATUSES:
+        raise SessionConflict(
+            f"session {row['id']} is {row['status']}: stop it before deleting it",
+            status=row["status"],
+        )
+    await db.delete_session(request.app[SERVICES].pool, row["id"])
+    log.info("session_deleted", session_id=row["id"])
+    return _json({"id": row["id"], "deleted": True})
+
+
+# ---- analytics ---------------------------------------------------------------------------------
+
+
+def _summary_json(session: dict[str, Any], figures: dict[str, Any]) -> dict[str, Any]:
+    figures = dict(figures)
+    figures.pop("first_time")
+    last = figures.pop("last_time") or 0.0
+    begin = float(session["request"].get("sumo_options", {}).get("begin", 0.0))
+    figures["sim_seconds"] = max(0.0, last - begin)
+    hours = figures["sim_seconds"] / 3600
+    figures["throughput_per_hour"] = figures["arrived"] / hours if hours > 0 else None
+    return {"id": session["id"], "status": session["status"], "label": session["label"], **figures}
+
+
+async def session_summary(request: web.Request) -> web.Response:
+    row = await _session_row(request)
+    figures = await db.session_summary(request.app[SERVICES].pool, row["id"])
+    return _json(_summary_json(row, figures))
+
+
+async def compare_sessions(request: web.Request) -> web.Response:
+    pool = request.app[SERVICES].pool
+    ids = [i for i in request.query.get("sessions", "").split(",") if i]
+    if not 2 <= len(ids) <= 50:
+        raise InvalidRequest("sessions must list 2 to 50 session ids, comma-separated")
+    summaries = []
+    for session_id in ids:
+        row = await db.get_session(pool, session_id)
+        if row is None:
+            raise SessionNotFound(f"no session {session_id!r}", session=session_id)
+        summaries.append(_summary_json(row, await db.session_summary(pool, session_id)))
+    base = summaries[0]
+    numeric = [k for k, v in base.items() if isinstance(v, int | float) and k != "label"]
+    differences = [
+        {
+            "id": s["id"],
+            "against": base["id"],
+            **{
+                k: (s[k] - base[k]) if s[k] is not None and base[k] is not None else None
+                for k in numeric
+            },
+        }
+        for s in summaries[1:]
+    ]
+    return _json({"sessions": summaries, "differences": differences})
+
+
+PLOT_METRICS = ("vehicles", "mean_speed", "halting", "waiting_time", "departed", "arrived")
+
+
+async def session_plot(request: web.Request) -> web.Response:
+    row = await _session_row(request)
+    metric = request.query.get("metric", "vehicles")
+    if metric not in PLOT_METRICS:
+        raise InvalidRequest(f"metric must be one of {', '.join(PLOT_METRICS)}", field="metric")
+    samples = await db.get_samples(request.app[SERVICES].pool, row["id"], None, 1_000_000)
+    svg = await asyncio.to_thread(
+        plots.time_series,
+        [s["sim_time"] for s in samples],
+        [s[metric] for s in samples],
+        title=f"{row['template_name']} {row['id']}",
+        ylabel=metric.replace("_", " "),
+    )
+    return web.Response(body=svg, content_type="image/svg+xml")
+
+
+# ---- live stream and exports -------------------------------------------------------------------
+
+
+async def session_stream(request: web.Request) -> web.StreamResponse:
+    s = request.app[SERVICES]
+    row = await _session_row(request)
+    after = request.headers.get("Last-Event-ID") or request.query.get("after")
+    try:
+        last = float(after) if after else None
+    except ValueError:
+        raise InvalidRequest("Last-Event-ID/after must be a sim time", value=after) from None
+    async with s.feeds.watch(row["id"]) as watcher, sse_response(request) as stream:
+        # Subscribed first, then the backlog: together they miss nothing; repeats are skipped.
+        for sample in await db.get_samples(s.pool, row["id"], last, 1_000_000):
+            await stream.send(_dumps(sample), id=repr(sample["sim_time"]), event="sample")
+            last = sample["sim_time"]
+        status = row["status"]
+        await stream.send(_dumps(_session_json(row)), event="status")
+        while True:
+            event = await watcher.queue.get()
+            if isinstance(event, SampleEvent):
+                t = event.sample["sim_time"]
+                if last is None or t > last:
+                    await stream.send(_dumps(event.sample), id=repr(t), event="sample")
+                    last = t
+            elif isinstance(event, StatusEvent):
+                if event.status != status:
+                    status = event.status
+                    await stream.send(_dumps(_session_json(event.session)), event="status")
+            elif isinstance(event, LaggedEvent):
+                await stream.send(_dumps({"error": "watcher too slow; reconnect"}), event="error")
+                break
+            elif isinstance(event, EndEvent):
+                break
+    return stream
+
+
+EXPORTS = {
+    "samples": "SELECT sim_time, vehicles, departed, arrived, mean_speed, halting, waiting_time,"
+    " teleports FROM samples WHERE session_id = $1 ORDER BY sim_time",
+    "trajectories": "SELECT time, vehicle, x, y, angle, speed, lane FROM trajectories"
+    " WHERE session_id = $1 ORDER BY time, vehicle",
+    "trips": "SELECT vehicle, vtype, depart, arrival, duration, route_length, waiting_time,"
+    " waiting_count, time_loss, depart_delay, reroutes FROM trips WHERE session_id = $1"
+    " ORDER BY arrival, vehicle",
+    "edges": "SELECT interval_begin, interval_end, edge, entered, left_edge, mean_speed,"
+    " occupancy, density, sampled_seconds FROM edge_data WHERE session_id = $1"
+    " ORDER BY interval_begin, edge",
+}
+
+
+async def session_export(request: web.Request) -> web.StreamResponse:
+    kind = request.match_info["kind"]
+    if kind not in EXPORTS:
+        raise web.HTTPNotFound(reason=f"no export {kind!r}; choose {', '.join(EXPORTS)}")
+    row = await _session_row(request)
+    response = web.StreamResponse(
+        headers={
+            "Content-Type": "text/csv; charset=utf-8",
+            "Content-Disposition": f'attachment; filename="{row["id"]}-{kind}.csv"',
+        }
+    )
+    response.enable_chunked_encoding()
+    await response.prepare(request)
+    # Rows go from the database to the client chunk by chunk; a slow client slows the COPY.
+    await db.copy_query_out(request.app[SERVICES].pool, EXPORTS[kind], [row["id"]], response.write)
+    await response.write_eof()
+    return response
+
+
 def make_app(services: Services) -> web.Application:
     # Bodies are streamed and capped by the handlers; aiohttp's own cap only covers request.post().
     app = web.Application(middlewares=[error_middleware], client_max_size=MAX_JSON_BODY)
@@ -326,4 +478,10 @@ def make_app(services: Services) -> web.Application:
     app.router.add_get("/v1/sessions/{id}/events", session_events)
     app.router.add_post("/v1/sessions/{id}/stop", stop_session)
     app.router.add_get("/v1/sessions/{id}/samples", session_samples)
+    app.router.add_delete("/v1/sessions/{id}", delete_session)
+    app.router.add_get("/v1/sessions/{id}/summary", session_summary)
+    app.router.add_get("/v1/sessions/{id}/plot.svg", session_plot)
+    app.router.add_get("/v1/sessions/{id}/stream", session_stream)
+    app.router.add_get("/v1/sessions/{id}/{kind}.csv", session_export)
+    app.router.add_get("/v1/compare", compare_sessions)
     return app

@@ -12,6 +12,7 @@ import asyncpg
 import structlog
 from aiohttp import web
 
+from actors.feeds import FeedHub
 from actors.ports import PortPool
 from actors.supervisor import SupervisorActor, SupervisorSettings
 from actors.writer import WriterActor
@@ -94,8 +95,9 @@ async def _run(cfg: Config, pool: asyncpg.Pool, sumo: str, stop_reason: asyncio.
     )
     cfg.temp_root.mkdir(parents=True, exist_ok=True)
     await supervisor.recover()
+    feeds = FeedHub(pool)
     runner = web.AppRunner(
-        api.make_app(api.Services(cfg, pool, supervisor, writer)),
+        api.make_app(api.Services(cfg, pool, supervisor, writer, feeds)),
         access_log=None,
         shutdown_timeout=HTTP_SHUTDOWN_S,
     )
@@ -132,6 +134,7 @@ async def _run(cfg: Config, pool: asyncpg.Pool, sumo: str, stop_reason: asyncio.
         except TimeoutError:
             clean = False
             log.error("shutdown_timeout", what="writer", queued_rows=writer.queued)
+        await feeds.close()
         await runner.cleanup()
     log.info("daemon_stopped", clean=clean)
     return 0 if clean else 1
