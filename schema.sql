@@ -87,6 +87,10 @@ CREATE TABLE IF NOT EXISTS samples (
 -- Vehicles that started teleporting in the interval (SUMO's stats.teleports.total, differenced).
 ALTER TABLE samples ADD COLUMN IF NOT EXISTS teleports integer NOT NULL DEFAULT 0;
 
+-- Which run of the session this is: a session interrupted by the daemon's death is run again
+-- (on_interrupt = 'rerun'), its earlier rows replaced.
+ALTER TABLE sessions ADD COLUMN IF NOT EXISTS attempt integer NOT NULL DEFAULT 1;
+
 -- The big per-session tables are partitioned by session: one partition per session that records
 -- them, created when it starts (see db.create_record_partitions). Rows of one session stay
 -- together however many sessions accumulate, the session's own partition has its id as the

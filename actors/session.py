@@ -57,6 +57,7 @@ class SessionSpec:
     template_version: int
     config_path: str
     request: SessionRequest
+    attempt: int = 1
 
 
 @dataclass(frozen=True)
@@ -156,7 +157,11 @@ class SessionActor:
         outcome = Outcome("failed", "internal error", cause="internal")
         try:
             await db.set_session_status(
-                self._pool, self.spec.id, "starting", "admitted", started_at="now"
+                self._pool,
+                self.spec.id,
+                "starting",
+                f"admitted (attempt {self.spec.attempt})",
+                started_at="now",
             )
             outcome = await self._run()
         except asyncio.CancelledError:
@@ -210,6 +215,8 @@ class SessionActor:
                 self._pool, self.spec.template_name, self.spec.template_version
             )
             await asyncio.to_thread(self._prepare_workdir, files)
+            if self.spec.attempt > 1:
+                await db.clear_session_rows(self._pool, self.spec.id)
             if self._recorder.active:
                 await db.create_record_partitions(self._pool, self.spec.id, self._recorder.tables)
         except OSError as exc:

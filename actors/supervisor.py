@@ -16,6 +16,7 @@ import secrets
 import shutil
 import signal
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -149,7 +150,11 @@ class SupervisorActor:
         pool: asyncpg.Pool,
         writer: WriterActor,
         ports: PortPool,
+        on_started: Callable[[], None] = lambda: None,
+        on_finished: Callable[[str], None] = lambda status: None,
     ) -> None:
+        self._on_started = on_started
+        self._on_finished = on_finished
         self._settings = settings
         self._pool = pool
         self._writer = writer
@@ -206,6 +211,20 @@ class SupervisorActor:
             killed = await asyncio.to_thread(
                 _kill_if_same_process, row["pid"], row["pid_started_at"]
             )
+            request = SessionRequest.from_json(row["request"])
+            self._log.warning(
+                "session_orphaned", session_id=row["id"], pid=row["pid"], sumo_killed=killed
+            )
+            if request.on_interrupt == "rerun" and row["attempt"] < request.max_attempts:
+                # A fixed-seed SUMO run is deterministic: running it again gives the same data.
+                attempt = row["attempt"] + 1
+                await db.requeue_session(
+                    self._pool,
+                    row["id"],
+                    attempt,
+                    f"daemon restarted: rerun, attempt {attempt} of {request.max_attempts}",
+                )
+                continue
             await db.set_session_status(
                 self._pool,
                 row["id"],
@@ -213,12 +232,11 @@ class SupervisorActor:
                 "daemon restarted while the session was active",
                 ended_at="now",
                 cause="daemon_restarted",
-                error="the daemon stopped before the session ended",
-            )
-            self._log.warning(
-                "session_orphaned", session_id=row["id"], pid=row["pid"], sumo_killed=killed
+                error="the daemon stopped before the session ended"
+                + (" (no attempts left)" if request.on_interrupt == "rerun" else ""),
             )
         requeued = 0
+        # Reruns and sessions that were waiting, in their original order (ids sort by creation).
         for row in await db.sessions_in_status(self._pool, ["queued"]):
             version = await db.resolve_template_version(
                 self._pool, row["template_name"], row["template_version"]
@@ -231,6 +249,7 @@ class SupervisorActor:
                     template_version=row["template_version"],
                     config_path=version["config_path"],
                     request=SessionRequest.from_json(row["request"]),
+                    attempt=row["attempt"],
                 )
             )
             requeued += 1
@@ -306,8 +325,9 @@ class SupervisorActor:
             case SumoStarted(session_id, pid):
                 if (run := self._running.get(session_id)) is not None:
                     run.pid = pid
-            case SessionEnded(session_id, _outcome):
+            case SessionEnded(session_id, outcome):
                 await self._cleanup(session_id)
+                self._on_finished(outcome.status if outcome else "stopped")
             case Shutdown(reason):
                 await self._begin_shutdown(reason)
 
@@ -332,6 +352,7 @@ class SupervisorActor:
                 actor, task, workdir, loop.time() + wall if wall is not None else None
             )
             self._log.info("session_admitted", session_id=spec.id, running=len(self._running))
+            self._on_started()
 
     async def _session_main(self, actor: SessionActor) -> None:
         outcome: Outcome | None = None

@@ -10,8 +10,8 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Sequence
-from dataclasses import dataclass, field
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from functools import partial
 from typing import Any
 
@@ -64,7 +64,6 @@ class WriterStats:
     bytes_written: int = 0
     batches_written: int = 0
     retries: int = 0
-    batch_seconds: list[float] = field(default_factory=list)
 
 
 class WriterActor:
@@ -76,7 +75,9 @@ class WriterActor:
         flush_s: float,
         queue_rows: int,
         queue_bytes: int = 64 * 1024 * 1024,
+        on_batch: Callable[[float], None] = lambda seconds: None,
     ) -> None:
+        self._on_batch = on_batch
         self._pool = pool
         self._batch_rows = batch_rows
         self._flush_s = flush_s
@@ -193,8 +194,7 @@ class WriterActor:
                 self.stats.bytes_written += len(data)
             self.stats.rows_written += written
             self.stats.batches_written += 1
-            self.stats.batch_seconds.append(time.perf_counter() - started)
-            del self.stats.batch_seconds[:-1000]
+            self._on_batch(time.perf_counter() - started)
 
     @staticmethod
     async def _copy_records(

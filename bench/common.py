@@ -1,5 +1,5 @@
 """Shared pieces of the benchmarks: scenarios built with SUMO's own tools, a daemon started as
-a subprocess, timing helpers. Every figure is a ratio against a baseline measured in the same run."""
+a subprocess, timing helpers. Every figure is a ratio against a baseline from the same run."""
 
 from __future__ import annotations
 
@@ -21,20 +21,58 @@ SUMO_HOME = Path(sumo.SUMO_HOME)
 SUMO = SUMO_HOME / "bin" / "sumo"
 
 
-def build_scenario(root: Path, *, grid: int, length: float, end: int, period: float,
-                   min_distance: float, seed: int = 42) -> Path:
+def build_scenario(
+    root: Path,
+    *,
+    grid: int,
+    length: float,
+    end: int,
+    period: float,
+    min_distance: float,
+    seed: int = 42,
+) -> Path:
     """A grid with random trips; returns the .sumocfg path."""
     root.mkdir(parents=True, exist_ok=True)
     net, routes, cfg = root / "net.net.xml", root / "routes.rou.xml", root / "scenario.sumocfg"
     if not cfg.exists():
-        subprocess.run([SUMO_HOME / "bin" / "netgenerate", "--grid", "--grid.number", str(grid),
-                        "--grid.length", str(length), "--default-junction-type", "traffic_light",
-                        "-o", net], check=True, capture_output=True)
+        subprocess.run(
+            [
+                SUMO_HOME / "bin" / "netgenerate",
+                "--grid",
+                "--grid.number",
+                str(grid),
+                "--grid.length",
+                str(length),
+                "--default-junction-type",
+                "traffic_light",
+                "-o",
+                net,
+            ],
+            check=True,
+            capture_output=True,
+        )
         with tempfile.TemporaryDirectory() as scratch:
-            subprocess.run([sys.executable, SUMO_HOME / "tools" / "randomTrips.py", "-n", net,
-                            "-o", routes, "-e", str(end), "-p", str(period), "--seed", str(seed),
-                            "--min-distance", str(min_distance)],
-                           check=True, capture_output=True, cwd=scratch)
+            subprocess.run(
+                [
+                    sys.executable,
+                    SUMO_HOME / "tools" / "randomTrips.py",
+                    "-n",
+                    net,
+                    "-o",
+                    routes,
+                    "-e",
+                    str(end),
+                    "-p",
+                    str(period),
+                    "--seed",
+                    str(seed),
+                    "--min-distance",
+                    str(min_distance),
+                ],
+                check=True,
+                capture_output=True,
+                cwd=scratch,
+            )
         cfg.write_text(
             "<configuration><input>"
             f'<net-file value="net.net.xml"/><route-files value="routes.rou.xml"/>'
@@ -55,16 +93,28 @@ def median_of(n: int, fn: Callable[[], float]) -> float:
 
 
 def bare_sumo(cfg: Path, *extra: str) -> float:
-    return timed(lambda: subprocess.run([SUMO, "-c", cfg.name, *extra], cwd=cfg.parent,
-                                        check=True, capture_output=True))
+    return timed(
+        lambda: subprocess.run(
+            [SUMO, "-c", cfg.name, *extra], cwd=cfg.parent, check=True, capture_output=True
+        )
+    )
 
 
 class Daemon:
     """`sumo-supervisor serve` on a free port, with its own state dir."""
 
     def __init__(self, state_dir: Path, *args: str) -> None:
-        cmd = [sys.executable, "-m", "supervisor", "serve", "--port", "0",
-               "--state-dir", str(state_dir), *args]
+        cmd = [
+            sys.executable,
+            "-m",
+            "supervisor",
+            "serve",
+            "--port",
+            "0",
+            "--state-dir",
+            str(state_dir),
+            *args,
+        ]
         if os.environ.get("DATABASE_URL"):
             cmd += ["--database-url", os.environ["DATABASE_URL"]]
         self.proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
@@ -93,4 +143,7 @@ class Daemon:
 
 
 def ratio_line(name: str, baseline: float, figure: float, unit: str = "s") -> str:
-    return f"{name}: baseline {baseline:.3f} {unit}, daemon {figure:.3f} {unit}, ratio {figure / baseline:.3f}"
+    return (
+        f"{name}: baseline {baseline:.3f} {unit}, daemon {figure:.3f} {unit},"
+        f" ratio {figure / baseline:.3f}"
+    )

@@ -78,16 +78,28 @@ async def main() -> None:
     args = parser.parse_args()
     work = Path(tempfile.mkdtemp(prefix="bench-record-"))
     if args.small:
-        cfg = build_scenario(work / "scn", grid=4, length=200, end=300, period=1.0, min_distance=300)
+        cfg = build_scenario(
+            work / "scn", grid=4, length=200, end=300, period=1.0, min_distance=300
+        )
     else:
         # ~500 vehicles in the network at once by the end of the hour.
-        cfg = build_scenario(work / "scn", grid=7, length=250, end=3600, period=0.8,
-                             min_distance=1000)
+        cfg = build_scenario(
+            work / "scn", grid=7, length=250, end=3600, period=0.8, min_distance=1000
+        )
 
     bare = statistics.median(bare_sumo(cfg) for _ in range(args.runs))
     sumo_csv = statistics.median(
-        bare_sumo(cfg, "--fcd-output", "fcd.csv", "--fcd-output.attributes", "x,y,speed,angle,lane",
-                  "--device.fcd.period", "1", "--tripinfo-output", "trips.csv")
+        bare_sumo(
+            cfg,
+            "--fcd-output",
+            "fcd.csv",
+            "--fcd-output.attributes",
+            "x,y,speed,angle,lane",
+            "--device.fcd.period",
+            "1",
+            "--tripinfo-output",
+            "trips.csv",
+        )
         for _ in range(args.runs)
     )
     daemon = Daemon(work / "state", "--max-running", "4")
@@ -103,10 +115,14 @@ async def main() -> None:
     print(f"scenario: {cfg.parent}, runs: {args.runs} (medians)")
     print(ratio_line("reference, sumo's own CSV FCD+tripinfo writers vs bare sumo", bare, sumo_csv))
     print(ratio_line("1 session recording samples,trajectories,trips vs bare sumo", bare, one_wall))
-    print(f"rows committed, 1 session: {one_rows} rows in {one_wall:.2f} s = "
-          f"{one_rows / one_wall:,.0f} rows/s")
-    print(f"rows committed, 4 sessions at once: {four_rows} rows in {four_wall:.2f} s = "
-          f"{four_rows / four_wall:,.0f} rows/s")
+    print(
+        f"rows committed, 1 session: {one_rows} rows in {one_wall:.2f} s = "
+        f"{one_rows / one_wall:,.0f} rows/s"
+    )
+    print(
+        f"rows committed, 4 sessions at once: {four_rows} rows in {four_wall:.2f} s = "
+        f"{four_rows / four_wall:,.0f} rows/s"
+    )
 
 
 if __name__ == "__main__":

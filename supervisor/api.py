@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import time
 from dataclasses import dataclass
 from datetime import datetime
 from functools import partial
@@ -31,6 +32,8 @@ from supervisor.errors import (
     SupervisorError,
     TemplateNotFound,
 )
+from supervisor.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
+from supervisor.metrics import Metrics
 from supervisor.session_request import parse_session_request
 
 log = structlog.get_logger(component="api")
@@ -48,6 +51,7 @@ class Services:
     supervisor: SupervisorActor
     writer: WriterActor
     feeds: FeedHub
+    metrics: Metrics
 
 
 SERVICES = web.AppKey("services", Services)
@@ -464,7 +468,20 @@ async def session_export(request: web.Request) -> web.StreamResponse:
     return response
 
 
-def make_app(services: Services) -> web.Application:
+async def metrics(request: web.Request) -> web.Response:
+    s = request.app[SERVICES]
+    body = s.metrics.render(await db.count_sessions_by_status(s.pool))
+    return web.Response(body=body, headers={"Content-Type": METRICS_CONTENT_TYPE})
+
+
+async def block_loop(request: web.Request) -> web.Response:
+    """Test hook: block the event loop, as a stuck call would."""
+    seconds = float(request.query.get("seconds", "1"))
+    time.sleep(min(seconds, 30))  # noqa: ASYNC251  (blocking is the point)
+    return _json({"blocked_s": seconds})
+
+
+def make_app(services: Services, *, test_hooks: bool = False) -> web.Application:
     # Bodies are streamed and capped by the handlers; aiohttp's own cap only covers request.post().
     app = web.Application(middlewares=[error_middleware], client_max_size=MAX_JSON_BODY)
     app[SERVICES] = services
@@ -484,4 +501,7 @@ def make_app(services: Services) -> web.Application:
     app.router.add_get("/v1/sessions/{id}/stream", session_stream)
     app.router.add_get("/v1/sessions/{id}/{kind}.csv", session_export)
     app.router.add_get("/v1/compare", compare_sessions)
+    app.router.add_get("/metrics", metrics)
+    if test_hooks:
+        app.router.add_post("/_test/block_loop", block_loop)
     return app

@@ -4,6 +4,7 @@ teardown in reverse when a signal arrives."""
 from __future__ import annotations
 
 import asyncio
+import os
 import shutil
 import signal
 from pathlib import Path
@@ -19,6 +20,9 @@ from actors.writer import WriterActor
 from supervisor import api, db, pgembed
 from supervisor import logging as logsetup
 from supervisor.config import Config, ConfigError
+from supervisor.loopmon import LoopMonitor
+from supervisor.metrics import Metrics
+from supervisor.systemd import Notifier
 
 log = structlog.get_logger(component="daemon")
 
@@ -74,11 +78,13 @@ async def serve(cfg: Config) -> int:
 
 
 async def _run(cfg: Config, pool: asyncpg.Pool, sumo: str, stop_reason: asyncio.Future[str]) -> int:
+    metrics = Metrics()
     writer = WriterActor(
         pool,
         batch_rows=cfg.writer_batch_rows,
         flush_s=cfg.writer_flush_s,
         queue_rows=cfg.writer_queue_rows,
+        on_batch=metrics.batch_seconds.observe,
     )
     supervisor = SupervisorActor(
         SupervisorSettings(
@@ -92,12 +98,29 @@ async def _run(cfg: Config, pool: asyncpg.Pool, sumo: str, stop_reason: asyncio.
         pool=pool,
         writer=writer,
         ports=PortPool(cfg.traci_ports.ports()),
+        on_started=metrics.sessions_started.inc,
+        on_finished=lambda status: metrics.sessions_finished.labels(status).inc(),
+    )
+    notifier = Notifier()
+    monitor = LoopMonitor(
+        notifier,
+        lambda: f"{supervisor.running_count} running, {supervisor.queued_count} queued",
+    )
+    metrics.bind(
+        supervisor=supervisor,
+        writer=writer,
+        ports_total=len(cfg.traci_ports.ports()),
+        loop_monitor=monitor,
     )
     cfg.temp_root.mkdir(parents=True, exist_ok=True)
     await supervisor.recover()
     feeds = FeedHub(pool)
     runner = web.AppRunner(
-        api.make_app(api.Services(cfg, pool, supervisor, writer, feeds)),
+        api.make_app(
+            api.Services(cfg, pool, supervisor, writer, feeds, metrics),
+            # Test-only: a route that blocks the event loop, to show the watchdog stops.
+            test_hooks=os.environ.get("SUMO_SUPERVISOR_TEST_HOOKS") == "1",
+        ),
         access_log=None,
         shutdown_timeout=HTTP_SHUTDOWN_S,
     )
@@ -105,6 +128,7 @@ async def _run(cfg: Config, pool: asyncpg.Pool, sumo: str, stop_reason: asyncio.
     async with asyncio.TaskGroup() as tg:
         writer_task = tg.create_task(writer.run(), name="writer")
         supervisor_task = tg.create_task(supervisor.run(), name="supervisor")
+        monitor_task = tg.create_task(monitor.run(), name="loop-monitor")
         await runner.setup()
         site = web.TCPSite(runner, cfg.host, cfg.port)
         await site.start()
@@ -119,8 +143,12 @@ async def _run(cfg: Config, pool: asyncpg.Pool, sumo: str, stop_reason: asyncio.
             max_running=cfg.max_running,
             sumo=sumo,
         )
+        notifier.notify(
+            "READY=1", f"STATUS=ready, {cfg.max_running} sessions at once, on {host}:{port}"
+        )
         reason = await stop_reason
         log.info("daemon_stopping", reason=reason)
+        notifier.notify("STOPPING=1", f"STATUS=stopping ({reason})")
         # Ordered: no new sessions, every session stopped, every row written, then HTTP closed.
         await supervisor.shutdown(reason)
         try:
@@ -136,5 +164,7 @@ async def _run(cfg: Config, pool: asyncpg.Pool, sumo: str, stop_reason: asyncio.
             log.error("shutdown_timeout", what="writer", queued_rows=writer.queued)
         await feeds.close()
         await runner.cleanup()
+        monitor_task.cancel()
+    notifier.close()
     log.info("daemon_stopped", clean=clean)
     return 0 if clean else 1

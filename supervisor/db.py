@@ -327,7 +327,7 @@ async def session_events(pool: asyncpg.Pool, session_id: str) -> list[dict[str, 
 async def sessions_in_status(pool: asyncpg.Pool, statuses: Iterable[str]) -> list[dict[str, Any]]:
     rows = await pool.fetch(
         "SELECT id, status, request, template_name, template_version, end_time, pid,"
-        " pid_started_at FROM sessions WHERE status = ANY($1::text[]) ORDER BY id",
+        " pid_started_at, attempt FROM sessions WHERE status = ANY($1::text[]) ORDER BY id",
         list(statuses),
     )
     return [dict(r) for r in rows]
@@ -422,6 +422,40 @@ async def copy_records(
     conn: asyncpg.Connection, table: str, columns: Sequence[str], rows: Sequence[tuple[Any, ...]]
 ) -> None:
     await conn.copy_records_to_table(table, records=rows, columns=list(columns))
+
+
+async def requeue_session(pool: asyncpg.Pool, session_id: str, attempt: int, reason: str) -> None:
+    """An interrupted session goes back to the queue for another attempt."""
+    async with pool.acquire() as conn, conn.transaction():
+        await conn.execute(
+            "UPDATE sessions SET status = 'queued', attempt = $2, port = NULL, pid = NULL,"
+            " pid_started_at = NULL, started_at = NULL, sim_time = NULL WHERE id = $1",
+            session_id,
+            attempt,
+        )
+        await conn.execute(
+            "INSERT INTO session_events (session_id, status, reason) VALUES ($1, 'queued', $2)",
+            session_id,
+            reason,
+        )
+
+
+async def clear_session_rows(pool: asyncpg.Pool, session_id: str) -> None:
+    """Remove an earlier attempt's rows in one transaction: readers see the old rows or none,
+    never a mix of attempts."""
+
+    async def op() -> None:
+        async with pool.acquire() as conn, conn.transaction():
+            await conn.execute("DELETE FROM samples WHERE session_id = $1", session_id)
+            for table in RECORD_TABLES.values():
+                await conn.execute(f'DROP TABLE IF EXISTS "{partition_name(table, session_id)}"')
+
+    await with_retry(op, what="clear_session_rows")
+
+
+async def count_sessions_by_status(pool: asyncpg.Pool) -> dict[str, int]:
+    rows = await pool.fetch("SELECT status, count(*) AS n FROM sessions GROUP BY status")
+    return {r["status"]: r["n"] for r in rows}
 
 
 async def delete_session(pool: asyncpg.Pool, session_id: str) -> None:

@@ -91,6 +91,8 @@ class SessionRequest:
     # (option, value as SUMO reads it), in the order given.
     sumo_options: tuple[tuple[str, str], ...] = field(default=())
     record: tuple[str, ...] = ("samples",)
+    on_interrupt: str = "rerun"
+    max_attempts: int = 3
     trajectory_period: float = 1.0
     edge_period: float = 60.0
 
@@ -144,6 +146,8 @@ def parse_session_request(body: Any) -> SessionRequest:
         "record",
         "trajectory_period",
         "edge_period",
+        "on_interrupt",
+        "max_attempts",
     }
     unknown = sorted(set(body) - known)
     if unknown:
@@ -188,6 +192,10 @@ def parse_session_request(body: Any) -> SessionRequest:
         )
     trajectory_period = _number(body, "trajectory_period", integer=False, lo=0.001, hi=1e6)
     edge_period = _number(body, "edge_period", integer=False, lo=0.001, hi=1e9)
+    on_interrupt = body.get("on_interrupt", "rerun")
+    if on_interrupt not in ("rerun", "fail"):
+        raise InvalidRequest("on_interrupt must be 'rerun' or 'fail'", field="on_interrupt")
+    max_attempts = _number(body, "max_attempts", integer=True, lo=1, hi=100)
     return SessionRequest(
         template=template,
         version=_number(body, "version", integer=True, lo=1, hi=2**31 - 1),
@@ -200,4 +208,6 @@ def parse_session_request(body: Any) -> SessionRequest:
         record=tuple(r for r in RECORDABLE if r == "samples" or r in record),
         trajectory_period=1.0 if trajectory_period is None else trajectory_period,
         edge_period=60.0 if edge_period is None else edge_period,
+        on_interrupt=on_interrupt,
+        max_attempts=3 if max_attempts is None else max_attempts,
     )

@@ -229,7 +229,7 @@ async def test_database_restart_mid_session_loses_no_row(daemons, http, scenario
         async with http.get(f"{daemon.url}/healthz") as r:
             assert r.status == 503
             assert (await r.json())["status"] == "unavailable"
-        await asyncio.sleep(4)  # the outage itself
+        await asyncio.sleep(10)  # the outage itself
         await asyncio.to_thread(server.ensure_postgres_running)
         done = await wait_status(http, daemon, session["id"], {"completed", "failed"}, 300)
         assert done["status"] == "completed", done
