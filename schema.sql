@@ -91,6 +91,26 @@ ALTER TABLE samples ADD COLUMN IF NOT EXISTS teleports integer NOT NULL DEFAULT 
 -- (on_interrupt = 'rerun'), its earlier rows replaced.
 ALTER TABLE sessions ADD COLUMN IF NOT EXISTS attempt integer NOT NULL DEFAULT 1;
 
+-- Every command applied to a running session, with the sim time it was applied at, so a run can
+-- be replayed (a new session with "replay_of" applies them again at the same times).
+CREATE TABLE IF NOT EXISTS session_commands (
+    session_id  text NOT NULL REFERENCES sessions (id) ON DELETE CASCADE,
+    seq         integer NOT NULL,
+    sim_time    double precision NOT NULL,
+    command     jsonb NOT NULL,
+    applied_at  timestamptz NOT NULL DEFAULT clock_timestamp(),
+    PRIMARY KEY (session_id, seq)
+);
+
+-- A sweep: one session per combination of seeds and varied parameters.
+CREATE TABLE IF NOT EXISTS sweeps (
+    id          text PRIMARY KEY,
+    request     jsonb NOT NULL,
+    created_at  timestamptz NOT NULL DEFAULT now()
+);
+ALTER TABLE sessions ADD COLUMN IF NOT EXISTS sweep_id text REFERENCES sweeps (id) ON DELETE SET NULL;
+CREATE INDEX IF NOT EXISTS sessions_sweep_idx ON sessions (sweep_id) WHERE sweep_id IS NOT NULL;
+
 -- The big per-session tables are partitioned by session: one partition per session that records
 -- them, created when it starts (see db.create_record_partitions). Rows of one session stay
 -- together however many sessions accumulate, the session's own partition has its id as the

@@ -28,9 +28,11 @@ import traci.constants as tc
 from traci.connection import Connection
 from traci.exceptions import FatalTraCIError, TraCIException
 
+from actors import commands
 from actors.recorder import Recorder
 from actors.writer import WriterActor
 from supervisor import db, templates
+from supervisor.errors import SessionConflict, SupervisorError
 from supervisor.session_request import SessionRequest
 
 T = TypeVar("T")
@@ -66,6 +68,35 @@ class StopSession:
 
     status: str
     reason: str
+
+
+@dataclass(frozen=True)
+class Pause:
+    reply: asyncio.Future[Any]
+
+
+@dataclass(frozen=True)
+class Resume:
+    reply: asyncio.Future[Any]
+
+
+@dataclass(frozen=True)
+class Step:
+    """Advance a stepped session by exactly `seconds` of sim time; the reply is the sample."""
+
+    seconds: float
+    reply: asyncio.Future[Any]
+
+
+@dataclass(frozen=True)
+class Commands:
+    commands: list[dict[str, Any]]
+    reply: asyncio.Future[Any]
+
+
+Control = Pause | Resume | Step | Commands
+Message = StopSession | Control
+INBOX_SIZE = 64
 
 
 @dataclass(frozen=True)
@@ -130,8 +161,10 @@ class SessionActor:
         self._sumo_binary = sumo_binary
         self._stop_grace_s = stop_grace_s
         self._connect_timeout_s = connect_timeout_s
-        self._inbox: asyncio.Queue[StopSession] = asyncio.Queue(maxsize=4)
+        self._inbox: asyncio.Queue[Message] = asyncio.Queue(maxsize=INBOX_SIZE)
         self._stop: StopSession | None = None
+        self._control: deque[Control] = deque()
+        self._net: commands.Network | None = None
         self._stderr_tail: deque[str] = deque(maxlen=STDERR_TAIL_LINES)
         self._sim_time: float | None = None
         self._jumps = 0
@@ -141,14 +174,19 @@ class SessionActor:
 
     # ---- messages ------------------------------------------------------------------------------
 
-    def send(self, msg: StopSession) -> None:
-        """Deliver a message; a full inbox means a stop is already pending, so drop it."""
-        with contextlib.suppress(asyncio.QueueFull):
+    def send(self, msg: Message) -> None:
+        """Deliver a message. A stop always gets through; control waits in a bounded inbox."""
+        if isinstance(msg, StopSession):
+            # The stop jumps the queue: it must not wait behind control messages.
+            self._stop = self._stop or msg
+            return
+        try:
             self._inbox.put_nowait(msg)
+        except asyncio.QueueFull:
+            raise SessionConflict("the session is busy: too many requests waiting") from None
 
     def _stop_requested(self) -> StopSession | None:
-        while self._stop is None and not self._inbox.empty():
-            self._stop = self._inbox.get_nowait()
+        self._drain_inbox()
         return self._stop
 
     # ---- lifecycle -----------------------------------------------------------------------------
@@ -177,6 +215,9 @@ class SessionActor:
             self._log.exception("session_crashed")
             outcome = Outcome("failed", "internal error", cause="internal", error=repr(exc))
         finally:
+            self._drain_inbox()
+            for msg in self._control:
+                _reply_error(msg.reply, SessionConflict("the session has ended"))
             self._executor.shutdown(wait=False, cancel_futures=True)
             await asyncio.shield(self._finish(outcome))
         return outcome
@@ -329,6 +370,14 @@ class SessionActor:
                 exit_code=returncode,
                 sim_time=self._sim_time,
             )
+        if drive.kind == "idle":
+            return Outcome(
+                "timed_out",
+                "idle_timeout_s exceeded: nobody stepped the session",
+                cause="idle_timeout",
+                exit_code=returncode,
+                sim_time=self._sim_time,
+            )
         if drive.kind == "completed":
             return Outcome("completed", drive.detail, exit_code=returncode, sim_time=self._sim_time)
         tail = "\n".join(self._stderr_tail)
@@ -412,6 +461,9 @@ class SessionActor:
         end = request.end
         if end is None and setup.end_time > 0:
             end = setup.end_time
+        replay: deque[dict[str, Any]] = deque()
+        if request.replay_of:
+            replay.extend(await db.session_commands(self._pool, request.replay_of))
         await db.set_session_status(
             self._pool,
             self.spec.id,
@@ -420,46 +472,181 @@ class SessionActor:
             end_time=end,
             sim_time=None,
         )
-        log.info("session_running", end=end, delta_t=setup.delta_t)
-        jump_s = setup.delta_t * request.sample_every
-        begin = setup.sim_time
-        k = 0
-        inserted_before = 0
-        left_before = 0
-        teleports_before = 0
-        self._sim_time = begin
+        log.info("session_running", end=end, delta_t=setup.delta_t, mode=request.mode)
+        drive = _Driving(conn, setup, end, self.spec.id, request.sample_every)
+        self._sim_time = setup.sim_time
+        loop = asyncio.get_running_loop()
+        idle_since = loop.time()
+        paused = False
+        stepped = request.mode == "stepped"
         while True:
-            if self._stop_requested() is not None:
+            self._drain_inbox()
+            if self._stop is not None:
                 return _Drive("stop")
-            k += 1
-            # Targets are computed from the start, not accumulated, so float error cannot drift.
-            target = round(begin + k * jump_s, 6)
-            if end is not None:
-                target = min(target, end)
-            jump = await self._in_thread(_advance, conn, target, setup.anchor)
-            self._sim_time = jump.sim_time
-            left = jump.inserted - jump.running
-            speeds = jump.speeds
-            await self._writer.write(
-                (
-                    self.spec.id,
-                    jump.sim_time,
-                    jump.running,
-                    jump.inserted - inserted_before,
-                    left - left_before,
-                    sum(speeds) / len(speeds) if speeds else 0.0,
-                    sum(1 for s in speeds if s < HALTING_SPEED),
-                    jump.waiting,
-                    jump.teleports - teleports_before,
-                )
+            while self._control:
+                msg = self._control.popleft()
+                idle_since = loop.time()
+                if isinstance(msg, Pause | Resume):
+                    paused = isinstance(msg, Pause)
+                    log.info("session_paused" if paused else "session_resumed")
+                    if paused:
+                        # Whoever paused it can read every sample up to here at once.
+                        await asyncio.wait_for(self._writer.flush(), 60)
+                    _reply(msg.reply, None)
+                elif isinstance(msg, Commands):
+                    await self._apply_commands(conn, msg, log)
+                elif not stepped:
+                    msg.reply.set_exception(SessionConflict("only a stepped session can step"))
+                else:
+                    target = (self._sim_time or 0.0) + msg.seconds
+                    sample, done = await self._jump(
+                        drive, target if end is None else min(target, end)
+                    )
+                    # The answer means the sample is stored: reads after it see it.
+                    await asyncio.wait_for(self._writer.flush(), 60)
+                    _reply(msg.reply, sample)
+                    if done is not None:
+                        return done
+            if paused or stepped:
+                # Held still: wait for the next message (a stepped session only until idle).
+                wait = 1.0
+                if stepped and not paused:
+                    wait = idle_since + request.idle_timeout_s - loop.time()
+                    if wait <= 0:
+                        return _Drive("idle")
+                await self._wait_inbox(min(wait, 1.0))
+                continue
+            sample, done = await self._jump(drive, drive.next_target())
+            # A replay applies its original's commands at the sim times they were applied at.
+            due = []
+            while replay and replay[0]["sim_time"] <= (self._sim_time or 0.0) + 1e-9:
+                due.append(replay.popleft()["command"])
+            if due:
+                await self._in_thread(commands.apply, conn, due, await self._network())
+                await db.add_session_commands(self._pool, self.spec.id, self._sim_time or 0.0, due)
+            if done is not None:
+                return done
+
+    async def _jump(self, drive: _Driving, target: float) -> tuple[dict[str, Any], _Drive | None]:
+        """Advance to `target` in one round trip, write the sample; the end, if reached."""
+        jump = await self._in_thread(_advance, drive.conn, target, drive.setup.anchor)
+        self._sim_time = jump.sim_time
+        row = drive.sample_row(jump)
+        await self._writer.write(row)
+        self._jumps += 1
+        sample = dict(zip(db.SAMPLE_COLUMNS[1:], row[1:], strict=True))
+        if drive.end is not None and jump.sim_time >= drive.end - 1e-9:
+            return sample, _Drive("completed", "end time reached")
+        if jump.min_expected == 0:
+            return sample, _Drive("completed", "no vehicles left to simulate")
+        return sample, None
+
+    async def _apply_commands(self, conn: Connection, msg: Commands, log: Any) -> None:
+        try:
+            results = await self._in_thread(
+                commands.apply, conn, msg.commands, await self._network()
             )
-            inserted_before, left_before = jump.inserted, left
-            teleports_before = jump.teleports
-            self._jumps += 1
-            if end is not None and jump.sim_time >= end - 1e-9:
-                return _Drive("completed", "end time reached")
-            if jump.min_expected == 0:
-                return _Drive("completed", "no vehicles left to simulate")
+        except SupervisorError as exc:
+            _reply_error(msg.reply, exc)
+            return
+        applied = [c for c in msg.commands if commands.changes_state(c)]
+        if applied:
+            await db.add_session_commands(self._pool, self.spec.id, self._sim_time or 0.0, applied)
+        log.info("commands_applied", count=len(msg.commands), sim_time=self._sim_time)
+        _reply(msg.reply, {"sim_time": self._sim_time, "results": results})
+
+    async def _network(self) -> commands.Network:
+        if self._net is None:
+            self._net = await asyncio.to_thread(_read_network, self._workdir, self.spec.config_path)
+        return self._net
+
+    # ---- the inbox -----------------------------------------------------------------------------
+
+    def _route(self, msg: Message) -> None:
+        if isinstance(msg, StopSession):
+            self._stop = self._stop or msg
+        else:
+            self._control.append(msg)
+
+    def _drain_inbox(self) -> None:
+        while not self._inbox.empty():
+            self._route(self._inbox.get_nowait())
+
+    async def _wait_inbox(self, wait_s: float) -> None:
+        try:
+            self._route(await asyncio.wait_for(self._inbox.get(), max(wait_s, 0.0)))
+        except TimeoutError:
+            pass
+
+
+class _Driving:
+    """The running totals that turn SUMO's cumulative counters into per-interval samples."""
+
+    def __init__(
+        self, conn: Connection, setup: _Setup, end: float | None, session_id: str, every: int
+    ) -> None:
+        self.conn = conn
+        self.setup = setup
+        self.end = end
+        self._session_id = session_id
+        self._jump_s = setup.delta_t * every
+        self._k = 0
+        self._inserted = 0
+        self._left = 0
+        self._teleports = 0
+
+    def next_target(self) -> float:
+        self._k += 1
+        # Targets are computed from the start, not accumulated, so float error cannot drift.
+        target = round(self.setup.sim_time + self._k * self._jump_s, 6)
+        return target if self.end is None else min(target, self.end)
+
+    def sample_row(self, jump: _Jump) -> tuple[Any, ...]:
+        left = jump.inserted - jump.running
+        speeds = jump.speeds
+        row = (
+            self._session_id,
+            jump.sim_time,
+            jump.running,
+            jump.inserted - self._inserted,
+            left - self._left,
+            sum(speeds) / len(speeds) if speeds else 0.0,
+            sum(1 for s in speeds if s < HALTING_SPEED),
+            jump.waiting,
+            jump.teleports - self._teleports,
+        )
+        self._inserted, self._left, self._teleports = jump.inserted, left, jump.teleports
+        return row
+
+
+def _reply(fut: asyncio.Future[Any], value: Any) -> None:
+    if not fut.done():
+        fut.set_result(value)
+
+
+def _reply_error(fut: asyncio.Future[Any], exc: BaseException) -> None:
+    if not fut.done():
+        fut.set_exception(exc)
+
+
+def _read_network(workdir: Path, config_path: str) -> commands.Network:
+    """Edge, lane, junction and traffic-light ids of the session's net, read with sumolib."""
+    import sumolib
+
+    config = workdir / config_path
+    net_file = next(
+        v
+        for _s, opt, v in templates.sumocfg_options(config.read_bytes(), config_path)
+        if opt == "net-file"
+    )
+    net = sumolib.net.readNet(str(config.parent / net_file.split(",")[0].strip()))
+    edges = [e.getID() for e in net.getEdges()]
+    return commands.Network(
+        edges=edges,
+        lanes=[lane.getID() for e in net.getEdges() for lane in e.getLanes()],
+        junctions=[n.getID() for n in net.getNodes()],
+        tls=[t.getID() for t in net.getTrafficLights()],
+    )
 
 
 def _describe_exit(returncode: int | None) -> str:

@@ -27,8 +27,11 @@ import structlog
 
 from actors.ports import PortPool
 from actors.session import (
+    Control,
     Outcome,
+    Pause,
     PortsExhausted,
+    Resume,
     SessionActor,
     SessionSpec,
     StopSession,
@@ -90,11 +93,20 @@ class SessionEnded:
 
 
 @dataclass(frozen=True)
+class Forward:
+    """Hand a control message (pause, resume, step, commands) to a running session."""
+
+    session_id: str
+    control: Control
+    reply: asyncio.Future[None]
+
+
+@dataclass(frozen=True)
 class Shutdown:
     reason: str
 
 
-Message = Submit | Stop | LeasePort | PortRefused | SumoStarted | SessionEnded | Shutdown
+Message = Submit | Stop | LeasePort | PortRefused | SumoStarted | SessionEnded | Forward | Shutdown
 
 
 @dataclass
@@ -109,6 +121,8 @@ class _Running:
     stop_sent_at: float | None = None
     killed: bool = False
     cancelled: bool = False
+    # Set while paused, when paused time must not count towards max_wall_s.
+    paused_at: float | None = None
 
 
 class _Broker:
@@ -195,6 +209,11 @@ class SupervisorActor:
         reply: asyncio.Future[str] = asyncio.get_running_loop().create_future()
         await self.send(Stop(session_id, reply))
         return await asyncio.wait_for(reply, REPLY_TIMEOUT_S)
+
+    async def forward(self, session_id: str, control: Control) -> None:
+        reply: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        await self.send(Forward(session_id, control, reply))
+        await asyncio.wait_for(reply, REPLY_TIMEOUT_S)
 
     async def shutdown(self, reason: str) -> None:
         await self.send(Shutdown(reason))
@@ -328,6 +347,9 @@ class SupervisorActor:
             case SessionEnded(session_id, outcome):
                 await self._cleanup(session_id)
                 self._on_finished(outcome.status if outcome else "stopped")
+            case Forward(session_id, control, reply):
+                await self._forward(session_id, control)
+                reply.set_result(None)
             case Shutdown(reason):
                 await self._begin_shutdown(reason)
 
@@ -385,6 +407,26 @@ class SupervisorActor:
         self._request_stop(run, StopSession("stopped", "stop requested"))
         return "running"
 
+    async def _forward(self, session_id: str, control: Control) -> None:
+        run = self._running.get(session_id)
+        if run is None:
+            if any(spec.id == session_id for spec in self._queue):
+                raise SessionConflict(f"session {session_id} is queued, not running yet")
+            row = await db.get_session(self._pool, session_id)
+            if row is None:
+                raise SessionNotFound(f"no session {session_id!r}")
+            raise SessionConflict(
+                f"session {session_id} is not running ({row['status']})", status=row["status"]
+            )
+        run.actor.send(control)
+        if not run.actor.spec.request.pause_counts and run.wall_deadline is not None:
+            now = asyncio.get_running_loop().time()
+            if isinstance(control, Pause) and run.paused_at is None:
+                run.paused_at = now
+            elif isinstance(control, Resume) and run.paused_at is not None:
+                run.wall_deadline += now - run.paused_at
+                run.paused_at = None
+
     def _request_stop(self, run: _Running, stop: StopSession) -> None:
         if run.stop_sent_at is None:
             run.stop_sent_at = asyncio.get_running_loop().time()
@@ -417,7 +459,7 @@ class SupervisorActor:
         times: list[float] = []
         for run in self._running.values():
             if run.stop_sent_at is None:
-                if run.wall_deadline is not None:
+                if run.wall_deadline is not None and run.paused_at is None:
                     times.append(run.wall_deadline)
             elif not run.killed:
                 times.append(run.stop_sent_at + grace)
@@ -429,7 +471,8 @@ class SupervisorActor:
         grace = self._settings.stop_grace_s
         for session_id, run in self._running.items():
             if run.stop_sent_at is None:
-                if run.wall_deadline is not None and now >= run.wall_deadline:
+                wall = run.wall_deadline
+                if wall is not None and run.paused_at is None and now >= wall:
                     self._request_stop(run, StopSession("timed_out", "max_wall_s exceeded"))
             elif not run.killed and now >= run.stop_sent_at + grace:
                 # A jump of many steps can take long; killing SUMO ends it at once, and the actor

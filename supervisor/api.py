@@ -17,8 +17,9 @@ import structlog
 from aiohttp import BodyPartReader, web
 from aiohttp_sse import sse_response
 
+from actors import commands
 from actors.feeds import EndEvent, FeedHub, LaggedEvent, SampleEvent, StatusEvent
-from actors.session import SessionSpec
+from actors.session import Commands, Pause, Resume, SessionSpec, Step
 from actors.supervisor import SupervisorActor, new_session_id
 from actors.writer import WriterActor
 from supervisor import db, plots, templates
@@ -268,7 +269,17 @@ async def _session_row(request: web.Request) -> dict[str, Any]:
 
 async def create_session(request: web.Request) -> web.Response:
     s = request.app[SERVICES]
-    req = parse_session_request(await _json_body(request))
+    body = await _json_body(request)
+    if isinstance(body, dict) and isinstance(body.get("replay_of"), str):
+        # A replay is its original's request (same template version, seed, options) plus
+        # whatever the body changes; its commands are applied again at the same sim times.
+        original = await db.get_session(s.pool, body["replay_of"])
+        if original is None:
+            raise SessionNotFound(f"no session {body['replay_of']!r} to replay", field="replay_of")
+        base = {k: v for k, v in original["request"].items() if v is not None}
+        base.update(mode="run", version=original["template_version"])
+        body = base | body
+    req = parse_session_request(body)
     version = await db.resolve_template_version(s.pool, req.template, req.version)
     if version is None:
         which = f"{req.template!r}" + (f" version {req.version}" if req.version else "")
@@ -310,6 +321,53 @@ async def stop_session(request: web.Request) -> web.Response:
     session_id = request.match_info["id"]
     was = await request.app[SERVICES].supervisor.stop(session_id)
     return _json({"id": session_id, "stopping": True, "was": was}, status=202)
+
+
+# ---- control ---------------------------------------------------------------------------------
+
+CONTROL_TIMEOUT_S = 120.0
+
+
+async def _control(request: web.Request, make: Any) -> Any:
+    """Send a control message to a running session and wait for its answer."""
+    session_id = request.match_info["id"]
+    reply: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+    await request.app[SERVICES].supervisor.forward(session_id, make(reply))
+    try:
+        return await asyncio.wait_for(reply, CONTROL_TIMEOUT_S)
+    except TimeoutError:
+        raise SessionConflict(f"session {session_id} did not answer in time") from None
+
+
+async def pause_session(request: web.Request) -> web.Response:
+    await _control(request, Pause)
+    return _json({"id": request.match_info["id"], "paused": True})
+
+
+async def resume_session(request: web.Request) -> web.Response:
+    await _control(request, Resume)
+    return _json({"id": request.match_info["id"], "paused": False})
+
+
+async def step_session(request: web.Request) -> web.Response:
+    body = await _json_body(request)
+    seconds = body.get("seconds") if isinstance(body, dict) else None
+    if isinstance(seconds, bool) or not isinstance(seconds, int | float) or not 0 < seconds <= 1e7:
+        raise InvalidRequest('send {"seconds": s} with s > 0', field="seconds")
+    sample = await _control(request, partial(Step, float(seconds)))
+    return _json({"id": request.match_info["id"], "sample": sample})
+
+
+async def session_commands_post(request: web.Request) -> web.Response:
+    parsed = commands.parse(await _json_body(request))
+    answer = await _control(request, partial(Commands, parsed))
+    return _json({"id": request.match_info["id"], **answer})
+
+
+async def session_commands_get(request: web.Request) -> web.Response:
+    row = await _session_row(request)
+    history = await db.session_commands(request.app[SERVICES].pool, row["id"])
+    return _json({"id": row["id"], "commands": history})
 
 
 async def session_samples(request: web.Request) -> web.Response:
@@ -502,6 +560,11 @@ def make_app(services: Services, *, test_hooks: bool = False) -> web.Application
     app.router.add_get("/v1/sessions/{id}/{kind}.csv", session_export)
     app.router.add_get("/v1/compare", compare_sessions)
     app.router.add_get("/metrics", metrics)
+    app.router.add_post("/v1/sessions/{id}/pause", pause_session)
+    app.router.add_post("/v1/sessions/{id}/resume", resume_session)
+    app.router.add_post("/v1/sessions/{id}/step", step_session)
+    app.router.add_post("/v1/sessions/{id}/commands", session_commands_post)
+    app.router.add_get("/v1/sessions/{id}/commands", session_commands_get)
     if test_hooks:
         app.router.add_post("/_test/block_loop", block_loop)
     return app

@@ -453,6 +453,33 @@ async def clear_session_rows(pool: asyncpg.Pool, session_id: str) -> None:
     await with_retry(op, what="clear_session_rows")
 
 
+async def add_session_commands(
+    pool: asyncpg.Pool, session_id: str, sim_time: float, commands: Sequence[dict[str, Any]]
+) -> None:
+    async def op() -> None:
+        async with pool.acquire() as conn, conn.transaction():
+            first = await conn.fetchval(
+                "SELECT coalesce(max(seq), 0) + 1 FROM session_commands WHERE session_id = $1",
+                session_id,
+            )
+            await conn.executemany(
+                "INSERT INTO session_commands (session_id, seq, sim_time, command)"
+                " VALUES ($1, $2, $3, $4)",
+                [(session_id, first + i, sim_time, c) for i, c in enumerate(commands)],
+            )
+
+    await with_retry(op, what="session_commands")
+
+
+async def session_commands(pool: asyncpg.Pool, session_id: str) -> list[dict[str, Any]]:
+    rows = await pool.fetch(
+        "SELECT seq, sim_time, command, applied_at FROM session_commands WHERE session_id = $1"
+        " ORDER BY seq",
+        session_id,
+    )
+    return [dict(r) for r in rows]
+
+
 async def count_sessions_by_status(pool: asyncpg.Pool) -> dict[str, int]:
     rows = await pool.fetch("SELECT status, count(*) AS n FROM sessions GROUP BY status")
     return {r["status"]: r["n"] for r in rows}

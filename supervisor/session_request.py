@@ -93,6 +93,12 @@ class SessionRequest:
     record: tuple[str, ...] = ("samples",)
     on_interrupt: str = "rerun"
     max_attempts: int = 3
+    # "run": the session advances by itself; "stepped": only when asked (POST .../step).
+    mode: str = "run"
+    idle_timeout_s: float = 300.0
+    # Whether time spent paused counts towards max_wall_s.
+    pause_counts: bool = True
+    replay_of: str | None = None
     trajectory_period: float = 1.0
     edge_period: float = 60.0
 
@@ -148,6 +154,10 @@ def parse_session_request(body: Any) -> SessionRequest:
         "edge_period",
         "on_interrupt",
         "max_attempts",
+        "mode",
+        "idle_timeout_s",
+        "pause_counts",
+        "replay_of",
     }
     unknown = sorted(set(body) - known)
     if unknown:
@@ -196,6 +206,18 @@ def parse_session_request(body: Any) -> SessionRequest:
     if on_interrupt not in ("rerun", "fail"):
         raise InvalidRequest("on_interrupt must be 'rerun' or 'fail'", field="on_interrupt")
     max_attempts = _number(body, "max_attempts", integer=True, lo=1, hi=100)
+    mode = body.get("mode", "run")
+    if mode not in ("run", "stepped"):
+        raise InvalidRequest("mode must be 'run' or 'stepped'", field="mode")
+    idle_timeout_s = _number(body, "idle_timeout_s", integer=False, lo=0.001, hi=1e7)
+    pause_counts = body.get("pause_counts", True)
+    if not isinstance(pause_counts, bool):
+        raise InvalidRequest("pause_counts must be true or false", field="pause_counts")
+    replay_of = body.get("replay_of")
+    if replay_of is not None and not isinstance(replay_of, str):
+        raise InvalidRequest("replay_of must be a session id", field="replay_of")
+    if replay_of is not None and mode != "run":
+        raise InvalidRequest("a replay runs by itself: mode must be 'run'", field="mode")
     return SessionRequest(
         template=template,
         version=_number(body, "version", integer=True, lo=1, hi=2**31 - 1),
@@ -210,4 +232,8 @@ def parse_session_request(body: Any) -> SessionRequest:
         edge_period=60.0 if edge_period is None else edge_period,
         on_interrupt=on_interrupt,
         max_attempts=3 if max_attempts is None else max_attempts,
+        mode=mode,
+        idle_timeout_s=300.0 if idle_timeout_s is None else idle_timeout_s,
+        pause_counts=pause_counts,
+        replay_of=replay_of,
     )

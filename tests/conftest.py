@@ -175,10 +175,20 @@ def scenarios(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Scenario]:
     )
     out["nested"] = Scenario(nested, "cfg/scenario.sumocfg")
 
-    # Runs for a very long time: flows until 1e6 s. For stop, timeout, kill and shutdown tests.
+    # Runs for a very long time: flows until 1e6 s, traffic lights at every junction. For stop,
+    # timeout, kill, shutdown and control tests.
     long = base / "long"
     long.mkdir()
-    (long / "net.net.xml").write_bytes((grid4 / "net.net.xml").read_bytes())
+    _netgenerate(
+        long / "net.net.xml",
+        "--grid",
+        "--grid.number",
+        "4",
+        "--grid.length",
+        "200",
+        "--default-junction-type",
+        "traffic_light",
+    )
     _random_trips(
         long / "net.net.xml",
         long / "flows.rou.xml",
