@@ -60,6 +60,7 @@ class SessionSpec:
     config_path: str
     request: SessionRequest
     attempt: int = 1
+    sweep_id: str | None = None
 
 
 @dataclass(frozen=True)

@@ -326,6 +326,7 @@ class SupervisorActor:
                         spec.request.to_json(),
                         spec.request.label,
                         spec.request.end,
+                        spec.sweep_id,
                     )
                     self._queue.append(spec)
                     reply.set_result(None)

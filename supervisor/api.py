@@ -22,15 +22,17 @@ from actors.feeds import EndEvent, FeedHub, LaggedEvent, SampleEvent, StatusEven
 from actors.session import Commands, Pause, Resume, SessionSpec, Step
 from actors.supervisor import SupervisorActor, new_session_id
 from actors.writer import WriterActor
-from supervisor import db, plots, templates
+from supervisor import db, plots, sweeps, templates
 from supervisor.config import Config
 from supervisor.errors import (
     InvalidRequest,
     InvalidTemplate,
     PayloadTooLarge,
+    QueueFull,
     SessionConflict,
     SessionNotFound,
     SupervisorError,
+    SweepNotFound,
     TemplateNotFound,
 )
 from supervisor.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
@@ -323,6 +325,80 @@ async def stop_session(request: web.Request) -> web.Response:
     return _json({"id": session_id, "stopping": True, "was": was}, status=202)
 
 
+# ---- sweeps ----------------------------------------------------------------------------------
+
+
+async def create_sweep(request: web.Request) -> web.Response:
+    s = request.app[SERVICES]
+    body = await _json_body(request)
+    runs = sweeps.expand(body)
+    req0 = runs[0][1]
+    version = await db.resolve_template_version(s.pool, req0.template, req0.version)
+    if version is None:
+        raise TemplateNotFound(f"no template {req0.template!r}", template=req0.template)
+    if s.supervisor.queued_count + len(runs) > s.config.max_queued:
+        raise QueueFull(f"the queue has no room for {len(runs)} more sessions")
+    sweep_id = "sweep-" + new_session_id()
+    await db.insert_sweep(s.pool, sweep_id, body)
+    ids = []
+    for _params, req in runs:
+        spec = SessionSpec(
+            id=new_session_id(),
+            template_name=version["name"],
+            template_version=version["version"],
+            config_path=version["config_path"],
+            request=req,
+            sweep_id=sweep_id,
+        )
+        await s.supervisor.submit(spec)
+        ids.append(spec.id)
+    log.info("sweep_created", sweep_id=sweep_id, sessions=len(ids))
+    return _json({"id": sweep_id, "count": len(ids), "sessions": ids}, status=201)
+
+
+async def get_sweep(request: web.Request) -> web.Response:
+    s = request.app[SERVICES]
+    sweep_id = request.match_info["id"]
+    sweep = await db.get_sweep(s.pool, sweep_id)
+    if sweep is None:
+        raise SweepNotFound(f"no sweep {sweep_id!r}", sweep=sweep_id)
+    sessions = await db.sweep_sessions(s.pool, sweep_id)
+    by_status: dict[str, int] = {}
+    runs = []
+    for row in sessions:
+        by_status[row["status"]] = by_status.get(row["status"], 0) + 1
+        req = row["request"]
+        params = sweeps.params_of(req, sweep["request"].get("vary") or {})
+        summary = None
+        if row["status"] == "completed":
+            full = await db.get_session(s.pool, row["id"])
+            assert full is not None
+            summary = _summary_json(full, await db.session_summary(s.pool, row["id"]))
+        runs.append((params, summary, row))
+    return _json(
+        {
+            "id": sweep_id,
+            "request": sweep["request"],
+            "created_at": sweep["created_at"],
+            "total": len(sessions),
+            "by_status": by_status,
+            "done": all(r["status"] in db.FINAL_STATUSES for r in sessions),
+            "progress": sum(by_status.get(st, 0) for st in db.FINAL_STATUSES)
+            / max(len(sessions), 1),
+            "sessions": [
+                {
+                    "id": row["id"],
+                    "seed": row["request"]["seed"],
+                    "params": p,
+                    "status": row["status"],
+                }
+                for p, _sum, row in runs
+            ],
+            "groups": sweeps.group_stats([(p, summ) for p, summ, _row in runs]),
+        }
+    )
+
+
 # ---- control ---------------------------------------------------------------------------------
 
 CONTROL_TIMEOUT_S = 120.0
@@ -560,6 +636,8 @@ def make_app(services: Services, *, test_hooks: bool = False) -> web.Application
     app.router.add_get("/v1/sessions/{id}/{kind}.csv", session_export)
     app.router.add_get("/v1/compare", compare_sessions)
     app.router.add_get("/metrics", metrics)
+    app.router.add_post("/v1/sweeps", create_sweep)
+    app.router.add_get("/v1/sweeps/{id}", get_sweep)
     app.router.add_post("/v1/sessions/{id}/pause", pause_session)
     app.router.add_post("/v1/sessions/{id}/resume", resume_session)
     app.router.add_post("/v1/sessions/{id}/step", step_session)

@@ -208,17 +208,19 @@ async def insert_session(
     request: dict[str, Any],
     label: str | None,
     end_time: float | None,
+    sweep_id: str | None = None,
 ) -> None:
     async with pool.acquire() as conn, conn.transaction():
         await conn.execute(
             "INSERT INTO sessions (id, template_name, template_version, status, request, label,"
-            " end_time) VALUES ($1, $2, $3, 'queued', $4, $5, $6)",
+            " end_time, sweep_id) VALUES ($1, $2, $3, 'queued', $4, $5, $6, $7)",
             session_id,
             template_name,
             template_version,
             request,
             label,
             end_time,
+            sweep_id,
         )
         await conn.execute(
             "INSERT INTO session_events (session_id, status, reason) VALUES ($1, 'queued', $2)",
@@ -476,6 +478,22 @@ async def session_commands(pool: asyncpg.Pool, session_id: str) -> list[dict[str
         "SELECT seq, sim_time, command, applied_at FROM session_commands WHERE session_id = $1"
         " ORDER BY seq",
         session_id,
+    )
+    return [dict(r) for r in rows]
+
+
+async def insert_sweep(pool: asyncpg.Pool, sweep_id: str, request: dict[str, Any]) -> None:
+    await pool.execute("INSERT INTO sweeps (id, request) VALUES ($1, $2)", sweep_id, request)
+
+
+async def get_sweep(pool: asyncpg.Pool, sweep_id: str) -> dict[str, Any] | None:
+    row = await pool.fetchrow("SELECT id, request, created_at FROM sweeps WHERE id = $1", sweep_id)
+    return dict(row) if row else None
+
+
+async def sweep_sessions(pool: asyncpg.Pool, sweep_id: str) -> list[dict[str, Any]]:
+    rows = await pool.fetch(
+        "SELECT id, status, request FROM sessions WHERE sweep_id = $1 ORDER BY id", sweep_id
     )
     return [dict(r) for r in rows]
 

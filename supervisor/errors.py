@@ -32,6 +32,10 @@ class SessionNotFound(SupervisorError):
     status = 404
 
 
+class SweepNotFound(SupervisorError):
+    status = 404
+
+
 class SessionConflict(SupervisorError):
     """The session is in a state that does not allow the request (e.g. already ended)."""
 
