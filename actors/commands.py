@@ -202,14 +202,18 @@ def apply(
     conn: Connection, commands: list[dict[str, Any]], network: Network
 ) -> list[dict[str, Any]]:
     """Check every id against the simulation, then apply all commands in order (TraCI thread)."""
-    live = {
-        "vehicle": set(conn.vehicle.getIDList()),
+    static = {
         "tls": set(network.tls),
         "edge": set(network.edges),
         "lane": set(network.lanes),
-        "route": set(conn.route.getIDList()),
-        "vtype": set(conn.vehicletype.getIDList()),
     }
+    dynamic = {
+        "vehicle": conn.vehicle.getIDList,
+        "route": conn.route.getIDList,
+        "vtype": conn.vehicletype.getIDList,
+    }
+    # Only the id lists a batch needs are asked of SUMO: each is one more round trip.
+    live = _Lazy(static, dynamic)
     for n, c in enumerate(commands):
         spec = COMMANDS[c["type"]]
         domain = c["domain"] if spec.domain == "by_domain" else spec.domain
@@ -242,6 +246,17 @@ def apply(
                 continue
         results.append({"type": c["type"], "ok": True, "value": value})
     return results
+
+
+class _Lazy(dict[str, set[str]]):
+    def __init__(self, static: dict[str, set[str]], dynamic: dict[str, Callable[[], Any]]) -> None:
+        super().__init__(static)
+        self._dynamic = dynamic
+
+    def __missing__(self, key: str) -> set[str]:
+        value = set(self._dynamic[key]())
+        self[key] = value
+        return value
 
 
 def changes_state(command: dict[str, Any]) -> bool:
