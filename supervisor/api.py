@@ -35,6 +35,7 @@ from supervisor.errors import (
     SweepNotFound,
     TemplateNotFound,
 )
+from supervisor.logbuffer import SESSION_LOGS
 from supervisor.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from supervisor.metrics import Metrics
 from supervisor.session_request import parse_session_request
@@ -440,6 +441,11 @@ async def session_commands_post(request: web.Request) -> web.Response:
     return _json({"id": request.match_info["id"], **answer})
 
 
+async def session_logs(request: web.Request) -> web.Response:
+    row = await _session_row(request)
+    return _json({"id": row["id"], "logs": SESSION_LOGS.get(row["id"])})
+
+
 async def session_commands_get(request: web.Request) -> web.Response:
     row = await _session_row(request)
     history = await db.session_commands(request.app[SERVICES].pool, row["id"])
@@ -643,6 +649,7 @@ def make_app(services: Services, *, test_hooks: bool = False) -> web.Application
     app.router.add_post("/v1/sessions/{id}/step", step_session)
     app.router.add_post("/v1/sessions/{id}/commands", session_commands_post)
     app.router.add_get("/v1/sessions/{id}/commands", session_commands_get)
+    app.router.add_get("/v1/sessions/{id}/logs", session_logs)
     if test_hooks:
         app.router.add_post("/_test/block_loop", block_loop)
     return app

@@ -1,4 +1,4 @@
-"""The `sumo-supervisor` command."""
+"""The `sumo-supervisor` command: `serve` runs the daemon; the other subcommands talk to one."""
 
 from __future__ import annotations
 
@@ -7,16 +7,14 @@ import asyncio
 import os
 import sys
 from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
 
+from supervisor.client import DEFAULT_URL
 from supervisor.config import ConfigError, load_config
 
 
-def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="sumo-supervisor",
-        description="Run many SUMO simulations at once, with PostgreSQL as the source of truth.",
-    )
-    sub = parser.add_subparsers(dest="command", required=True)
+def _serve_parser(sub: Any) -> None:
     serve = sub.add_parser(
         "serve",
         help="run the daemon",
@@ -43,23 +41,80 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--log-level", dest="log_level", help="debug|info|warning|error")
     serve.add_argument("--log-format", dest="log_format", help="json (default) or console")
     serve.add_argument("--config", dest="config_file", help="TOML config file")
+
+
+def _command(sub: Any, name: str, help: str) -> argparse.ArgumentParser:
+    """A subcommand that talks to a running daemon."""
+    parser: argparse.ArgumentParser = sub.add_parser(name, help=help, description=help)
+    parser.add_argument("--url", help=f"the daemon (default $SUMO_SUPERVISOR_URL or {DEFAULT_URL})")
+    parser.add_argument("--json", action="store_true", help="print JSON, for scripts")
+    return parser
+
+
+def _client_parsers(sub: Any) -> None:
+    template = sub.add_parser("template", help="add, list and show templates")
+    tsub = template.add_subparsers(dest="template_command", required=True, metavar="COMMAND")
+    add = _command(tsub, "add", "upload a scenario: its .sumocfg and every file it names")
+    add.add_argument("name")
+    add.add_argument("config", type=Path)
+    add.add_argument("--dry-run", action="store_true", help="only show what would be uploaded")
+    _command(tsub, "list", "list templates")
+    _command(tsub, "show", "show a template's versions and files").add_argument("name")
+
+    run = _command(sub, "run", "start a session")
+    run.add_argument("template")
+    run.add_argument("--end", type=float, help="sim seconds")
+    run.add_argument("--seed", type=int)
+    run.add_argument("--record", help="comma-separated: samples,trajectories,trips,edges")
+    run.add_argument("--label")
+    run.add_argument("--sample-every", type=int, dest="sample_every")
+    run.add_argument("--wait", action="store_true", help="show progress; exit 0 only if completed")
+    ps = _command(sub, "ps", "list sessions")
+    ps.add_argument("--status")
+    ps.add_argument("--label")
+    ps.add_argument("--limit", type=int, default=50)
+    for name, help in (
+        ("show", "show one session"),
+        ("stop", "stop a session"),
+        ("watch", "follow a session's live stream, one line per event"),
+        ("logs", "a session's log events, from the daemon"),
+        ("summary", "a session's summary figures"),
+    ):
+        _command(sub, name, help).add_argument("id")
+    get = _command(sub, "get", "export a session's rows as CSV")
+    get.add_argument("id")
+    get.add_argument("what", choices=["samples", "trips", "trajectories", "edges"])
+    get.add_argument("-o", "--output", type=Path, help="file to write (default: stdout)")
+    _command(sub, "compare", "summaries of sessions side by side").add_argument("ids", nargs="+")
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="sumo-supervisor",
+        description="Run many SUMO simulations at once, with PostgreSQL as the source of truth.",
+    )
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    _serve_parser(sub)
+    _client_parsers(sub)
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
-    if args.command == "serve":
-        flags = {k: v for k, v in vars(args).items() if k != "command"}
-        try:
-            cfg = load_config(flags, os.environ)
-        except ConfigError as exc:
-            print(f"sumo-supervisor: configuration error: {exc}", file=sys.stderr)
-            return 2
-        from supervisor.app import serve  # the daemon's imports are only needed to serve
+    if args.command != "serve":
+        from supervisor.commands_cli import run_command
 
-        try:
-            return asyncio.run(serve(cfg))
-        except ConfigError as exc:
-            print(f"sumo-supervisor: configuration error: {exc}", file=sys.stderr)
-            return 2
-    return 2
+        return run_command(args)
+    flags = {k: v for k, v in vars(args).items() if k != "command"}
+    try:
+        cfg = load_config(flags, os.environ)
+    except ConfigError as exc:
+        print(f"sumo-supervisor: configuration error: {exc}", file=sys.stderr)
+        return 2
+    from supervisor.app import serve  # the daemon's imports are only needed to serve
+
+    try:
+        return asyncio.run(serve(cfg))
+    except ConfigError as exc:
+        print(f"sumo-supervisor: configuration error: {exc}", file=sys.stderr)
+        return 2

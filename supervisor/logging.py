@@ -7,6 +7,8 @@ import sys
 
 import structlog
 
+from supervisor.logbuffer import SESSION_LOGS
+
 
 def configure(level: str = "info", fmt: str = "json") -> None:
     renderer: structlog.typing.Processor = (
@@ -20,6 +22,7 @@ def configure(level: str = "info", fmt: str = "json") -> None:
             structlog.processors.add_log_level,
             structlog.processors.TimeStamper(fmt="iso", utc=True),
             structlog.processors.dict_tracebacks,
+            SESSION_LOGS,
             renderer,
         ],
         wrapper_class=structlog.make_filtering_bound_logger(getattr(logging, level.upper())),

@@ -1,0 +1,306 @@
+"""What the CLI's client subcommands do: ask the daemon, print tables for people (rich) or JSON
+for scripts (--json). A daemon error is one line on stderr and a non-zero exit, never a trace."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import sumolib.options
+from rich.console import Console
+from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from supervisor.client import Client, CliError
+
+out = Console(highlight=False)
+err = Console(stderr=True, highlight=False)
+FINAL = ("completed", "failed", "stopped", "timed_out")
+
+
+def run_command(args: argparse.Namespace) -> int:
+    client = Client(args.url)
+    name = args.command if args.command != "template" else f"template_{args.template_command}"
+    try:
+        return int(COMMANDS[name](client, args) or 0)
+    except CliError as exc:
+        err.print(f"[red]error:[/red] {exc}")
+        return 1
+    except KeyboardInterrupt:
+        return 130
+    finally:
+        client.close()
+
+
+def _json(data: Any) -> None:
+    print(json.dumps(data, indent=2, default=str))
+
+
+def _table(rows: list[dict[str, Any]], columns: list[str], title: str | None = None) -> None:
+    table = Table(title=title)
+    for c in columns:
+        table.add_column(c, no_wrap=c in ("id", "status"))
+    for r in rows:
+        table.add_row(*("" if r.get(c) is None else str(r.get(c)) for c in columns))
+    out.print(table)
+
+
+# ---- templates ---------------------------------------------------------------------------------
+
+
+def scenario_files(config: Path) -> tuple[str, dict[str, Path]]:
+    """The config and every input file it names (in any folder, .gz too), as upload paths
+    relative to the folder that holds them all."""
+    config = config.resolve()
+    if not config.is_file():
+        raise CliError(f"{config}: no such file")
+    try:
+        options = sumolib.options.readOptions(str(config))
+    except Exception as exc:  # sumolib raises what its XML parser raises
+        raise CliError(f"{config}: not a readable SUMO configuration ({exc})") from None
+    paths = [config]
+    for opt in options:
+        if not opt.name.endswith(("-file", "-files")):
+            continue  # outputs are named *-output and are SUMO's to write
+        for item in str(opt.value).replace(" ", ",").split(","):
+            if item.strip():
+                path = (config.parent / item.strip()).resolve()
+                if not path.is_file():
+                    raise CliError(f"{config.name} names {opt.name}={item.strip()}, not found")
+                paths.append(path)
+    root = Path(os.path.commonpath([p.parent for p in paths]))
+    files = {p.relative_to(root).as_posix(): p for p in dict.fromkeys(paths)}
+    return config.relative_to(root).as_posix(), files
+
+
+def template_add(client: Client, args: argparse.Namespace) -> int:
+    config, files = scenario_files(args.config)
+    if not args.json:
+        _table(
+            [{"path": rel, "bytes": p.stat().st_size, "from": str(p)} for rel, p in files.items()],
+            ["path", "bytes", "from"],
+            title=f"{args.name}: config {config}",
+        )
+    if args.dry_run:
+        return 0
+    created = client.upload(args.name, config, files)
+    if args.json:
+        _json(created)
+    else:
+        out.print(f"uploaded {args.name} version {created['version']} ({len(files)} files)")
+    return 0
+
+
+def template_list(client: Client, args: argparse.Namespace) -> int:
+    templates = client.get("/v1/templates")["templates"]
+    if args.json:
+        _json(templates)
+    else:
+        _table(templates, ["name", "latest_version", "versions", "config_path", "updated_at"])
+    return 0
+
+
+def template_show(client: Client, args: argparse.Namespace) -> int:
+    template = client.get(f"/v1/templates/{args.name}")
+    if args.json:
+        _json(template)
+        return 0
+    for v in template["versions"]:
+        _table(v["files"], ["path", "size", "sha256"], title=f"{args.name} v{v['version']}")
+    return 0
+
+
+# ---- sessions ----------------------------------------------------------------------------------
+
+SESSION_COLUMNS = ["id", "template", "status", "label", "sim_time", "end", "progress", "error"]
+
+
+def run(client: Client, args: argparse.Namespace) -> int:
+    body: dict[str, Any] = {"template": args.template}
+    for key in ("end", "seed", "label", "sample_every"):
+        if getattr(args, key) is not None:
+            body[key] = getattr(args, key)
+    if args.record:
+        body["record"] = [r.strip() for r in args.record.split(",") if r.strip()]
+    session = client.post("/v1/sessions", body)
+    if not args.wait:
+        if args.json:
+            _json(session)
+        else:
+            out.print(session["id"])
+        return 0
+    final = _follow_with_progress(client, session, quiet=args.json)
+    if args.json:
+        _json(final)
+    if final["status"] != "completed":
+        err.print(f"[red]{final['status']}[/red]: {final.get('error') or final.get('cause')}")
+        return 1
+    if not args.json:
+        out.print(f"{final['id']} completed at sim time {final['sim_time']}")
+    return 0
+
+
+def _follow_with_progress(client: Client, session: dict[str, Any], *, quiet: bool) -> Any:
+    progress = Progress(
+        TextColumn("{task.description}"),
+        BarColumn(),
+        TextColumn("{task.completed:.0f}/{task.total} s"),
+        TextColumn("{task.fields[info]}"),
+        TimeElapsedColumn(),
+        console=err,
+        disable=quiet,
+    )
+    with progress:
+        task = progress.add_task(session["id"], total=session.get("end"), info=session["status"])
+        for name, data in client.stream(session["id"]):
+            if name == "sample":
+                info = f"{data['vehicles']} vehicles, {data['mean_speed']:.1f} m/s"
+                progress.update(task, completed=data["sim_time"], info=info)
+            elif name == "status":
+                progress.update(task, total=data.get("end"), info=data["status"])
+    return client.get(f"/v1/sessions/{session['id']}")
+
+
+def ps(client: Client, args: argparse.Namespace) -> int:
+    sessions = client.get("/v1/sessions", status=args.status, label=args.label, limit=args.limit)
+    if args.json:
+        _json(sessions["sessions"])
+    else:
+        _table(sessions["sessions"], SESSION_COLUMNS)
+    return 0
+
+
+def show(client: Client, args: argparse.Namespace) -> int:
+    session = client.get(f"/v1/sessions/{args.id}")
+    if args.json:
+        _json(session)
+        return 0
+    table = Table(show_header=False)
+    for key, value in session.items():
+        table.add_row(key, json.dumps(value) if isinstance(value, dict) else str(value))
+    out.print(table)
+    return 0
+
+
+def stop(client: Client, args: argparse.Namespace) -> int:
+    answer = client.post(f"/v1/sessions/{args.id}/stop")
+    if args.json:
+        _json(answer)
+    else:
+        out.print(f"stopping {args.id}")
+    return 0
+
+
+def watch(client: Client, args: argparse.Namespace) -> int:
+    status = None
+    for name, data in client.stream(args.id):
+        if args.json:
+            print(json.dumps({"event": name, "data": data}), flush=True)
+        elif name == "sample":
+            print(
+                f"t={data['sim_time']:g} vehicles={data['vehicles']} departed={data['departed']}"
+                f" arrived={data['arrived']} speed={data['mean_speed']:.2f}",
+                flush=True,
+            )
+        elif name == "status":
+            status = data["status"]
+            print(
+                f"status {status}" + (f": {data['error']}" if data.get("error") else ""), flush=True
+            )
+        else:
+            print(f"{name}: {data}", flush=True)
+    return 0 if status in (None, "completed", "running") else 1
+
+
+def logs(client: Client, args: argparse.Namespace) -> int:
+    events = client.get(f"/v1/sessions/{args.id}/logs")["logs"]
+    if args.json:
+        _json(events)
+        return 0
+    for e in events:
+        extra = {
+            k: v
+            for k, v in e.items()
+            if k not in ("timestamp", "level", "event", "session_id", "component")
+        }
+        print(f"{e.get('timestamp', '')} {e.get('level', ''):7} {e['event']} {json.dumps(extra)}")
+    return 0
+
+
+def get(client: Client, args: argparse.Namespace) -> int:
+    path = f"/v1/sessions/{args.id}/{args.what}.csv"
+    if args.output is None:
+        client.download(path, sys.stdout.buffer)
+        return 0
+    partial = args.output.with_name(args.output.name + ".part")
+    with open(partial, "wb") as fh:
+        size = client.download(path, fh)
+    partial.replace(args.output)
+    if args.json:
+        _json({"file": str(args.output), "bytes": size})
+    else:
+        err.print(f"wrote {size} bytes to {args.output}")
+    return 0
+
+
+FIGURES = [
+    "status", "inserted", "arrived", "running", "teleports", "trips", "mean_duration",
+    "p95_duration", "mean_waiting_time", "mean_time_loss", "mean_speed", "total_distance",
+    "throughput_per_hour", "sim_seconds",
+]  # fmt: skip
+
+
+def _fmt(v: Any) -> str:
+    return "" if v is None else f"{v:.2f}" if isinstance(v, float) else str(v)
+
+
+def summary(client: Client, args: argparse.Namespace) -> int:
+    figures = client.get(f"/v1/sessions/{args.id}/summary")
+    if args.json:
+        _json(figures)
+        return 0
+    table = Table(title=args.id, show_header=False)
+    for key in FIGURES:
+        table.add_row(key, _fmt(figures.get(key)))
+    out.print(table)
+    return 0
+
+
+def compare(client: Client, args: argparse.Namespace) -> int:
+    result = client.get("/v1/compare", sessions=",".join(args.ids))
+    if args.json:
+        _json(result)
+        return 0
+    table = Table()
+    table.add_column("figure")
+    for s in result["sessions"]:
+        table.add_column(s["id"])
+    for d in result["differences"]:
+        table.add_column(f"Δ {d['id'][-8:]}")
+    for key in FIGURES:
+        row = [_fmt(s.get(key)) for s in result["sessions"]]
+        row += [_fmt(d.get(key)) for d in result["differences"]]
+        table.add_row(key, *row)
+    out.print(table)
+    return 0
+
+
+COMMANDS: dict[str, Callable[[Client, argparse.Namespace], int]] = {
+    "template_add": template_add,
+    "template_list": template_list,
+    "template_show": template_show,
+    "run": run,
+    "ps": ps,
+    "show": show,
+    "stop": stop,
+    "watch": watch,
+    "logs": logs,
+    "get": get,
+    "summary": summary,
+    "compare": compare,
+}

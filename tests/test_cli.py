@@ -1,0 +1,126 @@
+"""The real CLI, as a subprocess, against a real daemon."""
+
+from __future__ import annotations
+
+import asyncio
+import csv
+import json
+import subprocess
+import sys
+
+from conftest import wait_status
+
+
+async def cli(
+    *args: str, url: str | None = None, timeout: float = 120
+) -> subprocess.CompletedProcess[str]:
+    cmd = [sys.executable, "-m", "supervisor", *args]
+    if url is not None:
+        cmd += ["--url", url]
+    return await asyncio.to_thread(
+        subprocess.run, cmd, capture_output=True, text=True, timeout=timeout
+    )
+
+
+async def test_template_add_run_wait_and_results(daemons, db_url, http, scenarios, tmp_path):
+    daemon = await daemons.start(db_url)
+    nested = scenarios["nested"]
+    # The config names files in sibling folders (../net, ../demand, ../add) and a .gz net.
+    added = await cli(
+        "template", "add", "city", str(nested.root / nested.config), "--json", url=daemon.url
+    )
+    assert added.returncode == 0, added.stderr
+    body = json.loads(added.stdout)
+    assert {f["path"] for f in body["files"]} == {
+        "cfg/scenario.sumocfg", "net/spider.net.xml.gz", "demand/routes.rou.xml", "add/detectors.add.xml",
+    }  # fmt: skip
+    listed = await cli("template", "list", url=daemon.url)
+    assert listed.returncode == 0 and "city" in listed.stdout
+    shown = await cli("template", "show", "city", "--json", url=daemon.url)
+    assert json.loads(shown.stdout)["versions"][0]["version"] == 1
+
+    ran = await cli(
+        "run", "city", "--seed", "5", "--end", "300", "--record", "samples,trips", "--label", "cli",
+        "--wait", "--json", url=daemon.url,
+    )  # fmt: skip
+    assert ran.returncode == 0, ran.stderr
+    session = json.loads(ran.stdout)
+    assert session["status"] == "completed" and session["sim_time"] == 300
+
+    ps = await cli("ps", "--label", "cli", "--json", url=daemon.url)
+    assert [s["id"] for s in json.loads(ps.stdout)] == [session["id"]]
+    table = await cli("ps", url=daemon.url)
+    assert session["id"][:12] in table.stdout and "completed" in table.stdout
+
+    out = tmp_path / "samples.csv"
+    got = await cli("get", session["id"], "samples", "-o", str(out), url=daemon.url)
+    assert got.returncode == 0, got.stderr
+    rows = list(csv.DictReader(out.open()))
+    assert len(rows) == 30 and rows[-1]["sim_time"] == "300"
+    trips = await cli("get", session["id"], "trips", url=daemon.url)
+    assert trips.stdout.startswith("vehicle,vtype,depart")
+
+    summary = await cli("summary", session["id"], "--json", url=daemon.url)
+    figures = json.loads(summary.stdout)
+    assert figures["arrived"] == sum(int(r["arrived"]) for r in rows)
+    logs = await cli("logs", session["id"], "--json", url=daemon.url)
+    assert "session_ended" in [e["event"] for e in json.loads(logs.stdout)]
+    shown = await cli("show", session["id"], url=daemon.url)
+    assert "completed" in shown.stdout
+
+    other = json.loads(
+        (await cli("run", "city", "--seed", "6", "--end", "300", "--json", url=daemon.url)).stdout
+    )
+    await wait_status(http, daemon, other["id"], "completed")
+    compared = await cli("compare", session["id"], other["id"], "--json", url=daemon.url)
+    assert len(json.loads(compared.stdout)["sessions"]) == 2
+    table = await cli("compare", session["id"], other["id"], url=daemon.url)
+    assert "arrived" in table.stdout
+
+
+async def test_run_wait_fails_for_a_scenario_sumo_refuses(daemons, db_url, scenarios):
+    daemon = await daemons.start(db_url)
+    broken = scenarios["broken"]
+    assert (
+        await cli("template", "add", "broken", str(broken.root / broken.config), url=daemon.url)
+    ).returncode == 0
+    ran = await cli("run", "broken", "--wait", url=daemon.url)
+    assert ran.returncode == 1
+    assert "failed" in ran.stderr and "no_such_edge" in ran.stderr
+    assert "Traceback" not in ran.stderr
+
+
+async def test_watch_and_stop(daemons, db_url, http, scenarios):
+    daemon = await daemons.start(db_url)
+    long = scenarios["long"]
+    await cli("template", "add", "long", str(long.root / long.config), url=daemon.url)
+    started = json.loads((await cli("run", "long", "--json", url=daemon.url)).stdout)
+    watcher = subprocess.Popen(
+        [sys.executable, "-m", "supervisor", "watch", started["id"], "--url", daemon.url],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    await wait_status(http, daemon, started["id"], "running")
+    stopped = await cli("stop", started["id"], url=daemon.url)
+    assert stopped.returncode == 0
+    output, _ = await asyncio.to_thread(watcher.communicate, timeout=60)
+    lines = output.splitlines()
+    assert any(line.startswith("t=") and "vehicles=" in line for line in lines)
+    assert lines[-1] == "status stopped"
+
+
+async def test_errors_are_one_clear_line(daemons, db_url, tmp_path):
+    daemon = await daemons.start(db_url)
+    missing = await cli("show", "nope", url=daemon.url)
+    assert missing.returncode == 1
+    assert missing.stderr.strip() == "error: no session 'nope' (HTTP 404)"
+    bad = await cli("run", "no-such-template", url=daemon.url)
+    assert bad.returncode == 1 and "no template 'no-such-template'" in bad.stderr
+    cfg = tmp_path / "x.sumocfg"
+    cfg.write_text('<configuration><input><net-file value="gone.net.xml"/></input></configuration>')
+    absent = await cli("template", "add", "x", str(cfg), url=daemon.url)
+    assert absent.returncode == 1 and "net-file=gone.net.xml, not found" in absent.stderr
+    down = await cli("ps", url="http://127.0.0.1:9")
+    assert down.returncode == 1
+    assert "no daemon answers at http://127.0.0.1:9" in down.stderr
+    assert "Traceback" not in down.stderr + missing.stderr + bad.stderr + absent.stderr
