@@ -16,8 +16,7 @@ from pathlib import Path
 
 import aiohttp
 import traci
-from common import SUMO, Daemon, build_scenario
-from record import upload
+from common import SUMO, Daemon, build_scenario, upload
 
 
 def bare_traci(cfg: Path, calls: int) -> float:

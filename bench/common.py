@@ -147,3 +147,49 @@ def ratio_line(name: str, baseline: float, figure: float, unit: str = "s") -> st
         f"{name}: baseline {baseline:.3f} {unit}, daemon {figure:.3f} {unit},"
         f" ratio {figure / baseline:.3f}"
     )
+
+
+# ---- the daemon's API, for the benchmarks ------------------------------------------------------
+
+
+async def upload(http: Any, url: str, cfg: Path, name: str = "bench") -> None:
+    import aiohttp
+
+    form = aiohttp.FormData()
+    form.add_field("name", name)
+    form.add_field("config", cfg.name)
+    for f in sorted(cfg.parent.iterdir()):
+        if f.suffix in (".xml", ".sumocfg"):
+            form.add_field("file", f.read_bytes(), filename=f.name)
+    async with http.post(f"{url}/v1/templates", data=form) as r:
+        assert r.status == 201, await r.text()
+
+
+async def create(http: Any, url: str, **body: Any) -> str:
+    async with http.post(f"{url}/v1/sessions", json=body) as r:
+        answer = await r.json()
+        assert r.status == 201, answer
+        return str(answer["id"])
+
+
+async def wait_all(http: Any, url: str, ids: list[str], statuses: set[str], poll_s: float = 0.02) -> None:
+    import asyncio
+
+    pending = set(ids)
+    while pending:
+        for session_id in list(pending):
+            async with http.get(f"{url}/v1/sessions/{session_id}") as r:
+                s = await r.json()
+            if s["status"] in statuses:
+                pending.discard(session_id)
+            elif s["status"] in {"failed", "stopped", "timed_out", "completed"} - statuses:
+                raise RuntimeError(f"session ended {s['status']}: {s.get('error')}")
+        await asyncio.sleep(poll_s)
+
+
+async def metric(http: Any, url: str, name: str) -> float:
+    async with http.get(f"{url}/metrics") as r:
+        for line in (await r.text()).splitlines():
+            if line.startswith(name + " "):
+                return float(line.split()[1])
+    raise KeyError(name)

@@ -19,20 +19,9 @@ import time
 from pathlib import Path
 
 import aiohttp
-from common import Daemon, bare_sumo, build_scenario, ratio_line
+from common import Daemon, bare_sumo, build_scenario, ratio_line, upload
 
 RECORD = ["samples", "trajectories", "trips"]
-
-
-async def upload(http: aiohttp.ClientSession, url: str, cfg: Path) -> None:
-    form = aiohttp.FormData()
-    form.add_field("name", "bench")
-    form.add_field("config", cfg.name)
-    for f in sorted(cfg.parent.iterdir()):
-        if f.suffix in (".xml", ".sumocfg"):
-            form.add_field("file", f.read_bytes(), filename=f.name)
-    async with http.post(f"{url}/v1/templates", data=form) as r:
-        assert r.status == 201, await r.text()
 
 
 async def run_sessions(http: aiohttp.ClientSession, url: str, n: int) -> tuple[float, int]:

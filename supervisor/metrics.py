@@ -89,6 +89,12 @@ class _Live(Collector):
         yield GaugeMetricFamily(
             "sumo_event_loop_lag_seconds", "Latest event-loop lag", value=lags[-1] if lags else 0.0
         )
+        ordered = sorted(lags)
+        yield GaugeMetricFamily(
+            "sumo_event_loop_lag_p99_seconds",
+            "99th percentile of event-loop lag in the last minute",
+            value=ordered[int(0.99 * (len(ordered) - 1))] if ordered else 0.0,
+        )
         yield GaugeMetricFamily(
             "sumo_event_loop_lag_max_seconds",
             "Largest event-loop lag in the last minute",

@@ -192,7 +192,8 @@ async def test_restart_reconciles_from_the_database(daemons, db_url, http, scena
     daemon = await daemons.start(db_url, state_dir=state, traci_ports=ports, max_running=1)
     await upload(http, daemon, "long", scenarios["long"])
     await upload(http, daemon, "grid3", scenarios["grid3"])
-    orphan = await create_session(http, daemon, template="long")
+    # on_interrupt "fail": this test is about reconciliation; reruns are tested in test_faults.
+    orphan = await create_session(http, daemon, template="long", on_interrupt="fail")
     waiting = await create_session(http, daemon, template="grid3", seed=2)
     orphan = await wait_status(http, daemon, orphan["id"], "running")
     # The daemon dies without any chance to clean up.
@@ -257,7 +258,10 @@ async def test_restart_kills_only_the_recorded_process(daemons, db_url, http, sc
     its SUMO is still loading cannot be hit reliably; the processes themselves are real."""
     daemon = await daemons.start(db_url)
     await upload(http, daemon, "grid3", scenarios["grid3"])
-    ids = [(await create_session(http, daemon, template="grid3", end=20))["id"] for _ in range(2)]
+    ids = [
+        (await create_session(http, daemon, template="grid3", end=20, on_interrupt="fail"))["id"]
+        for _ in range(2)
+    ]
     for i in ids:
         await wait_status(http, daemon, i, "completed")
     daemon.signal(signal.SIGKILL)

@@ -1,0 +1,62 @@
+"""Figure 2: throughput at scale. N sessions of a mid-sized scenario (samples recorded), from the
+first POST until all are completed, against `xargs -P <cores>` running the same N bare `sumo`.
+
+    python bench/throughput.py [--ns 1,2,8,32] [--small]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import subprocess
+import tempfile
+import time
+from pathlib import Path
+
+import aiohttp
+from common import SUMO, Daemon, build_scenario, create, ratio_line, upload, wait_all
+
+
+def xargs(cfg: Path, n: int, cores: int) -> float:
+    seeds = "\n".join(str(i) for i in range(n)) + "\n"
+    start = time.perf_counter()
+    subprocess.run(
+        ["xargs", "-P", str(cores), "-I{}", str(SUMO), "-c", cfg.name, "--seed", "{}"],
+        input=seeds.encode(), cwd=cfg.parent, check=True, capture_output=True,
+    )  # fmt: skip
+    return time.perf_counter() - start
+
+
+async def daemon_run(http: aiohttp.ClientSession, url: str, n: int) -> float:
+    start = time.perf_counter()
+    ids = [await create(http, url, template="bench", seed=i) for i in range(n)]
+    await wait_all(http, url, ids, {"completed"}, poll_s=0.05)
+    return time.perf_counter() - start
+
+
+async def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--ns", default="1,2,8,32")
+    parser.add_argument("--small", action="store_true")
+    args = parser.parse_args()
+    cores = os.cpu_count() or 1
+    ns = [1, 2] if args.small else [int(x) for x in args.ns.split(",")]
+    work = Path(tempfile.mkdtemp(prefix="bench-throughput-"))
+    end = 300 if args.small else 1800
+    cfg = build_scenario(work / "scn", grid=5, length=200, end=end, period=1.0, min_distance=400)
+    daemon = Daemon(work / "state", "--max-running", str(cores))
+    try:
+        async with aiohttp.ClientSession() as http:
+            await upload(http, daemon.url, cfg)
+            print(f"throughput: {cores} cores, scenario {cfg.parent}")
+            for n in ns:
+                bare = xargs(cfg, n, cores)
+                ours = await daemon_run(http, daemon.url, n)
+                print(ratio_line(f"N={n}: daemon vs xargs -P {cores} bare sumo", bare, ours))
+    finally:
+        daemon.stop()
+
+
+if __name__ == "__main__":
+    asyncio.run(main())
