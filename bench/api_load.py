@@ -58,12 +58,18 @@ async def main() -> None:
     finally:
         daemon.stop()
     latencies.sort()
-    print(f"API under load: {len(latencies)} requests in {loaded:.2f} s = "
-          f"{len(latencies) / loaded:,.0f} req/s ({CONCURRENCY} concurrent, one client process)")
-    print(f"latency p50 {statistics.median(latencies) * 1e3:.2f} ms, "
-          f"p99 {latencies[int(0.99 * (len(latencies) - 1))] * 1e3:.2f} ms (target p99 < 50 ms)")
-    print(f"8 sessions: {quiet:.2f} s without API load, {loaded:.2f} s with it: "
-          f"slowed by {(loaded / quiet - 1) * 100:.1f}% (target < 5%)")
+    print(
+        f"API under load: {len(latencies)} requests in {loaded:.2f} s = "
+        f"{len(latencies) / loaded:,.0f} req/s ({CONCURRENCY} concurrent, one client process)"
+    )
+    print(
+        f"latency p50 {statistics.median(latencies) * 1e3:.2f} ms, "
+        f"p99 {latencies[int(0.99 * (len(latencies) - 1))] * 1e3:.2f} ms (target p99 < 50 ms)"
+    )
+    print(
+        f"8 sessions: {quiet:.2f} s without API load, {loaded:.2f} s with it: "
+        f"slowed by {(loaded / quiet - 1) * 100:.1f}% (target < 5%)"
+    )
 
 
 if __name__ == "__main__":

@@ -172,7 +172,9 @@ async def create(http: Any, url: str, **body: Any) -> str:
         return str(answer["id"])
 
 
-async def wait_all(http: Any, url: str, ids: list[str], statuses: set[str], poll_s: float = 0.02) -> None:
+async def wait_all(
+    http: Any, url: str, ids: list[str], statuses: set[str], poll_s: float = 0.02
+) -> None:
     import asyncio
 
     pending = set(ids)

@@ -43,7 +43,9 @@ async def main() -> None:
     finally:
         daemon.stop()
     print(f"start latency, median of {n}")
-    print(ratio_line("POST until running vs bare sumo load + 1 step", bare, statistics.median(times)))
+    print(
+        ratio_line("POST until running vs bare sumo load + 1 step", bare, statistics.median(times))
+    )
 
 
 if __name__ == "__main__":

@@ -60,8 +60,10 @@ async def main() -> None:
     ours = rows / busy
     theirs = len(records) / bare
     print(f"writer: {int(rows)} sample rows from {n} concurrent sessions")
-    print(f"writer {ours:,.0f} rows/s of commit time; bare asyncpg COPY {theirs:,.0f} rows/s; "
-          f"ratio {ours / theirs:.2f} (target >= 0.8)")
+    print(
+        f"writer {ours:,.0f} rows/s of commit time; bare asyncpg COPY {theirs:,.0f} rows/s; "
+        f"ratio {ours / theirs:.2f} (target >= 0.8)"
+    )
 
 
 def _embedded_url(state: Path) -> str:

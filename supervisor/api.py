@@ -38,7 +38,7 @@ from supervisor.errors import (
 from supervisor.logbuffer import SESSION_LOGS
 from supervisor.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from supervisor.metrics import Metrics
-from supervisor.session_request import parse_session_request
+from supervisor.session_request import SessionRequest, parse_session_request
 
 log = structlog.get_logger(component="api")
 
@@ -270,6 +270,27 @@ async def _session_row(request: web.Request) -> dict[str, Any]:
     return row
 
 
+async def _template_version(pool: asyncpg.Pool, req: SessionRequest) -> dict[str, Any]:
+    version = await db.resolve_template_version(pool, req.template, req.version)
+    if version is None:
+        which = f"{req.template!r}" + (f" version {req.version}" if req.version else "")
+        raise TemplateNotFound(f"no template {which}", template=req.template, version=req.version)
+    return version
+
+
+def _new_spec(
+    version: dict[str, Any], req: SessionRequest, sweep_id: str | None = None
+) -> SessionSpec:
+    return SessionSpec(
+        id=new_session_id(),
+        template_name=version["name"],
+        template_version=version["version"],
+        config_path=version["config_path"],
+        request=req,
+        sweep_id=sweep_id,
+    )
+
+
 async def create_session(request: web.Request) -> web.Response:
     s = request.app[SERVICES]
     body = await _json_body(request)
@@ -283,17 +304,7 @@ async def create_session(request: web.Request) -> web.Response:
         base.update(mode="run", version=original["template_version"])
         body = base | body
     req = parse_session_request(body)
-    version = await db.resolve_template_version(s.pool, req.template, req.version)
-    if version is None:
-        which = f"{req.template!r}" + (f" version {req.version}" if req.version else "")
-        raise TemplateNotFound(f"no template {which}", template=req.template, version=req.version)
-    spec = SessionSpec(
-        id=new_session_id(),
-        template_name=version["name"],
-        template_version=version["version"],
-        config_path=version["config_path"],
-        request=req,
-    )
+    spec = _new_spec(await _template_version(s.pool, req), req)
     await s.supervisor.submit(spec)
     row = await db.get_session(s.pool, spec.id)
     assert row is not None
@@ -333,24 +344,14 @@ async def create_sweep(request: web.Request) -> web.Response:
     s = request.app[SERVICES]
     body = await _json_body(request)
     runs = sweeps.expand(body)
-    req0 = runs[0][1]
-    version = await db.resolve_template_version(s.pool, req0.template, req0.version)
-    if version is None:
-        raise TemplateNotFound(f"no template {req0.template!r}", template=req0.template)
+    version = await _template_version(s.pool, runs[0][1])
     if s.supervisor.queued_count + len(runs) > s.config.max_queued:
         raise QueueFull(f"the queue has no room for {len(runs)} more sessions")
     sweep_id = "sweep-" + new_session_id()
     await db.insert_sweep(s.pool, sweep_id, body)
     ids = []
     for _params, req in runs:
-        spec = SessionSpec(
-            id=new_session_id(),
-            template_name=version["name"],
-            template_version=version["version"],
-            config_path=version["config_path"],
-            request=req,
-            sweep_id=sweep_id,
-        )
+        spec = _new_spec(version, req, sweep_id)
         await s.supervisor.submit(spec)
         ids.append(spec.id)
     log.info("sweep_created", sweep_id=sweep_id, sessions=len(ids))

@@ -77,6 +77,16 @@ async def serve(cfg: Config) -> int:
             await embedded.stop()
 
 
+async def _stage(task: asyncio.Task[None], timeout_s: float, what: str) -> bool:
+    """Wait for one stage of the shutdown; False (and cancelled) if it overran its deadline."""
+    try:
+        await asyncio.wait_for(task, timeout_s)
+    except TimeoutError:
+        log.error("shutdown_timeout", what=what, timeout_s=timeout_s)
+        return False
+    return True
+
+
 async def _run(cfg: Config, pool: asyncpg.Pool, sumo: str, stop_reason: asyncio.Future[str]) -> int:
     metrics = Metrics()
     writer = WriterActor(
@@ -124,7 +134,6 @@ async def _run(cfg: Config, pool: asyncpg.Pool, sumo: str, stop_reason: asyncio.
         access_log=None,
         shutdown_timeout=HTTP_SHUTDOWN_S,
     )
-    clean = True
     async with asyncio.TaskGroup() as tg:
         writer_task = tg.create_task(writer.run(), name="writer")
         supervisor_task = tg.create_task(supervisor.run(), name="supervisor")
@@ -151,17 +160,9 @@ async def _run(cfg: Config, pool: asyncpg.Pool, sumo: str, stop_reason: asyncio.
         notifier.notify("STOPPING=1", f"STATUS=stopping ({reason})")
         # Ordered: no new sessions, every session stopped, every row written, then HTTP closed.
         await supervisor.shutdown(reason)
-        try:
-            await asyncio.wait_for(supervisor_task, cfg.shutdown_timeout_s)
-        except TimeoutError:
-            clean = False
-            log.error("shutdown_timeout", what="sessions", timeout_s=cfg.shutdown_timeout_s)
+        clean = await _stage(supervisor_task, cfg.shutdown_timeout_s, "sessions")
         await writer.close()
-        try:
-            await asyncio.wait_for(writer_task, cfg.shutdown_timeout_s)
-        except TimeoutError:
-            clean = False
-            log.error("shutdown_timeout", what="writer", queued_rows=writer.queued)
+        clean &= await _stage(writer_task, cfg.shutdown_timeout_s, "writer")
         await feeds.close()
         await runner.cleanup()
         monitor_task.cancel()
