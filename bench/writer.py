@@ -67,10 +67,10 @@ async def main() -> None:
 
 
 def _embedded_url(state: Path) -> str:
-    # The daemon's embedded server keeps running until its last user stops it; reuse it.
+    # Join the daemon's embedded server; whichever of us ends last stops it.
     import pgserver
 
-    return str(pgserver.get_server(state / "pgdata", cleanup_mode=None).get_uri())
+    return str(pgserver.get_server(state / "pgdata", cleanup_mode="stop").get_uri())
 
 
 if __name__ == "__main__":

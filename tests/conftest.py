@@ -4,6 +4,7 @@ built with netgenerate and randomTrips.py, and real daemons started as subproces
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import itertools
 import json
 import os
@@ -348,10 +349,21 @@ class DaemonFactory:
         return daemon
 
     def kill_all(self) -> None:
+        """After a test: no daemon and none of their SUMO processes outlive it, even when the
+        test failed half-way (a SUMO still waiting for its TraCI client would wait forever)."""
+        import psutil
+
         for d in self.started:
             if d.proc.poll() is None:
+                try:
+                    children = psutil.Process(d.proc.pid).children(recursive=True)
+                except psutil.NoSuchProcess:
+                    children = []
                 d.proc.kill()
                 d.proc.wait(30)
+                for child in children:
+                    with contextlib.suppress(psutil.NoSuchProcess):
+                        child.kill()
 
 
 @pytest.fixture
