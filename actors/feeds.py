@@ -51,13 +51,11 @@ Event = SampleEvent | StatusEvent | EndEvent | LaggedEvent
 @dataclass(eq=False)
 class Watcher:
     queue: asyncio.Queue[Event] = field(default_factory=lambda: asyncio.Queue(WATCHER_QUEUE))
-    lagged: bool = False
 
     def offer(self, event: Event) -> bool:
         try:
             self.queue.put_nowait(event)
         except asyncio.QueueFull:
-            self.lagged = True
             return False
         return True
 
@@ -111,7 +109,6 @@ class FeedHub:
     def __init__(self, pool: asyncpg.Pool) -> None:
         self._pool = pool
         self._feeds: dict[str, _Feed] = {}
-        self._closed = False
         self._log = structlog.get_logger(component="feeds")
 
     @property

@@ -61,8 +61,6 @@ Item = Records | CsvChunk | Flush | Close
 @dataclass
 class WriterStats:
     rows_written: int = 0
-    bytes_written: int = 0
-    batches_written: int = 0
     retries: int = 0
 
 
@@ -191,9 +189,7 @@ class WriterActor:
                 async with self._space:
                     self._queued_bytes -= len(data)
                     self._space.notify_all()
-                self.stats.bytes_written += len(data)
             self.stats.rows_written += written
-            self.stats.batches_written += 1
             self._on_batch(time.perf_counter() - started)
 
     @staticmethod

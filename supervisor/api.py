@@ -478,7 +478,6 @@ async def delete_session(request: web.Request) -> web.Response:
 
 def _summary_json(session: dict[str, Any], figures: dict[str, Any]) -> dict[str, Any]:
     figures = dict(figures)
-    figures.pop("first_time")
     last = figures.pop("last_time") or 0.0
     begin = float(session["request"].get("sumo_options", {}).get("begin", 0.0))
     figures["sim_seconds"] = max(0.0, last - begin)

@@ -20,7 +20,6 @@ from supervisor.client import Client, CliError
 
 out = Console(highlight=False)
 err = Console(stderr=True, highlight=False)
-FINAL = ("completed", "failed", "stopped", "timed_out")
 
 
 def run_command(args: argparse.Namespace) -> int:

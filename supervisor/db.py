@@ -242,6 +242,7 @@ _UPDATABLE = frozenset(
         "exit_code",
         "cause",
         "error",
+        "attempt",
     }
 )
 
@@ -338,10 +339,6 @@ async def sessions_in_status(pool: asyncpg.Pool, statuses: Iterable[str]) -> lis
 # ---- samples -----------------------------------------------------------------------------------
 
 
-async def copy_samples(conn: asyncpg.Connection, rows: Sequence[tuple[Any, ...]]) -> None:
-    await conn.copy_records_to_table("samples", records=rows, columns=SAMPLE_COLUMNS)
-
-
 async def insert_samples_skipping_duplicates(
     conn: asyncpg.Connection, rows: Sequence[tuple[Any, ...]]
 ) -> None:
@@ -428,18 +425,18 @@ async def copy_records(
 
 async def requeue_session(pool: asyncpg.Pool, session_id: str, attempt: int, reason: str) -> None:
     """An interrupted session goes back to the queue for another attempt."""
-    async with pool.acquire() as conn, conn.transaction():
-        await conn.execute(
-            "UPDATE sessions SET status = 'queued', attempt = $2, port = NULL, pid = NULL,"
-            " pid_started_at = NULL, started_at = NULL, sim_time = NULL WHERE id = $1",
-            session_id,
-            attempt,
-        )
-        await conn.execute(
-            "INSERT INTO session_events (session_id, status, reason) VALUES ($1, 'queued', $2)",
-            session_id,
-            reason,
-        )
+    await set_session_status(
+        pool,
+        session_id,
+        "queued",
+        reason,
+        attempt=attempt,
+        port=None,
+        pid=None,
+        pid_started_at=None,
+        started_at=None,
+        sim_time=None,
+    )
 
 
 async def clear_session_rows(pool: asyncpg.Pool, session_id: str) -> None:
@@ -510,18 +507,10 @@ async def delete_session(pool: asyncpg.Pool, session_id: str) -> None:
         await conn.execute("DELETE FROM sessions WHERE id = $1", session_id)
 
 
-async def session_status(pool: asyncpg.Pool, session_id: str) -> str | None:
-    status: str | None = await pool.fetchval(
-        "SELECT status FROM sessions WHERE id = $1", session_id
-    )
-    return status
-
-
 SUMMARY_SQL = """
 WITH s AS (
     SELECT coalesce(sum(departed), 0) AS inserted, coalesce(sum(arrived), 0) AS arrived,
-           coalesce(sum(teleports), 0) AS teleports, min(sim_time) AS first_time,
-           max(sim_time) AS last_time
+           coalesce(sum(teleports), 0) AS teleports, max(sim_time) AS last_time
       FROM samples WHERE session_id = $1
 ), last AS (
     SELECT vehicles FROM samples WHERE session_id = $1 ORDER BY sim_time DESC LIMIT 1
@@ -538,7 +527,7 @@ WITH s AS (
       FROM trips WHERE session_id = $1
 )
 SELECT s.inserted, s.arrived, coalesce((SELECT vehicles FROM last), 0) AS running, s.teleports,
-       s.first_time, s.last_time, t.*
+       s.last_time, t.*
   FROM s, t
 """
 

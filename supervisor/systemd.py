@@ -26,10 +26,6 @@ class Notifier:
         ours = not pid or pid == str(os.getpid())
         self.watchdog_s: float | None = int(usec) / 1e6 if usec.isdigit() and ours else None
 
-    @property
-    def enabled(self) -> bool:
-        return self._sock is not None
-
     def notify(self, *lines: str) -> None:
         if self._sock is None:
             return

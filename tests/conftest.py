@@ -118,23 +118,24 @@ def scenarios(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Scenario]:
     base = tmp_path_factory.mktemp("scenarios")
     out: dict[str, Scenario] = {}
 
-    grid4 = base / "grid4"
-    grid4.mkdir()
-    _netgenerate(grid4 / "net.net.xml", "--grid", "--grid.number", "4", "--grid.length", "200")
-    _random_trips(
-        grid4 / "net.net.xml", grid4 / "routes.rou.xml", "-e", "600", "-p", "1.5", "--seed", "7"
-    )
-    _sumocfg(grid4 / "grid4.sumocfg", "net.net.xml", "routes.rou.xml", 900)
-    out["grid4"] = Scenario(grid4, "grid4.sumocfg")
+    def grid(name: str, number: int, length: int, trips: list[str], end: float) -> Path:
+        root = base / name
+        root.mkdir()
+        _netgenerate(
+            root / "net.net.xml",
+            "--grid",
+            "--grid.number",
+            str(number),
+            "--grid.length",
+            str(length),
+        )
+        _random_trips(root / "net.net.xml", root / "routes.rou.xml", *trips)
+        _sumocfg(root / f"{name}.sumocfg", "net.net.xml", "routes.rou.xml", end)
+        out[name] = Scenario(root, f"{name}.sumocfg")
+        return root
 
-    grid3 = base / "grid3"
-    grid3.mkdir()
-    _netgenerate(grid3 / "net.net.xml", "--grid", "--grid.number", "3", "--grid.length", "150")
-    _random_trips(
-        grid3 / "net.net.xml", grid3 / "routes.rou.xml", "-e", "400", "-p", "1.0", "--seed", "11"
-    )
-    _sumocfg(grid3 / "grid3.sumocfg", "net.net.xml", "routes.rou.xml", 600)
-    out["grid3"] = Scenario(grid3, "grid3.sumocfg")
+    grid("grid4", 4, 200, ["-e", "600", "-p", "1.5", "--seed", "7"], 900)
+    grid3 = grid("grid3", 3, 150, ["-e", "400", "-p", "1.0", "--seed", "11"], 600)
 
     # Subfolders, a gzipped net and an additional file with a detector writing its own output.
     nested = base / "nested"
