@@ -72,7 +72,8 @@ CREATE INDEX IF NOT EXISTS session_events_session_idx ON session_events (session
 
 -- One aggregate row per session every `sample_every` steps, written in batches by the writer.
 -- `departed`/`arrived` count vehicles in the interval since the previous sample, so their sums
--- are the run's totals; `waiting_time` is the summed waiting time (s) of the vehicles in the net.
+-- are the run's totals; `waiting_time` is the vehicle-seconds spent halting in the interval, so
+-- its sum is the run's total waiting time.
 CREATE TABLE IF NOT EXISTS samples (
     session_id    text NOT NULL REFERENCES sessions (id) ON DELETE CASCADE,
     sim_time      double precision NOT NULL,
@@ -144,6 +145,16 @@ CREATE TABLE IF NOT EXISTS trips (
     depart_delay  double precision,
     reroutes      integer
 ) PARTITION BY LIST (session_id);
+
+-- How far the writer got with each recorded output: the sequence number of its last committed
+-- chunk, committed in the same transaction as the chunk's rows. A retry after a commit whose
+-- answer was lost (the server died just after committing) is skipped instead of written twice.
+CREATE TABLE IF NOT EXISTS ingest_marks (
+    session_id  text NOT NULL REFERENCES sessions (id) ON DELETE CASCADE,
+    target      text NOT NULL,
+    seq         bigint NOT NULL,
+    PRIMARY KEY (session_id, target)
+);
 
 -- Per-edge aggregates per interval (SUMO's edgeData output).
 CREATE TABLE IF NOT EXISTS edge_data (

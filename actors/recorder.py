@@ -22,7 +22,7 @@ from typing import Any
 
 import structlog
 
-from actors.writer import CsvChunk, WriterActor
+from actors.writer import CsvChunk, Mark, WriterActor
 from supervisor import db, templates
 from supervisor.session_request import SessionRequest
 
@@ -127,6 +127,8 @@ class Recorder:
         self._log = structlog.get_logger(component="recorder").bind(session_id=session_id)
         self._tails: list[_Tail] = []
         self._extra_args: list[str] = []
+        # Numbers every chunk handed to the writer, so a retried commit is never applied twice.
+        self._seq = 0
 
     @property
     def tables(self) -> list[str]:
@@ -213,13 +215,17 @@ class Recorder:
             n = data.count(b"\n")
             tail.lines += n
             await self._writer.write_csv(
-                CsvChunk(tail.table, columns, data, n, f"{tail.key} IS NOT NULL")
+                CsvChunk(tail.table, columns, data, n, f"{tail.key} IS NOT NULL", self._mark())
             )
             return
         columns = tuple(dict.fromkeys(col for col, _ in mapping.values()))
         rows = await asyncio.to_thread(_project, tail.header, mapping, tail.key, columns, data)
         tail.lines += len(rows)
-        await self._writer.write_records(tail.table, columns, rows)
+        await self._writer.write_records(tail.table, columns, rows, self._mark())
+
+    def _mark(self) -> Mark:
+        self._seq += 1
+        return Mark(self._id, self._seq)
 
 
 def _project(

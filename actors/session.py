@@ -2,8 +2,9 @@
 
 It materializes its template, leases a port from the supervisor, starts `sumo`, connects TraCI,
 advances the simulation in jumps of `sample_every` steps (one TraCI round trip per jump), hands a
-sample row to the writer after each, and records how it ended. TraCI calls run on the session's
-own single thread, never on the event loop.
+sample row to the writer after each, and records how it ended. The samples' figures come from
+SUMO's own summary output (see actors/summary.py), not from TraCI. TraCI calls run on the
+session's own single thread, never on the event loop.
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ from traci.exceptions import FatalTraCIError, TraCIException
 
 from actors import commands
 from actors.recorder import Recorder
+from actors.summary import SummaryFeed, SummaryLost
 from actors.writer import WriterActor
 from supervisor import db, templates
 from supervisor.errors import SessionConflict, SupervisorError
@@ -44,11 +46,6 @@ MAX_PORT_ATTEMPTS = 5
 # SUMO answers its first command at once once it listens.
 HANDSHAKE_TIMEOUT_S = 5.0
 STDERR_TAIL_LINES = 20
-# SUMO counts a vehicle as halting below this speed (m/s).
-HALTING_SPEED = 0.1
-# A context subscription this wide around any junction sees every vehicle in the network: one
-# round trip for all vehicles' speeds instead of one call per vehicle.
-EVERYWHERE_M = 1e9
 _ADDRESS_IN_USE = re.compile(r"address already in use", re.IGNORECASE)
 
 
@@ -125,12 +122,7 @@ class PortsExhausted(Exception):
 @dataclass
 class _Jump:
     sim_time: float
-    inserted: int
-    running: int
     min_expected: int
-    speeds: list[float]
-    waiting: float
-    teleports: int
 
 
 class _Drive:
@@ -172,6 +164,7 @@ class SessionActor:
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"traci-{spec.id}")
         self._log = structlog.get_logger(component="session").bind(session_id=spec.id)
         self._recorder = Recorder(spec.id, spec.request, workdir, writer)
+        self._summary = SummaryFeed(spec.id)
 
     # ---- messages ------------------------------------------------------------------------------
 
@@ -293,7 +286,7 @@ class SessionActor:
 
     # ---- one SUMO process ----------------------------------------------------------------------
 
-    def _command(self, port: int) -> list[str]:
+    def _command(self, port: int, summary_port: int) -> list[str]:
         return [
             self._sumo_binary,
             "-c",
@@ -304,12 +297,22 @@ class SessionActor:
             "true",
             *self.spec.request.sumo_args(),
             *self._recorder.sumo_args(),
+            "--summary-output",
+            f"127.0.0.1:{summary_port}",
         ]
 
     async def _run_on_port(self, port: int) -> Outcome:
         self._stderr_tail.clear()
+        self._summary = SummaryFeed(self.spec.id)
+        command = self._command(port, await self._summary.open())
+        try:
+            return await self._run_sumo(port, command)
+        finally:
+            await self._summary.close()
+
+    async def _run_sumo(self, port: int, command: list[str]) -> Outcome:
         proc = await asyncio.create_subprocess_exec(
-            *self._command(port),
+            *command,
             cwd=self._workdir,
             stdin=asyncio.subprocess.DEVNULL,
             stdout=asyncio.subprocess.PIPE,
@@ -318,7 +321,7 @@ class SessionActor:
             start_new_session=True,
         )
         log = self._log.bind(port=port, pid=proc.pid)
-        log.info("sumo_started", command=self._command(port))
+        log.info("sumo_started", command=command)
         try:
             started_at = psutil.Process(proc.pid).create_time()
         except psutil.Error:
@@ -330,6 +333,7 @@ class SessionActor:
         async with asyncio.TaskGroup() as tg:
             tg.create_task(self._relog(proc.stdout, "stdout", log))
             tg.create_task(self._relog(proc.stderr, "stderr", log))
+            tg.create_task(self._summary.follow(sumo_done))
             if self._recorder.active:
                 tg.create_task(self._recorder.follow(sumo_done))
             try:
@@ -427,7 +431,7 @@ class SessionActor:
             return conn
         try:
             return await self._simulate(conn, port, log)
-        except (FatalTraCIError, TraCIException, OSError) as exc:
+        except (FatalTraCIError, TraCIException, OSError, SummaryLost) as exc:
             return _Drive("traci_lost", str(exc) or type(exc).__name__)
         finally:
             await self._in_thread(_close_quietly, conn)
@@ -474,7 +478,7 @@ class SessionActor:
             sim_time=None,
         )
         log.info("session_running", end=end, delta_t=setup.delta_t, mode=request.mode)
-        drive = _Driving(conn, setup, end, self.spec.id, request.sample_every)
+        drive = _Driving(conn, setup, end, request.sample_every)
         self._sim_time = setup.sim_time
         loop = asyncio.get_running_loop()
         idle_since = loop.time()
@@ -530,9 +534,11 @@ class SessionActor:
 
     async def _jump(self, drive: _Driving, target: float) -> tuple[dict[str, Any], _Drive | None]:
         """Advance to `target` in one round trip, write the sample; the end, if reached."""
-        jump = await self._in_thread(_advance, drive.conn, target, drive.setup.anchor)
+        jump = await self._in_thread(_advance, drive.conn, target)
         self._sim_time = jump.sim_time
-        row = drive.sample_row(jump)
+        # SUMO wrote the summary rows of the steps before jump.sim_time before it answered.
+        await self._summary.until(jump.sim_time - drive.setup.delta_t)
+        row = self._summary.cut(jump.sim_time, drive.setup.delta_t)
         await self._writer.write(row)
         self._jumps += 1
         sample = dict(zip(db.SAMPLE_COLUMNS[1:], row[1:], strict=True))
@@ -581,43 +587,20 @@ class SessionActor:
 
 
 class _Driving:
-    """The running totals that turn SUMO's cumulative counters into per-interval samples."""
+    """Where the jumps of a running session go."""
 
-    def __init__(
-        self, conn: Connection, setup: _Setup, end: float | None, session_id: str, every: int
-    ) -> None:
+    def __init__(self, conn: Connection, setup: _Setup, end: float | None, every: int) -> None:
         self.conn = conn
         self.setup = setup
         self.end = end
-        self._session_id = session_id
         self._jump_s = setup.delta_t * every
         self._k = 0
-        self._inserted = 0
-        self._left = 0
-        self._teleports = 0
 
     def next_target(self) -> float:
         self._k += 1
         # Targets are computed from the start, not accumulated, so float error cannot drift.
         target = round(self.setup.sim_time + self._k * self._jump_s, 6)
         return target if self.end is None else min(target, self.end)
-
-    def sample_row(self, jump: _Jump) -> tuple[Any, ...]:
-        left = jump.inserted - jump.running
-        speeds = jump.speeds
-        row = (
-            self._session_id,
-            jump.sim_time,
-            jump.running,
-            jump.inserted - self._inserted,
-            left - self._left,
-            sum(speeds) / len(speeds) if speeds else 0.0,
-            sum(1 for s in speeds if s < HALTING_SPEED),
-            jump.waiting,
-            jump.teleports - self._teleports,
-        )
-        self._inserted, self._left, self._teleports = jump.inserted, left, jump.teleports
-        return row
 
 
 def _reply(fut: asyncio.Future[Any], value: Any) -> None:
@@ -663,11 +646,7 @@ def _describe_exit(returncode: int | None) -> str:
 
 # ---- blocking TraCI work, run on the session's thread -------------------------------------------
 
-_SIM_VARS = [tc.VAR_TIME, tc.VAR_MIN_EXPECTED_VEHICLES, tc.VAR_PARAMETER, tc.VAR_PARAMETER_WITH_KEY]
-_SIM_PARAMS = {
-    tc.VAR_PARAMETER: ("s", "stats.vehicles.inserted"),
-    tc.VAR_PARAMETER_WITH_KEY: ("s", "stats.vehicles.running"),
-}
+_SIM_VARS = [tc.VAR_TIME, tc.VAR_MIN_EXPECTED_VEHICLES]
 
 
 @dataclass(frozen=True)
@@ -675,38 +654,24 @@ class _Setup:
     sim_time: float
     delta_t: float
     end_time: float  # SUMO's own end (from the config); negative when it has none
-    anchor: str | None  # the junction whose context subscription sees every vehicle
 
 
 def _subscribe(conn: Connection) -> _Setup:
-    """Subscribe to what a sample needs, so each jump is a single round trip."""
-    conn.simulation.subscribe(_SIM_VARS, parameters=_SIM_PARAMS)
-    junctions = conn.junction.getIDList()
-    anchor = junctions[0] if junctions else None
-    if anchor is not None:
-        conn.junction.subscribeContext(
-            anchor, tc.CMD_GET_VEHICLE_VARIABLE, EVERYWHERE_M, [tc.VAR_SPEED, tc.VAR_WAITING_TIME]
-        )
+    """Subscribe to what a jump needs to know, so each jump is a single round trip."""
+    conn.simulation.subscribe(_SIM_VARS)
     return _Setup(
         sim_time=float(conn.simulation.getTime()),
         delta_t=float(conn.simulation.getDeltaT()),
         end_time=float(conn.simulation.getEndTime()),
-        anchor=anchor,
     )
 
 
-def _advance(conn: Connection, target: float, anchor: str | None) -> _Jump:
+def _advance(conn: Connection, target: float) -> _Jump:
     conn.simulationStep(target)
     sim = conn.simulation.getSubscriptionResults()
-    vehicles = (conn.junction.getContextSubscriptionResults(anchor) if anchor else None) or {}
     return _Jump(
         sim_time=float(sim[tc.VAR_TIME]),
-        inserted=int(sim[tc.VAR_PARAMETER]),
-        running=int(sim[tc.VAR_PARAMETER_WITH_KEY][1]),
         min_expected=int(sim[tc.VAR_MIN_EXPECTED_VEHICLES]),
-        speeds=[v[tc.VAR_SPEED] for v in vehicles.values()],
-        waiting=float(sum(v[tc.VAR_WAITING_TIME] for v in vehicles.values())),
-        teleports=int(conn.simulation.getParameter("", "stats.teleports.total")),
     )
 
 

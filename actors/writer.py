@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from functools import partial
 from typing import Any
@@ -24,12 +24,21 @@ Row = tuple[Any, ...]
 
 
 @dataclass(frozen=True)
+class Mark:
+    """A recorded chunk's place in its output: `seq` grows by one per chunk of a session."""
+
+    session_id: str
+    seq: int
+
+
+@dataclass(frozen=True)
 class Records:
     """Rows for `table`, converted in Python (samples, trips, edge data)."""
 
     table: str
     columns: tuple[str, ...]
     rows: list[Row]
+    mark: Mark | None = None
 
 
 @dataclass(frozen=True)
@@ -41,6 +50,7 @@ class CsvChunk:
     data: bytes
     lines: int
     where: str | None = None
+    mark: Mark | None = None
 
 
 @dataclass(frozen=True)
@@ -94,9 +104,11 @@ class WriterActor:
         """One sample row."""
         await self._inbox.put(Records("samples", db.SAMPLE_COLUMNS, [row]))
 
-    async def write_records(self, table: str, columns: tuple[str, ...], rows: list[Row]) -> None:
+    async def write_records(
+        self, table: str, columns: tuple[str, ...], rows: list[Row], mark: Mark | None = None
+    ) -> None:
         if rows:
-            await self._inbox.put(Records(table, columns, rows))
+            await self._inbox.put(Records(table, columns, rows, mark))
 
     async def write_csv(self, chunk: CsvChunk) -> None:
         size = len(chunk.data)
@@ -172,25 +184,46 @@ class WriterActor:
             groups.setdefault(key, []).append(item)
         for (target, columns, where), items in groups.items():
             started = time.perf_counter()
+            freed = 0
+            op: Callable[[asyncpg.Connection], Awaitable[None]]
             if isinstance(items[0], Records):
                 records = [r for i in items if isinstance(i, Records) for r in i.rows]
                 written = len(records)
-                await self._commit(
-                    target, partial(self._copy_records, table=target, columns=columns, rows=records)
-                )
+                op = partial(self._copy_records, table=target, columns=columns, rows=records)
             else:
                 chunks = [i for i in items if isinstance(i, CsvChunk)]
                 data = b"".join(c.data for c in chunks)
                 written = sum(c.lines for c in chunks)
-                await self._commit(
-                    target,
-                    partial(db.copy_csv, partition=target, columns=columns, data=data, where=where),
-                )
+                freed = len(data)
+                op = partial(db.copy_csv, partition=target, columns=columns, data=data, where=where)
+            marks = [i.mark for i in items if i.mark is not None]
+            if marks:
+                # A target's chunks all come from one session's recorder, in order.
+                op = partial(
+                    self._copy_once, op=op, session_id=marks[0].session_id, target=target,
+                    seq=max(m.seq for m in marks),
+                )  # fmt: skip
+            await self._commit(target, op)
+            if freed:
                 async with self._space:
-                    self._queued_bytes -= len(data)
+                    self._queued_bytes -= freed
                     self._space.notify_all()
             self.stats.rows_written += written
             self._on_batch(time.perf_counter() - started)
+
+    @staticmethod
+    async def _copy_once(
+        conn: asyncpg.Connection,
+        op: Callable[[asyncpg.Connection], Awaitable[None]],
+        session_id: str,
+        target: str,
+        seq: int,
+    ) -> None:
+        async with conn.transaction():
+            if await db.ingest_mark(conn, session_id, target) >= seq:
+                return  # an earlier try committed these; only its answer was lost
+            await op(conn)
+            await db.set_ingest_mark(conn, session_id, target, seq)
 
     @staticmethod
     async def _copy_records(
@@ -212,11 +245,6 @@ class WriterActor:
                 async with self._pool.acquire(timeout=10) as conn:
                     await op(conn)
                 return
-            except db.TRANSIENT_ERRORS as exc:
-                self.stats.retries += 1
-                self._log.warning("batch_retry", target=target, error=repr(exc), delay_s=delay)
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, 2.0)
             except (
                 asyncpg.exceptions.ForeignKeyViolationError,
                 asyncpg.exceptions.UndefinedTableError,
@@ -224,8 +252,13 @@ class WriterActor:
                 # The session was deleted while its rows were queued: nothing to keep them for.
                 self._log.warning("batch_discarded_deleted_session", target=target)
                 return
-            except Exception:
-                # Data the database (or the driver) refuses will be refused again: say so and go
-                # on, rather than stop writing for every other session.
-                self._log.exception("batch_rejected", target=target)
-                return
+            except Exception as exc:
+                if not db.is_transient(exc):
+                    # Data the database (or the driver) refuses will be refused again: say so
+                    # and go on, rather than stop writing for every other session.
+                    self._log.exception("batch_rejected", target=target)
+                    return
+                self.stats.retries += 1
+                self._log.warning("batch_retry", target=target, error=repr(exc), delay_s=delay)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 2.0)

@@ -175,18 +175,28 @@ async def create(http: Any, url: str, **body: Any) -> str:
 async def wait_all(
     http: Any, url: str, ids: list[str], statuses: set[str], poll_s: float = 0.02
 ) -> None:
+    """Poll until every session is in one of `statuses`: one list request per poll, as a
+    client watching many sessions would, not one request per session."""
     import asyncio
 
     pending = set(ids)
     while pending:
-        for session_id in list(pending):
-            async with http.get(f"{url}/v1/sessions/{session_id}") as r:
-                s = await r.json()
+        if len(pending) == 1:
+            (only,) = pending
+            async with http.get(f"{url}/v1/sessions/{only}") as r:
+                rows = [await r.json()]
+        else:
+            async with http.get(f"{url}/v1/sessions", params={"limit": "10000"}) as r:
+                rows = (await r.json())["sessions"]
+        for s in rows:
+            if s["id"] not in pending:
+                continue
             if s["status"] in statuses:
-                pending.discard(session_id)
+                pending.discard(s["id"])
             elif s["status"] in {"failed", "stopped", "timed_out", "completed"} - statuses:
                 raise RuntimeError(f"session ended {s['status']}: {s.get('error')}")
-        await asyncio.sleep(poll_s)
+        if pending:
+            await asyncio.sleep(poll_s)
 
 
 async def metric(http: Any, url: str, name: str) -> float:

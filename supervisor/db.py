@@ -30,6 +30,16 @@ TRANSIENT_ERRORS: tuple[type[BaseException], ...] = (
     asyncpg.exceptions.ConnectionDoesNotExistError,
 )
 
+
+def is_transient(exc: BaseException) -> bool:
+    """True for errors after which the same statement can succeed later. A connection that
+    closed under an open transaction surfaces as a plain InterfaceError from asyncpg (it has no
+    class of its own), so that one is told by its message."""
+    return isinstance(exc, TRANSIENT_ERRORS) or (
+        isinstance(exc, asyncpg.exceptions.InterfaceError) and "connection is closed" in str(exc)
+    )
+
+
 SAMPLE_COLUMNS = (
     "session_id",
     "sim_time",
@@ -76,8 +86,8 @@ async def with_retry(op: Callable[[], Awaitable[T]], *, what: str, deadline_s: f
     while True:
         try:
             return await op()
-        except TRANSIENT_ERRORS as exc:
-            if loop.time() + delay > give_up:
+        except Exception as exc:
+            if not is_transient(exc) or loop.time() + delay > give_up:
                 raise
             log.warning("db_retry", what=what, error=repr(exc), delay_s=delay)
             await asyncio.sleep(delay)
@@ -446,10 +456,31 @@ async def clear_session_rows(pool: asyncpg.Pool, session_id: str) -> None:
     async def op() -> None:
         async with pool.acquire() as conn, conn.transaction():
             await conn.execute("DELETE FROM samples WHERE session_id = $1", session_id)
+            await conn.execute("DELETE FROM ingest_marks WHERE session_id = $1", session_id)
             for table in RECORD_TABLES.values():
                 await conn.execute(f'DROP TABLE IF EXISTS "{partition_name(table, session_id)}"')
 
     await with_retry(op, what="clear_session_rows")
+
+
+async def ingest_mark(conn: asyncpg.Connection, session_id: str, target: str) -> int:
+    """The sequence number of the last chunk committed into `target`; -1 before the first."""
+    seq = await conn.fetchval(
+        "SELECT seq FROM ingest_marks WHERE session_id = $1 AND target = $2 FOR UPDATE",
+        session_id,
+        target,
+    )
+    return -1 if seq is None else int(seq)
+
+
+async def set_ingest_mark(conn: asyncpg.Connection, session_id: str, target: str, seq: int) -> None:
+    await conn.execute(
+        "INSERT INTO ingest_marks (session_id, target, seq) VALUES ($1, $2, $3)"
+        " ON CONFLICT (session_id, target) DO UPDATE SET seq = excluded.seq",
+        session_id,
+        target,
+        seq,
+    )
 
 
 async def add_session_commands(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import socket
 import time
 from collections.abc import AsyncIterator
@@ -15,7 +16,7 @@ from conftest import SUMO_BIN, Scenario
 from actors.ports import PortPool, port_is_free
 from actors.session import SessionSpec
 from actors.supervisor import SupervisorActor, SupervisorSettings, new_session_id
-from actors.writer import WriterActor
+from actors.writer import CsvChunk, Mark, WriterActor
 from supervisor import db, templates
 from supervisor.session_request import SessionRequest
 
@@ -109,6 +110,47 @@ async def test_writer_keeps_every_row_and_flushes_on_close(pool, scenarios):
     await writer.close()
     await asyncio.wait_for(task, 30)
     assert len(await db.get_samples(pool, spec.id, None, 10_000)) == 5010
+
+
+class LosesFirstAnswer:
+    """A pool whose first commit's answer is lost: the rows are committed, then the connection
+    fails, as when the server dies just after a commit. The one other fake in this file: that
+    moment cannot be timed with a real server; the database under it is real."""
+
+    def __init__(self, pool: asyncpg.Pool) -> None:
+        self.pool = pool
+        self.lost = 0
+
+    @contextlib.asynccontextmanager
+    async def acquire(self, timeout: float | None = None) -> AsyncIterator[asyncpg.Connection]:
+        async with self.pool.acquire(timeout=timeout) as conn:
+            yield conn
+        if not self.lost:
+            self.lost += 1
+            raise asyncpg.exceptions.ConnectionDoesNotExistError("connection lost after commit")
+
+
+async def test_writer_applies_a_recorded_chunk_once_when_a_commit_answer_is_lost(pool, scenarios):
+    spec = await store_template(pool, "grid3", scenarios["grid3"])
+    await db.insert_session(pool, spec.id, "grid3", 1, spec.request.to_json(), None, None)
+    await db.create_record_partitions(pool, spec.id, ["trajectories", "trips"])
+    flaky = LosesFirstAnswer(pool)
+    writer = WriterActor(flaky, batch_rows=10_000, flush_s=0.01, queue_rows=100)  # type: ignore[arg-type]
+    task = asyncio.create_task(writer.run())
+    columns = ("time", "vehicle", "x", "y", "speed", "angle", "lane")
+    lines = b"".join(b"%d;v%d;1.0;2.0;3.0;90.0;e_0\n" % (t, t) for t in range(500))
+    trajectories = db.partition_name("trajectories", spec.id)
+    trips = db.partition_name("trips", spec.id)
+    await writer.write_csv(CsvChunk(trajectories, columns, lines, 500, None, Mark(spec.id, 1)))
+    await writer.flush()
+    await writer.write_records(trips, ("vehicle", "duration"), [("v1", 10.0)], Mark(spec.id, 2))
+    await writer.write_csv(CsvChunk(trajectories, columns, lines, 500, None, Mark(spec.id, 3)))
+    await writer.close()
+    await asyncio.wait_for(task, 30)
+    assert flaky.lost == 1 and writer.stats.retries == 1
+    # The first chunk once, the second once: the retry saw the first commit and skipped it.
+    assert await pool.fetchval(f'SELECT count(*) FROM "{trajectories}"') == 1000
+    assert await pool.fetchval(f'SELECT count(*) FROM "{trips}"') == 1
 
 
 def test_port_pool_skips_ports_held_elsewhere_and_rotates():
