@@ -15,6 +15,8 @@ import os
 import re
 import shutil
 import signal
+import threading
+import time
 from collections import deque
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -31,7 +33,7 @@ from traci.exceptions import FatalTraCIError, TraCIException
 
 from actors import commands
 from actors.recorder import Recorder
-from actors.summary import SummaryFeed, SummaryLost
+from actors.summary import MAX_STEPS_UNREAD, SummaryFeed, SummaryLost
 from actors.writer import WriterActor
 from supervisor import db, templates
 from supervisor.errors import SessionConflict, SupervisorError
@@ -46,6 +48,10 @@ MAX_PORT_ATTEMPTS = 5
 # SUMO answers its first command at once once it listens.
 HANDSHAKE_TIMEOUT_S = 5.0
 STDERR_TAIL_LINES = 20
+# A running session's TraCI thread makes jump after jump for up to this long before it hands
+# the samples back: one hand-over per slice rather than per sample, during which SUMO idles. A
+# message for the session (stop, pause, commands) ends the slice at the next jump.
+RUN_SLICE_S = 0.2
 _ADDRESS_IN_USE = re.compile(r"address already in use", re.IGNORECASE)
 
 
@@ -161,6 +167,8 @@ class SessionActor:
         self._stderr_tail: deque[str] = deque(maxlen=STDERR_TAIL_LINES)
         self._sim_time: float | None = None
         self._jumps = 0
+        # Set on the loop when a message arrives; the TraCI thread ends its slice when it sees it.
+        self._interrupt = threading.Event()
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"traci-{spec.id}")
         self._log = structlog.get_logger(component="session").bind(session_id=spec.id)
         self._recorder = Recorder(spec.id, spec.request, workdir, writer)
@@ -173,11 +181,13 @@ class SessionActor:
         if isinstance(msg, StopSession):
             # The stop jumps the queue: it must not wait behind control messages.
             self._stop = self._stop or msg
+            self._interrupt.set()
             return
         try:
             self._inbox.put_nowait(msg)
         except asyncio.QueueFull:
             raise SessionConflict("the session is busy: too many requests waiting") from None
+        self._interrupt.set()
 
     def _stop_requested(self) -> StopSession | None:
         self._drain_inbox()
@@ -304,11 +314,11 @@ class SessionActor:
     async def _run_on_port(self, port: int) -> Outcome:
         self._stderr_tail.clear()
         self._summary = SummaryFeed(self.spec.id)
-        command = self._command(port, await self._summary.open())
+        command = self._command(port, self._summary.open())
         try:
             return await self._run_sumo(port, command)
         finally:
-            await self._summary.close()
+            self._summary.close()
 
     async def _run_sumo(self, port: int, command: list[str]) -> Outcome:
         proc = await asyncio.create_subprocess_exec(
@@ -333,7 +343,6 @@ class SessionActor:
         async with asyncio.TaskGroup() as tg:
             tg.create_task(self._relog(proc.stdout, "stdout", log))
             tg.create_task(self._relog(proc.stderr, "stderr", log))
-            tg.create_task(self._summary.follow(sumo_done))
             if self._recorder.active:
                 tg.create_task(self._recorder.follow(sumo_done))
             try:
@@ -463,6 +472,7 @@ class SessionActor:
     async def _simulate(self, conn: Connection, port: int, log: Any) -> _Drive:
         request = self.spec.request
         setup = await self._in_thread(_subscribe, conn)
+        await self._in_thread(self._summary.accept)
         end = request.end
         if end is None and setup.end_time > 0:
             end = setup.end_time
@@ -485,6 +495,7 @@ class SessionActor:
         paused = False
         stepped = request.mode == "stepped"
         while True:
+            self._interrupt.clear()
             self._drain_inbox()
             if self._stop is not None:
                 return _Drive("stop")
@@ -521,7 +532,9 @@ class SessionActor:
                         return _Drive("idle")
                 await self._wait_inbox(min(wait, 1.0))
                 continue
-            sample, done = await self._jump(drive, drive.next_target())
+            # A replay's next command is due at a sim time the slice must stop at.
+            limit = replay[0]["sim_time"] if replay else None
+            done = await self._run_slice(drive, limit)
             # A replay applies its original's commands at the sim times they were applied at.
             due = []
             while replay and replay[0]["sim_time"] <= (self._sim_time or 0.0) + 1e-9:
@@ -534,19 +547,26 @@ class SessionActor:
 
     async def _jump(self, drive: _Driving, target: float) -> tuple[dict[str, Any], _Drive | None]:
         """Advance to `target` in one round trip, write the sample; the end, if reached."""
-        jump = await self._in_thread(_advance, drive.conn, target)
+        start = self._sim_time if self._sim_time is not None else drive.setup.sim_time
+        step = drive.setup.delta_t
+        jump = await self._in_thread(_advance, drive.conn, start, target, self._summary, step)
         self._sim_time = jump.sim_time
-        # SUMO wrote the summary rows of the steps before jump.sim_time before it answered.
-        await self._summary.until(jump.sim_time - drive.setup.delta_t)
-        row = self._summary.cut(jump.sim_time, drive.setup.delta_t)
+        row = self._summary.cut(jump.sim_time, step)
         await self._writer.write(row)
         self._jumps += 1
         sample = dict(zip(db.SAMPLE_COLUMNS[1:], row[1:], strict=True))
-        if drive.end is not None and jump.sim_time >= drive.end - 1e-9:
-            return sample, _Drive("completed", "end time reached")
-        if jump.min_expected == 0:
-            return sample, _Drive("completed", "no vehicles left to simulate")
-        return sample, None
+        return sample, drive.finished(jump)
+
+    async def _run_slice(self, drive: _Driving, limit: float | None) -> _Drive | None:
+        """Jump after jump on the TraCI thread for up to RUN_SLICE_S; the end, if reached."""
+        start = self._sim_time if self._sim_time is not None else drive.setup.sim_time
+        rows, last = await self._in_thread(
+            _run_slice, drive, self._summary, start, limit, self._interrupt
+        )
+        self._sim_time = last.sim_time
+        self._jumps += len(rows)
+        await self._writer.write_records("samples", db.SAMPLE_COLUMNS, rows)
+        return drive.finished(last)
 
     async def _apply_commands(self, conn: Connection, msg: Commands, log: Any) -> None:
         try:
@@ -595,6 +615,13 @@ class _Driving:
         self.end = end
         self._jump_s = setup.delta_t * every
         self._k = 0
+
+    def finished(self, jump: _Jump) -> _Drive | None:
+        if self.end is not None and jump.sim_time >= self.end - 1e-9:
+            return _Drive("completed", "end time reached")
+        if jump.min_expected == 0:
+            return _Drive("completed", "no vehicles left to simulate")
+        return None
 
     def next_target(self) -> float:
         self._k += 1
@@ -666,13 +693,45 @@ def _subscribe(conn: Connection) -> _Setup:
     )
 
 
-def _advance(conn: Connection, target: float) -> _Jump:
-    conn.simulationStep(target)
-    sim = conn.simulation.getSubscriptionResults()
-    return _Jump(
-        sim_time=float(sim[tc.VAR_TIME]),
-        min_expected=int(sim[tc.VAR_MIN_EXPECTED_VEHICLES]),
-    )
+def _advance(
+    conn: Connection, start: float, target: float, summary: SummaryFeed, step: float
+) -> _Jump:
+    """Advance to `target`, reading SUMO's summary rows of every step on the way."""
+    now = start
+    while True:
+        conn.simulationStep(min(target, now + MAX_STEPS_UNREAD * step))
+        sim = conn.simulation.getSubscriptionResults()
+        now = float(sim[tc.VAR_TIME])
+        # SUMO sent the rows of the steps before `now` before it answered.
+        summary.read_until(now - step)
+        if now >= target - 1e-9:
+            return _Jump(sim_time=now, min_expected=int(sim[tc.VAR_MIN_EXPECTED_VEHICLES]))
+
+
+def _run_slice(
+    drive: _Driving,
+    summary: SummaryFeed,
+    start: float,
+    limit: float | None,
+    interrupt: threading.Event,
+) -> tuple[list[tuple[Any, ...]], _Jump]:
+    """Jumps of one sample each until the slice's time is up, a message waits, the run ends or
+    sim time reaches `limit`; their sample rows and the last jump."""
+    step = drive.setup.delta_t
+    deadline = time.monotonic() + RUN_SLICE_S
+    rows = []
+    now = start
+    while True:
+        jump = _advance(drive.conn, now, drive.next_target(), summary, step)
+        now = jump.sim_time
+        rows.append(summary.cut(now, step))
+        if (
+            drive.finished(jump) is not None
+            or (limit is not None and now >= limit - 1e-9)
+            or interrupt.is_set()
+            or time.monotonic() >= deadline
+        ):
+            return rows, jump
 
 
 def _open_connection(port: int, handshake_timeout_s: float) -> Connection:

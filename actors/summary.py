@@ -6,23 +6,24 @@ which cost SUMO about as much again as the simulation itself. The summary is sen
 the session listens on rather than to a file: SUMO sends a network output on every write,
 while a file reaches the disk only when its buffer fills, hundreds of steps late.
 
-Each TraCI jump to time T has SUMO write the rows of every step before T, and SUMO writes them
-before it answers the jump, so after a jump `until(T - step)` returns as soon as those rows,
-already in the socket, have been read; `cut(T)` then turns them into one sample row.
+The feed is read on the session's TraCI thread, right after each jump: SUMO writes a step's row
+before it answers the jump, so the rows are already in the socket. Nobody reads between jumps,
+so SUMO's per-step sends wake no one; a jump is cut into pieces of at most MAX_STEPS_UNREAD
+steps so that the unread rows always fit in the socket's buffer (a full buffer would block
+SUMO's send while the session waits for SUMO's answer).
 """
 
 from __future__ import annotations
 
-import asyncio
 import socket
 from typing import Any
 
-import structlog
-
-# Generous: the rows are already in flight when the wait starts.
-CATCH_UP_TIMEOUT_S = 30.0
-# A step row is a few hundred bytes; anything longer is not SUMO's summary.
-LINE_LIMIT = 64 * 1024
+# A step row is ~300 bytes: 256 of them fit easily in a loopback socket's default buffers.
+MAX_STEPS_UNREAD = 256
+RECV_BUFFER = 1024 * 1024
+# Generous: the rows are already in flight when a read starts.
+READ_TIMEOUT_S = 30.0
+ACCEPT_TIMEOUT_S = 10.0
 _EPS = 1e-6
 
 
@@ -31,19 +32,17 @@ class SummaryLost(Exception):
 
 
 class SummaryFeed:
-    """Listens for one SUMO's summary stream and folds its step rows into sample rows."""
+    """One SUMO's summary stream, folded into sample rows. All but `open` and `close` block:
+    they run on the session's TraCI thread."""
 
     def __init__(self, session_id: str) -> None:
         self._session_id = session_id
-        self._sock: socket.socket | None = None
-        self._server: asyncio.Server | None = None
-        self._conn: asyncio.Future[tuple[asyncio.StreamReader, asyncio.StreamWriter]] | None = None
-        self._progress = asyncio.Event()
-        self._ended = False
+        self._listener: socket.socket | None = None
+        self._conn: socket.socket | None = None
+        self._pending = b""
         self._names: dict[str, int] = {}
-        self._log = structlog.get_logger(component="summary").bind(session_id=session_id)
-        # The latest step's figures, and the interval's running totals.
         self.last_time = float("-inf")
+        # The latest step's figures, and the interval's running totals.
         self._running = 0
         self._inserted = 0
         self._teleports = 0
@@ -56,54 +55,45 @@ class SummaryFeed:
         self._cut_left = 0
         self._cut_teleports = 0
 
-    async def open(self) -> int:
+    def open(self) -> int:
         """Listen on a free local port; returns it for SUMO's `--summary-output`."""
-        loop = asyncio.get_running_loop()
-        self._conn = loop.create_future()
-        self._server = await asyncio.start_server(
-            self._accept, "127.0.0.1", 0, limit=LINE_LIMIT, backlog=1
-        )
-        self._sock = self._server.sockets[0]
-        port: int = self._sock.getsockname()[1]
+        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        sock.bind(("127.0.0.1", 0))
+        sock.listen(1)
+        self._listener = sock
+        port: int = sock.getsockname()[1]
         return port
 
-    def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        # Only the first connection is SUMO's; the owned follow() task reads it.
+    def accept(self) -> None:
+        """Take SUMO's connection: SUMO makes it while loading, before it opens TraCI."""
+        assert self._listener is not None
+        self._listener.settimeout(ACCEPT_TIMEOUT_S)
+        try:
+            conn, _ = self._listener.accept()
+        except TimeoutError:
+            raise SummaryLost("SUMO did not connect its summary output") from None
+        finally:
+            self._listener.close()
+        conn.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, RECV_BUFFER)
+        conn.settimeout(READ_TIMEOUT_S)
+        self._conn = conn
+
+    def read_until(self, time: float) -> None:
+        """Read rows until the one of step `time` has been folded in."""
         assert self._conn is not None
-        if self._conn.done():
-            writer.close()
-            return
-        self._conn.set_result((reader, writer))
-
-    async def follow(self, sumo_done: asyncio.Event) -> None:
-        """Read the stream until SUMO closes it (it always does when it exits)."""
-        assert self._conn is not None and self._server is not None
-        waiter: asyncio.Future[Any] = asyncio.ensure_future(sumo_done.wait())
-        conn: asyncio.Future[Any] = self._conn
-        try:
-            await asyncio.wait({conn, waiter}, return_when=asyncio.FIRST_COMPLETED)
-        finally:
-            waiter.cancel()
-            # One connection only: stop listening at once.
-            self._server.close()
-        if not self._conn.done():
-            self._end()
-            return
-        reader, writer = self._conn.result()
-        try:
-            while line := await reader.readline():
-                if b"<step " in line:
-                    self._fold(line.decode())
-                    self._progress.set()
-        except (ConnectionError, asyncio.LimitOverrunError, ValueError) as exc:
-            self._log.warning("summary_stream_broken", error=repr(exc))
-        finally:
-            self._end()
-            writer.close()
-
-    def _end(self) -> None:
-        self._ended = True
-        self._progress.set()
+        while self.last_time < time - _EPS:
+            try:
+                data = self._conn.recv(RECV_BUFFER)
+            except TimeoutError:
+                raise SummaryLost(f"no summary row for step {time} in {READ_TIMEOUT_S} s") from None
+            if not data:
+                raise SummaryLost(f"SUMO's summary stream ended at step {self.last_time}")
+            data = self._pending + data
+            cut = data.rfind(b"\n") + 1
+            self._pending = data[cut:]
+            for line in data[:cut].decode().splitlines():
+                if "<step " in line:
+                    self._fold(line)
 
     def _fold(self, line: str) -> None:
         # Attributes come in a fixed order: split on quotes rather than parse XML per step.
@@ -113,39 +103,19 @@ class SummaryFeed:
                 parts[i].split()[-1].rstrip("="): i + 1 for i in range(0, len(parts) - 1, 2)
             }
         n = self._names
-
-        def get(name: str) -> str:
-            return parts[n[name]]
-
-        time = float(get("time"))
+        time = float(parts[n["time"]])
         if self._prev_time is not None:
             # SUMO counts a halting vehicle as waiting: the interval's vehicle-seconds of waiting.
             self._halting_seconds += self._halting * (time - self._prev_time)
         self._prev_time = time
         self.last_time = time
-        self._running = int(get("running"))
-        self._inserted = int(get("inserted"))
-        self._teleports = int(get("teleports"))
-        self._halting = int(get("halting"))
-        speed = float(get("meanSpeed"))
+        self._running = int(parts[n["running"]])
+        self._inserted = int(parts[n["inserted"]])
+        self._teleports = int(parts[n["teleports"]])
+        self._halting = int(parts[n["halting"]])
+        speed = float(parts[n["meanSpeed"]])
         # SUMO writes -1 when no vehicle is running.
         self._mean_speed = speed if speed >= 0 else 0.0
-
-    async def until(self, time: float) -> None:
-        """Wait until the row of step `time` has been read."""
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + CATCH_UP_TIMEOUT_S
-        while self.last_time < time - _EPS:
-            if self._ended:
-                raise SummaryLost(f"SUMO's summary stream ended at {self.last_time}")
-            self._progress.clear()
-            remaining = deadline - loop.time()
-            if remaining <= 0:
-                raise SummaryLost(f"no summary row for step {time} in {CATCH_UP_TIMEOUT_S} s")
-            try:
-                await asyncio.wait_for(self._progress.wait(), remaining)
-            except TimeoutError:
-                continue
 
     def cut(self, sim_time: float, step: float) -> tuple[Any, ...]:
         """The sample row labelled `sim_time`: the interval's steps up to `sim_time - step`."""
@@ -169,8 +139,7 @@ class SummaryFeed:
         self._prev_time = None
         return row
 
-    async def close(self) -> None:
-        if self._server is not None:
-            self._server.close()
-            if self._conn is not None and not self._conn.done():
-                self._conn.cancel()
+    def close(self) -> None:
+        for sock in (self._listener, self._conn):
+            if sock is not None:
+                sock.close()
