@@ -52,6 +52,9 @@ STDERR_TAIL_LINES = 20
 # the samples back: one hand-over per slice rather than per sample, during which SUMO idles. A
 # message for the session (stop, pause, commands) ends the slice at the next jump.
 RUN_SLICE_S = 0.2
+# How long one TraCI jump of a running session should take: long enough that the round trip
+# between jumps, when SUMO waits, is a small share of it.
+JUMP_S = 0.05
 _ADDRESS_IN_USE = re.compile(r"address already in use", re.IGNORECASE)
 
 
@@ -615,6 +618,16 @@ class _Driving:
         self.end = end
         self._jump_s = setup.delta_t * every
         self._k = 0
+        # Unread summary rows must fit in the socket: at most MAX_STEPS_UNREAD steps per jump.
+        self._max_samples = max(1, MAX_STEPS_UNREAD // every)
+        self.samples_per_jump = 1
+
+    def adapt(self, elapsed: float, samples: int) -> None:
+        """Size the next jump to take about JUMP_S, from how long this one took."""
+        if samples <= 0:
+            return
+        per_sample = max(elapsed / samples, 1e-6)
+        self.samples_per_jump = max(1, min(self._max_samples, int(JUMP_S / per_sample)))
 
     def finished(self, jump: _Jump) -> _Drive | None:
         if self.end is not None and jump.sim_time >= self.end - 1e-9:
@@ -694,16 +707,23 @@ def _subscribe(conn: Connection) -> _Setup:
 
 
 def _advance(
-    conn: Connection, start: float, target: float, summary: SummaryFeed, step: float
+    conn: Connection,
+    start: float,
+    target: float,
+    summary: SummaryFeed,
+    step: float,
+    cuts: deque[float] | None = None,
+    out: list[tuple[tuple[Any, ...], int]] | None = None,
 ) -> _Jump:
-    """Advance to `target`, reading SUMO's summary rows of every step on the way."""
+    """Advance to `target`, reading SUMO's summary rows of every step on the way (and cutting
+    the samples at `cuts` into `out`)."""
     now = start
     while True:
         conn.simulationStep(min(target, now + MAX_STEPS_UNREAD * step))
         sim = conn.simulation.getSubscriptionResults()
         now = float(sim[tc.VAR_TIME])
         # SUMO sent the rows of the steps before `now` before it answered.
-        summary.read_until(now - step)
+        summary.read_until(now - step, cuts, out, step)
         if now >= target - 1e-9:
             return _Jump(sim_time=now, min_expected=int(sim[tc.VAR_MIN_EXPECTED_VEHICLES]))
 
@@ -715,16 +735,36 @@ def _run_slice(
     limit: float | None,
     interrupt: threading.Event,
 ) -> tuple[list[tuple[Any, ...]], _Jump]:
-    """Jumps of one sample each until the slice's time is up, a message waits, the run ends or
-    sim time reaches `limit`; their sample rows and the last jump."""
+    """Jumps over several samples each until the slice's time is up, a message waits, the run
+    ends or sim time reaches `limit`; their sample rows and the last jump.
+
+    The samples are cut from the summary stream, so a jump needs no stop at each one; it spans
+    as many as take about JUMP_S, so that SUMO seldom waits for the daemon."""
     step = drive.setup.delta_t
     deadline = time.monotonic() + RUN_SLICE_S
-    rows = []
+    rows: list[tuple[Any, ...]] = []
     now = start
     while True:
-        jump = _advance(drive.conn, now, drive.next_target(), summary, step)
+        cuts: deque[float] = deque()
+        while len(cuts) < drive.samples_per_jump:
+            cuts.append(drive.next_target())
+            if (drive.end is not None and cuts[-1] >= drive.end - 1e-9) or (
+                limit is not None and cuts[-1] >= limit - 1e-9
+            ):
+                break
+        began = time.monotonic()
+        cut: list[tuple[tuple[Any, ...], int]] = []
+        jump = _advance(drive.conn, now, cuts[-1], summary, step, cuts, cut)
+        drive.adapt(time.monotonic() - began, len(cut))
         now = jump.sim_time
-        rows.append(summary.cut(now, step))
+        if jump.min_expected == 0:
+            # The run ended somewhere in this jump: stop where a jump per sample would have, at
+            # the first sample after which no vehicle was active any more.
+            while len(cut) > 1 and cut[-2][1] == 0:
+                cut.pop()
+            now = cut[-1][0][1]
+            jump = _Jump(sim_time=now, min_expected=0)
+        rows.extend(row for row, _active in cut)
         if (
             drive.finished(jump) is not None
             or (limit is not None and now >= limit - 1e-9)

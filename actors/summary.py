@@ -16,6 +16,7 @@ SUMO's send while the session waits for SUMO's answer).
 from __future__ import annotations
 
 import socket
+from collections import deque
 from typing import Any
 
 # A step row is ~300 bytes: 256 of them fit easily in a loopback socket's default buffers.
@@ -44,6 +45,7 @@ class SummaryFeed:
         self.last_time = float("-inf")
         # The latest step's figures, and the interval's running totals.
         self._running = 0
+        self._active = 0
         self._inserted = 0
         self._teleports = 0
         self._halting = 0
@@ -78,8 +80,16 @@ class SummaryFeed:
         conn.settimeout(READ_TIMEOUT_S)
         self._conn = conn
 
-    def read_until(self, time: float) -> None:
-        """Read rows until the one of step `time` has been folded in."""
+    def read_until(
+        self,
+        time: float,
+        cuts: deque[float] | None = None,
+        out: list[tuple[tuple[Any, ...], int]] | None = None,
+        step: float = 0.0,
+    ) -> None:
+        """Read rows until the one of step `time` has been folded in. With `cuts` (sample times,
+        ascending), each sample is cut as soon as its last step's row is in and appended to
+        `out` with the number of vehicles still active then (loaded and not ended)."""
         assert self._conn is not None
         while self.last_time < time - _EPS:
             try:
@@ -94,6 +104,8 @@ class SummaryFeed:
             for line in data[:cut].decode().splitlines():
                 if "<step " in line:
                     self._fold(line)
+                    while cuts and out is not None and self.last_time >= cuts[0] - step - _EPS:
+                        out.append((self.cut(cuts.popleft(), step), self._active))
 
     def _fold(self, line: str) -> None:
         # Attributes come in a fixed order: split on quotes rather than parse XML per step.
@@ -110,6 +122,7 @@ class SummaryFeed:
         self._prev_time = time
         self.last_time = time
         self._running = int(parts[n["running"]])
+        self._active = int(parts[n["loaded"]]) - int(parts[n["ended"]])
         self._inserted = int(parts[n["inserted"]])
         self._teleports = int(parts[n["teleports"]])
         self._halting = int(parts[n["halting"]])
