@@ -122,6 +122,7 @@ class PortBroker(Protocol):
     async def lease_port(self, session_id: str) -> int: ...
     async def port_refused(self, session_id: str, port: int) -> None: ...
     async def sumo_started(self, session_id: str, pid: int) -> None: ...
+    async def simulation_done(self, session_id: str) -> None: ...
 
 
 class PortsExhausted(Exception):
@@ -209,6 +210,7 @@ class SessionActor:
                 started_at="now",
             )
             outcome = await self._run()
+            await self._broker.simulation_done(self.spec.id)
         except asyncio.CancelledError:
             stop = self._stop_requested()
             outcome = Outcome(

@@ -87,6 +87,13 @@ class SumoStarted:
 
 
 @dataclass(frozen=True)
+class SimulationDone:
+    """The session's SUMO has exited for good; the session is only writing down its end."""
+
+    session_id: str
+
+
+@dataclass(frozen=True)
 class SessionEnded:
     session_id: str
     outcome: Outcome | None
@@ -106,7 +113,17 @@ class Shutdown:
     reason: str
 
 
-Message = Submit | Stop | LeasePort | PortRefused | SumoStarted | SessionEnded | Forward | Shutdown
+Message = (
+    Submit
+    | Stop
+    | LeasePort
+    | PortRefused
+    | SumoStarted
+    | SimulationDone
+    | SessionEnded
+    | Forward
+    | Shutdown
+)
 
 
 @dataclass
@@ -117,6 +134,8 @@ class _Running:
     wall_deadline: float | None
     ports: set[int] = field(default_factory=set)
     pid: int | None = None
+    # False once its SUMO has exited for good: it no longer counts against max_running.
+    simulating: bool = True
     # Escalation after a stop request: SIGKILL the group, later cancel the task.
     stop_sent_at: float | None = None
     killed: bool = False
@@ -144,6 +163,9 @@ class _Broker:
 
     async def sumo_started(self, session_id: str, pid: int) -> None:
         await self._supervisor.send(SumoStarted(session_id, pid))
+
+    async def simulation_done(self, session_id: str) -> None:
+        await self._supervisor.send(SimulationDone(session_id))
 
 
 @dataclass(frozen=True)
@@ -345,6 +367,9 @@ class SupervisorActor:
             case SumoStarted(session_id, pid):
                 if (run := self._running.get(session_id)) is not None:
                     run.pid = pid
+            case SimulationDone(session_id):
+                if (run := self._running.get(session_id)) is not None:
+                    run.simulating = False
             case SessionEnded(session_id, outcome):
                 await self._cleanup(session_id)
                 self._on_finished(outcome.status if outcome else "stopped")
@@ -356,7 +381,13 @@ class SupervisorActor:
 
     def _admit(self, tg: asyncio.TaskGroup) -> None:
         loop = asyncio.get_running_loop()
-        while self._accepting and self._queue and len(self._running) < self._settings.max_running:
+        # max_running bounds SUMO processes (the CPU): a session that is only writing down its
+        # end lets the next one start.
+        while (
+            self._accepting
+            and self._queue
+            and sum(r.simulating for r in self._running.values()) < self._settings.max_running
+        ):
             spec = self._queue.popleft()
             workdir = self._settings.temp_root / spec.id
             actor = SessionActor(

@@ -173,10 +173,15 @@ async def create(http: Any, url: str, **body: Any) -> str:
 
 
 async def wait_all(
-    http: Any, url: str, ids: list[str], statuses: set[str], poll_s: float = 0.02
+    http: Any,
+    url: str,
+    ids: list[str],
+    statuses: set[str],
+    poll_s: float = 0.02,
+    label: str | None = None,
 ) -> None:
-    """Poll until every session is in one of `statuses`: one list request per poll, as a
-    client watching many sessions would, not one request per session."""
+    """Poll until every session is in one of `statuses`: one list request per poll (of the
+    sessions with `label`, when given), as a client watching many sessions would."""
     import asyncio
 
     pending = set(ids)
@@ -186,7 +191,8 @@ async def wait_all(
             async with http.get(f"{url}/v1/sessions/{only}") as r:
                 rows = [await r.json()]
         else:
-            async with http.get(f"{url}/v1/sessions", params={"limit": "10000"}) as r:
+            params = {"limit": "10000", **({"label": label} if label else {})}
+            async with http.get(f"{url}/v1/sessions", params=params) as r:
                 rows = (await r.json())["sessions"]
         for s in rows:
             if s["id"] not in pending:

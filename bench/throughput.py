@@ -30,8 +30,9 @@ def xargs(cfg: Path, n: int, cores: int) -> float:
 
 async def daemon_run(http: aiohttp.ClientSession, url: str, n: int) -> float:
     start = time.perf_counter()
-    ids = [await create(http, url, template="bench", seed=i) for i in range(n)]
-    await wait_all(http, url, ids, {"completed"}, poll_s=0.05)
+    label = f"throughput-{n}"
+    ids = [await create(http, url, template="bench", seed=i, label=label) for i in range(n)]
+    await wait_all(http, url, ids, {"completed"}, poll_s=0.05, label=label)
     return time.perf_counter() - start
 
 

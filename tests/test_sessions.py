@@ -83,10 +83,12 @@ async def test_queue_admits_in_fifo_order_up_to_max_running(daemons, db_url, htt
     assert set(ids[1:]) <= queued | {ids[1]}  # the first is admitted at once, the rest wait
     finished = [await wait_status(http, daemon, i, "completed") for i in ids]
     starts = [s["started_at"] for s in finished]
-    ends = [s["ended_at"] for s in finished]
     assert starts == sorted(starts)
-    # With max_running=1 each session started only after the one before it had ended.
-    assert all(ends[i] <= starts[i + 1] for i in range(len(ids) - 1))
+    # With max_running=1 each SUMO started only after the one before it had exited (the session
+    # before may still be writing down its end: that holds no SUMO).
+    sumo_started = {e["session_id"]: e["timestamp"] for e in daemon.events("sumo_started")}
+    sumo_exited = {e["session_id"]: e["timestamp"] for e in daemon.events("sumo_exited")}
+    assert all(sumo_exited[ids[i]] <= sumo_started[ids[i + 1]] for i in range(len(ids) - 1))
     admitted = [e["session_id"] for e in daemon.events("session_admitted")]
     assert admitted == ids
 
