@@ -1,7 +1,9 @@
 """Figure 2: throughput at scale. N sessions of a mid-sized scenario (samples recorded), from the
 first POST until all are completed, against `xargs -P <cores>` running the same N bare `sumo`.
 
-    python bench/throughput.py [--ns 1,2,8,32] [--small]
+    python bench/throughput.py [--ns 1,2,8,32] [--runs 3] [--small]
+
+Each N is measured `--runs` times, baseline and daemon alternately; medians are compared.
 """
 
 from __future__ import annotations
@@ -9,6 +11,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
+import statistics
 import subprocess
 import tempfile
 import time
@@ -28,9 +31,9 @@ def xargs(cfg: Path, n: int, cores: int) -> float:
     return time.perf_counter() - start
 
 
-async def daemon_run(http: aiohttp.ClientSession, url: str, n: int) -> float:
+async def daemon_run(http: aiohttp.ClientSession, url: str, n: int, run: int) -> float:
     start = time.perf_counter()
-    label = f"throughput-{n}"
+    label = f"throughput-{n}-{run}"
     ids = [await create(http, url, template="bench", seed=i, label=label) for i in range(n)]
     await wait_all(http, url, ids, {"completed"}, poll_s=0.05, label=label)
     return time.perf_counter() - start
@@ -40,7 +43,9 @@ async def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--ns", default="1,2,8,32")
     parser.add_argument("--small", action="store_true")
+    parser.add_argument("--runs", type=int, default=3)
     args = parser.parse_args()
+    runs = 1 if args.small else args.runs
     cores = os.cpu_count() or 1
     ns = [1, 2] if args.small else [int(x) for x in args.ns.split(",")]
     work = Path(tempfile.mkdtemp(prefix="bench-throughput-"))
@@ -52,9 +57,12 @@ async def main() -> None:
             await upload(http, daemon.url, cfg)
             print(f"throughput: {cores} cores, scenario {cfg.parent}")
             for n in ns:
-                bare = xargs(cfg, n, cores)
-                ours = await daemon_run(http, daemon.url, n)
-                print(ratio_line(f"N={n}: daemon vs xargs -P {cores} bare sumo", bare, ours))
+                bare, ours = [], []
+                for run in range(runs):
+                    bare.append(xargs(cfg, n, cores))
+                    ours.append(await daemon_run(http, daemon.url, n, run))
+                name = f"N={n}: daemon vs xargs -P {cores} bare sumo, median of {runs}"
+                print(ratio_line(name, statistics.median(bare), statistics.median(ours)))
     finally:
         daemon.stop()
 
