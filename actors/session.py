@@ -15,6 +15,7 @@ import os
 import re
 import shutil
 import signal
+import struct
 import threading
 import time
 from collections import deque
@@ -445,7 +446,8 @@ class SessionActor:
             return conn
         try:
             return await self._simulate(conn, port, log)
-        except (FatalTraCIError, TraCIException, OSError, SummaryLost) as exc:
+        except (FatalTraCIError, TraCIException, OSError, SummaryLost, struct.error) as exc:
+            # traci reports a socket SUMO closed mid-message as a struct.error (a short read).
             return _Drive("traci_lost", str(exc) or type(exc).__name__)
         finally:
             await self._in_thread(_close_quietly, conn)
@@ -791,7 +793,8 @@ def _open_connection(port: int, handshake_timeout_s: float) -> Connection:
 
 
 def _close_quietly(conn: Connection) -> None:
-    with contextlib.suppress(FatalTraCIError, TraCIException, OSError):
+    # SUMO may close its end first (it does at its end time): the close's answer is then short.
+    with contextlib.suppress(FatalTraCIError, TraCIException, OSError, struct.error):
         conn.close(wait=False)
     # close() skips the socket when the command failed; make sure it is gone.
     sock = getattr(conn, "_socket", None)
