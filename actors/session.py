@@ -1,10 +1,10 @@
 """The session actor: one task per session, owning one SUMO subprocess and its TraCI connection.
 
 It materializes its template, leases a port from the supervisor, starts `sumo`, connects TraCI,
-advances the simulation in jumps of `sample_every` steps (one TraCI round trip per jump), hands a
-sample row to the writer after each, and records how it ended. The samples' figures come from
-SUMO's own summary output (see actors/summary.py), not from TraCI. TraCI calls run on the
-session's own single thread, never on the event loop.
+advances the simulation, hands a sample row to the writer every `sample_every` steps, and records
+how it ended. The samples' figures come from SUMO's own summary output (actors/summary.py), so
+TraCI only moves time on: a running session jumps over several samples per round trip. TraCI
+calls run on the session's own single thread, never on the event loop.
 """
 
 from __future__ import annotations
@@ -34,7 +34,7 @@ from traci.exceptions import FatalTraCIError, TraCIException
 
 from actors import commands
 from actors.recorder import Recorder
-from actors.summary import MAX_STEPS_UNREAD, SummaryFeed, SummaryLost
+from actors.summary import MAX_STEPS_UNREAD, Cut, SummaryFeed, SummaryLost
 from actors.writer import WriterActor
 from supervisor import db, templates
 from supervisor.errors import SessionConflict, SupervisorError
@@ -171,13 +171,12 @@ class SessionActor:
         self._net: commands.Network | None = None
         self._stderr_tail: deque[str] = deque(maxlen=STDERR_TAIL_LINES)
         self._sim_time: float | None = None
-        self._jumps = 0
+        self._samples = 0
         # Set on the loop when a message arrives; the TraCI thread ends its slice when it sees it.
         self._interrupt = threading.Event()
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"traci-{spec.id}")
         self._log = structlog.get_logger(component="session").bind(session_id=spec.id)
         self._recorder = Recorder(spec.id, spec.request, workdir, writer)
-        self._summary = SummaryFeed(spec.id)
 
     # ---- messages ------------------------------------------------------------------------------
 
@@ -319,14 +318,15 @@ class SessionActor:
 
     async def _run_on_port(self, port: int) -> Outcome:
         self._stderr_tail.clear()
-        self._summary = SummaryFeed(self.spec.id)
-        command = self._command(port, self._summary.open())
+        # A fresh feed per SUMO process: a retry on another port starts from nothing.
+        summary = SummaryFeed(self.spec.id)
         try:
-            return await self._run_sumo(port, command)
+            return await self._run_sumo(port, summary)
         finally:
-            self._summary.close()
+            summary.close()
 
-    async def _run_sumo(self, port: int, command: list[str]) -> Outcome:
+    async def _run_sumo(self, port: int, summary: SummaryFeed) -> Outcome:
+        command = self._command(port, summary.open())
         proc = await asyncio.create_subprocess_exec(
             *command,
             cwd=self._workdir,
@@ -352,7 +352,7 @@ class SessionActor:
             if self._recorder.active:
                 tg.create_task(self._recorder.follow(sumo_done))
             try:
-                drive = await self._drive(proc, port, log)
+                drive = await self._drive(proc, port, log, summary)
             finally:
                 await self._reap(proc, log)
                 sumo_done.set()
@@ -406,7 +406,7 @@ class SessionActor:
             return Outcome("failed", "TraCI port in use", cause="port_in_use", error=tail)
         # SUMO reads routes as the simulation runs, so a bad route file may only fail the first
         # step: an error exit before any step completed is still a scenario SUMO refused.
-        refused = drive.kind == "traci_lost" and self._jumps == 0 and returncode == 1 and errors
+        refused = drive.kind == "traci_lost" and self._samples == 0 and returncode == 1 and errors
         if drive.kind == "exited_early" or refused:
             return Outcome(
                 "failed",
@@ -440,12 +440,14 @@ class SessionActor:
     async def _in_thread(self, fn: Callable[..., T], *args: Any) -> T:
         return await asyncio.get_running_loop().run_in_executor(self._executor, fn, *args)
 
-    async def _drive(self, proc: asyncio.subprocess.Process, port: int, log: Any) -> _Drive:
+    async def _drive(
+        self, proc: asyncio.subprocess.Process, port: int, log: Any, summary: SummaryFeed
+    ) -> _Drive:
         conn = await self._connect(proc, port, log)
         if isinstance(conn, _Drive):
             return conn
         try:
-            return await self._simulate(conn, port, log)
+            return await self._simulate(conn, port, log, summary)
         except (FatalTraCIError, TraCIException, OSError, SummaryLost, struct.error) as exc:
             # traci reports a socket SUMO closed mid-message as a struct.error (a short read).
             return _Drive("traci_lost", str(exc) or type(exc).__name__)
@@ -476,10 +478,12 @@ class SessionActor:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(asyncio.shield(proc.wait()), CONNECT_POLL_S)
 
-    async def _simulate(self, conn: Connection, port: int, log: Any) -> _Drive:
+    async def _simulate(
+        self, conn: Connection, port: int, log: Any, summary: SummaryFeed
+    ) -> _Drive:
         request = self.spec.request
         setup = await self._in_thread(_subscribe, conn)
-        await self._in_thread(self._summary.accept)
+        await self._in_thread(summary.accept, setup.delta_t)
         end = request.end
         if end is None and setup.end_time > 0:
             end = setup.end_time
@@ -495,7 +499,7 @@ class SessionActor:
             sim_time=None,
         )
         log.info("session_running", end=end, delta_t=setup.delta_t, mode=request.mode)
-        drive = _Driving(conn, setup, end, request.sample_every)
+        drive = _Driving(conn, summary, setup, end, request.sample_every)
         self._sim_time = setup.sim_time
         loop = asyncio.get_running_loop()
         idle_since = loop.time()
@@ -554,24 +558,21 @@ class SessionActor:
 
     async def _jump(self, drive: _Driving, target: float) -> tuple[dict[str, Any], _Drive | None]:
         """Advance to `target` in one round trip, write the sample; the end, if reached."""
-        start = self._sim_time if self._sim_time is not None else drive.setup.sim_time
-        step = drive.setup.delta_t
-        jump = await self._in_thread(_advance, drive.conn, start, target, self._summary, step)
+        jump, _ = await self._in_thread(_advance, drive, self._sim_time, target)
         self._sim_time = jump.sim_time
-        row = self._summary.cut(jump.sim_time, step)
+        row = drive.summary.cut(jump.sim_time)
         await self._writer.write(row)
-        self._jumps += 1
+        self._samples += 1
         sample = dict(zip(db.SAMPLE_COLUMNS[1:], row[1:], strict=True))
         return sample, drive.finished(jump)
 
     async def _run_slice(self, drive: _Driving, limit: float | None) -> _Drive | None:
         """Jump after jump on the TraCI thread for up to RUN_SLICE_S; the end, if reached."""
-        start = self._sim_time if self._sim_time is not None else drive.setup.sim_time
         rows, last = await self._in_thread(
-            _run_slice, drive, self._summary, start, limit, self._interrupt
+            _run_slice, drive, self._sim_time, limit, self._interrupt
         )
         self._sim_time = last.sim_time
-        self._jumps += len(rows)
+        self._samples += len(rows)
         await self._writer.write_records("samples", db.SAMPLE_COLUMNS, rows)
         return drive.finished(last)
 
@@ -616,8 +617,11 @@ class SessionActor:
 class _Driving:
     """Where the jumps of a running session go."""
 
-    def __init__(self, conn: Connection, setup: _Setup, end: float | None, every: int) -> None:
+    def __init__(
+        self, conn: Connection, summary: SummaryFeed, setup: _Setup, end: float | None, every: int
+    ) -> None:
         self.conn = conn
+        self.summary = summary
         self.setup = setup
         self.end = end
         self._jump_s = setup.delta_t * every
@@ -711,43 +715,33 @@ def _subscribe(conn: Connection) -> _Setup:
 
 
 def _advance(
-    conn: Connection,
-    start: float,
-    target: float,
-    summary: SummaryFeed,
-    step: float,
-    cuts: deque[float] | None = None,
-    out: list[tuple[tuple[Any, ...], int]] | None = None,
-) -> _Jump:
-    """Advance to `target`, reading SUMO's summary rows of every step on the way (and cutting
-    the samples at `cuts` into `out`)."""
-    now = start
+    drive: _Driving, start: float | None, target: float, cuts: deque[float] | None = None
+) -> tuple[_Jump, list[Cut]]:
+    """Advance to `target`, reading SUMO's summary rows of every step on the way; the samples
+    at `cuts` are cut as their rows come in."""
+    step = drive.setup.delta_t
+    now = drive.setup.sim_time if start is None else start
+    cut: list[Cut] = []
     while True:
-        conn.simulationStep(min(target, now + MAX_STEPS_UNREAD * step))
-        sim = conn.simulation.getSubscriptionResults()
+        drive.conn.simulationStep(min(target, now + MAX_STEPS_UNREAD * step))
+        sim = drive.conn.simulation.getSubscriptionResults()
         now = float(sim[tc.VAR_TIME])
         # SUMO sent the rows of the steps before `now` before it answered.
-        summary.read_until(now - step, cuts, out, step)
+        cut += drive.summary.read_until(now - step, cuts)
         if now >= target - 1e-9:
-            return _Jump(sim_time=now, min_expected=int(sim[tc.VAR_MIN_EXPECTED_VEHICLES]))
+            return _Jump(sim_time=now, min_expected=int(sim[tc.VAR_MIN_EXPECTED_VEHICLES])), cut
 
 
 def _run_slice(
-    drive: _Driving,
-    summary: SummaryFeed,
-    start: float,
-    limit: float | None,
-    interrupt: threading.Event,
+    drive: _Driving, start: float | None, limit: float | None, interrupt: threading.Event
 ) -> tuple[list[tuple[Any, ...]], _Jump]:
     """Jumps over several samples each until the slice's time is up, a message waits, the run
     ends or sim time reaches `limit`; their sample rows and the last jump.
 
     The samples are cut from the summary stream, so a jump needs no stop at each one; it spans
     as many as take about JUMP_S, so that SUMO seldom waits for the daemon."""
-    step = drive.setup.delta_t
     deadline = time.monotonic() + RUN_SLICE_S
     rows: list[tuple[Any, ...]] = []
-    now = start
     while True:
         cuts: deque[float] = deque()
         while len(cuts) < drive.samples_per_jump:
@@ -757,21 +751,19 @@ def _run_slice(
             ):
                 break
         began = time.monotonic()
-        cut: list[tuple[tuple[Any, ...], int]] = []
-        jump = _advance(drive.conn, now, cuts[-1], summary, step, cuts, cut)
+        jump, cut = _advance(drive, start, cuts[-1], cuts)
         drive.adapt(time.monotonic() - began, len(cut))
-        now = jump.sim_time
         if jump.min_expected == 0:
             # The run ended somewhere in this jump: stop where a jump per sample would have, at
             # the first sample after which no vehicle was active any more.
             while len(cut) > 1 and cut[-2][1] == 0:
                 cut.pop()
-            now = cut[-1][0][1]
-            jump = _Jump(sim_time=now, min_expected=0)
+            jump = _Jump(sim_time=cut[-1][0][1], min_expected=0)
+        start = jump.sim_time
         rows.extend(row for row, _active in cut)
         if (
             drive.finished(jump) is not None
-            or (limit is not None and now >= limit - 1e-9)
+            or (limit is not None and jump.sim_time >= limit - 1e-9)
             or interrupt.is_set()
             or time.monotonic() >= deadline
         ):

@@ -28,6 +28,10 @@ ACCEPT_TIMEOUT_S = 10.0
 _EPS = 1e-6
 
 
+# A cut sample row, with the number of vehicles still active at its last step (loaded, not ended).
+Cut = tuple[tuple[Any, ...], int]
+
+
 class SummaryLost(Exception):
     """SUMO's summary stream ended or stalled before the rows a jump needs arrived."""
 
@@ -51,7 +55,7 @@ class SummaryFeed:
         self._halting = 0
         self._mean_speed = 0.0
         self._halting_seconds = 0.0
-        self._prev_time: float | None = None
+        self._step = 0.0
         # Cumulative counts at the previous cut, which make the per-interval differences.
         self._cut_inserted = 0
         self._cut_left = 0
@@ -66,8 +70,10 @@ class SummaryFeed:
         port: int = sock.getsockname()[1]
         return port
 
-    def accept(self) -> None:
-        """Take SUMO's connection: SUMO makes it while loading, before it opens TraCI."""
+    def accept(self, step: float) -> None:
+        """Take SUMO's connection (made while loading, before TraCI opens); `step` is SUMO's
+        step length, the time each row stands for."""
+        self._step = step
         assert self._listener is not None
         self._listener.settimeout(ACCEPT_TIMEOUT_S)
         try:
@@ -80,17 +86,11 @@ class SummaryFeed:
         conn.settimeout(READ_TIMEOUT_S)
         self._conn = conn
 
-    def read_until(
-        self,
-        time: float,
-        cuts: deque[float] | None = None,
-        out: list[tuple[tuple[Any, ...], int]] | None = None,
-        step: float = 0.0,
-    ) -> None:
-        """Read rows until the one of step `time` has been folded in. With `cuts` (sample times,
-        ascending), each sample is cut as soon as its last step's row is in and appended to
-        `out` with the number of vehicles still active then (loaded and not ended)."""
+    def read_until(self, time: float, cuts: deque[float] | None = None) -> list[Cut]:
+        """Read rows until the one of step `time` has been folded in. Each of `cuts` (sample
+        times, ascending, taken off the deque) is cut as soon as its last step's row is in."""
         assert self._conn is not None
+        out: list[Cut] = []
         while self.last_time < time - _EPS:
             try:
                 data = self._conn.recv(RECV_BUFFER)
@@ -104,8 +104,9 @@ class SummaryFeed:
             for line in data[:cut].decode().splitlines():
                 if "<step " in line:
                     self._fold(line)
-                    while cuts and out is not None and self.last_time >= cuts[0] - step - _EPS:
-                        out.append((self.cut(cuts.popleft(), step), self._active))
+                    while cuts and self.last_time >= cuts[0] - self._step - _EPS:
+                        out.append((self.cut(cuts.popleft()), self._active))
+        return out
 
     def _fold(self, line: str) -> None:
         # Attributes come in a fixed order: split on quotes rather than parse XML per step.
@@ -115,25 +116,20 @@ class SummaryFeed:
                 parts[i].split()[-1].rstrip("="): i + 1 for i in range(0, len(parts) - 1, 2)
             }
         n = self._names
-        time = float(parts[n["time"]])
-        if self._prev_time is not None:
-            # SUMO counts a halting vehicle as waiting: the interval's vehicle-seconds of waiting.
-            self._halting_seconds += self._halting * (time - self._prev_time)
-        self._prev_time = time
-        self.last_time = time
+        self.last_time = float(parts[n["time"]])
         self._running = int(parts[n["running"]])
         self._active = int(parts[n["loaded"]]) - int(parts[n["ended"]])
         self._inserted = int(parts[n["inserted"]])
         self._teleports = int(parts[n["teleports"]])
         self._halting = int(parts[n["halting"]])
+        # SUMO counts a halting vehicle as waiting: each halts for the whole step.
+        self._halting_seconds += self._halting * self._step
         speed = float(parts[n["meanSpeed"]])
         # SUMO writes -1 when no vehicle is running.
         self._mean_speed = speed if speed >= 0 else 0.0
 
-    def cut(self, sim_time: float, step: float) -> tuple[Any, ...]:
+    def cut(self, sim_time: float) -> tuple[Any, ...]:
         """The sample row labelled `sim_time`: the interval's steps up to `sim_time - step`."""
-        # The last step's halting vehicles wait until sim_time too.
-        waiting = self._halting_seconds + self._halting * step
         left = self._inserted - self._running
         row = (
             self._session_id,
@@ -143,13 +139,12 @@ class SummaryFeed:
             left - self._cut_left,
             self._mean_speed,
             self._halting,
-            waiting,
+            self._halting_seconds,
             self._teleports - self._cut_teleports,
         )
         self._cut_inserted, self._cut_left = self._inserted, left
         self._cut_teleports = self._teleports
         self._halting_seconds = 0.0
-        self._prev_time = None
         return row
 
     def close(self) -> None:

@@ -45,7 +45,7 @@ def bare_run_with_outputs(scenario: Scenario, workdir: Path, *, seed: int) -> di
             "--fcd-output", "fcd.csv", "--fcd-output.attributes", "x,y,speed,angle,lane",
             "--device.fcd.period", "1.0", "--tripinfo-output", "trips.csv",
             "--additional-files", "edges.add.xml", "--statistic-output", "stats.xml",
-            "--duration-log.statistics", "true",
+            "--duration-log.statistics", "true", "--summary-output", "summary.csv",
         ],
         cwd=workdir, check=True, capture_output=True, timeout=300,
     )  # fmt: skip
@@ -59,6 +59,7 @@ def bare_run_with_outputs(scenario: Scenario, workdir: Path, *, seed: int) -> di
         "fcd": rows("fcd.csv", "vehicle_id"),
         "trips": rows("trips.csv", "tripinfo_id"),
         "edges": rows("edges.csv", "edge_id"),
+        "summary": {float(r["step_time"]): r for r in rows("summary.csv", "step_time")},
         "vehicles": stats.find("vehicles").attrib,  # type: ignore[union-attr]
         "trip_stats": stats.find("vehicleTripStatistics").attrib,  # type: ignore[union-attr]
         "teleports": stats.find("teleports").attrib,  # type: ignore[union-attr]
@@ -113,6 +114,15 @@ async def test_recorded_data_matches_sumo_files_and_statistics(
     exported_samples = await read_csv(http, f"{url}/samples.csv")
     stored = await samples(http, daemon, session["id"])
     assert len(exported_samples) == len(stored)
+    # Each sample is SUMO's own summary of its last step (the one before its sim time).
+    inserted = 0
+    for s in stored:
+        step = bare["summary"][s["sim_time"] - 1]
+        assert s["vehicles"] == int(step["step_running"])
+        assert s["halting"] == int(step["step_halting"])
+        assert s["mean_speed"] == max(float(step["step_meanSpeed"]), 0.0)
+        assert s["departed"] == int(step["step_inserted"]) - inserted
+        inserted = int(step["step_inserted"])
     # A sample's waiting_time is the interval's vehicle-seconds of halting: every vehicle arrived,
     # so together they are the trips' waiting times (within 1%: SUMO's halting count and its
     # per-trip waiting time part ways for a vehicle halting in its insertion or arrival step).

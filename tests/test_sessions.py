@@ -54,6 +54,7 @@ async def test_six_sessions_of_different_scenarios_match_bare_sumo(
     ]
     # All six were accepted at once: some wait in the queue behind max_running=3.
     assert {s["status"] for s in created} <= {"queued", "starting"}
+    emptied = 0
     for (template, seed, end), session in zip(runs, created, strict=True):
         done = await wait_status(http, daemon, session["id"], "completed", timeout=120)
         rows = await samples(http, daemon, session["id"])
@@ -64,8 +65,15 @@ async def test_six_sessions_of_different_scenarios_match_bare_sumo(
         times = [r["sim_time"] for r in rows]
         assert times == sorted(times) and len(set(times)) == len(times)
         assert done["progress"] == 1.0 and done["exit_code"] == 0 and done["error"] is None
+        assert done["sim_time"] == times[-1]
         if end is not None:
             assert done["sim_time"] == end
+        ended = [e for e in daemon.events("session_ended") if e["session_id"] == session["id"]]
+        if ended[0]["reason"] == "no vehicles left to simulate":
+            # It ended at the first sample with no vehicle left, not some jump later.
+            emptied += 1
+            assert rows[-1]["vehicles"] == 0 and rows[-2]["vehicles"] > 0
+    assert emptied > 0
     # Everything a session had is gone: temp dirs, ports, processes.
     assert list((daemon.state_dir / "sessions").iterdir()) == []
     assert sumo_children(daemon.proc.pid) == []
