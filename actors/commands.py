@@ -8,7 +8,6 @@ then applies the batch in order between two steps.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -171,20 +170,35 @@ def parse(body: Any) -> list[dict[str, Any]]:
     return out
 
 
+# TraCI sends integers as 32-bit: a larger one would fail inside traci, not here.
+MAX_INT = 2**31 - 1
+# Beyond this a number is no time, speed or duration SUMO can use (and float() of a huge int fails).
+MAX_NUMBER = 1e12
+
+
+def _number(value: Any) -> bool:
+    return (
+        isinstance(value, int | float)
+        and not isinstance(value, bool)
+        and -MAX_NUMBER <= value <= MAX_NUMBER  # also false for NaN
+    )
+
+
+_CHECKS: dict[str, Callable[[Any], bool]] = {
+    "str": lambda v: isinstance(v, str) and 0 < len(v) <= 1000,
+    "edge": lambda v: isinstance(v, str),
+    "route": lambda v: isinstance(v, str),
+    "vtype": lambda v: isinstance(v, str),
+    "int": lambda v: isinstance(v, int) and not isinstance(v, bool) and 0 <= v <= MAX_INT,
+    "number": lambda v: _number(v) and v >= 0,
+    # -1 hands speed control back to SUMO.
+    "speed": lambda v: _number(v) and (v >= 0 or v == -1),
+    "edges": lambda v: isinstance(v, list) and bool(v) and all(isinstance(e, str) for e in v),
+}
+
+
 def _check(n: int, kind_name: str, key: str, kind: str, value: Any) -> None:
-    number = isinstance(value, int | float) and not isinstance(value, bool)
-    ok = {
-        "str": isinstance(value, str) and 0 < len(value) <= 1000,
-        "edge": isinstance(value, str),
-        "route": isinstance(value, str),
-        "vtype": isinstance(value, str),
-        "int": isinstance(value, int) and not isinstance(value, bool) and value >= 0,
-        "number": number and math.isfinite(value) and value >= 0,
-        # -1 hands speed control back to SUMO.
-        "speed": number and math.isfinite(value) and (value >= 0 or value == -1),
-        "edges": isinstance(value, list) and value and all(isinstance(e, str) for e in value),
-    }[kind]
-    if not ok:
+    if not _CHECKS[kind](value):
         raise InvalidRequest(f"command {n} ({kind_name}): bad {key!r}: {value!r}", index=n)
 
 

@@ -112,8 +112,9 @@ class FeedHub:
         self._log = structlog.get_logger(component="feeds")
 
     @property
-    def watchers(self) -> int:
-        return sum(len(f.watchers) for f in self._feeds.values())
+    def live(self) -> int:
+        """Feeds running now: one per watched session, however many watch it."""
+        return len(self._feeds)
 
     @contextlib.asynccontextmanager
     async def watch(self, session_id: str) -> AsyncIterator[Watcher]:

@@ -37,7 +37,7 @@ from supervisor.errors import (
 )
 from supervisor.logbuffer import SESSION_LOGS
 from supervisor.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
-from supervisor.metrics import Metrics
+from supervisor.metrics import Metrics, count_sumo_children
 from supervisor.session_request import SessionRequest, parse_session_request
 
 log = structlog.get_logger(component="api")
@@ -104,7 +104,8 @@ async def _json_body(request: web.Request) -> Any:
         raise PayloadTooLarge(f"JSON body larger than {MAX_JSON_BODY} bytes")
     try:
         return json.loads(raw)
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+    except (ValueError, RecursionError) as exc:
+        # ValueError covers bad JSON, bad UTF-8 and integers too long to convert.
         raise InvalidRequest(f"request body is not valid JSON: {exc}") from None
 
 
@@ -141,6 +142,7 @@ async def healthz(request: web.Request) -> web.Response:
         "queued": s.supervisor.queued_count,
         "ports_leased": s.supervisor.ports_leased,
         "writer_queue": s.writer.queued,
+        "stream_feeds": s.feeds.live,
     }
     try:
         await db.ping(s.pool)
@@ -373,9 +375,7 @@ async def get_sweep(request: web.Request) -> web.Response:
         params = sweeps.params_of(req, sweep["request"].get("vary") or {})
         summary = None
         if row["status"] == "completed":
-            full = await db.get_session(s.pool, row["id"])
-            assert full is not None
-            summary = _summary_json(full, await db.session_summary(s.pool, row["id"]))
+            summary = _summary_json(row, await db.session_summary(s.pool, row["id"]))
         runs.append((params, summary, row))
     return _json(
         {
@@ -610,7 +610,8 @@ async def session_export(request: web.Request) -> web.StreamResponse:
 
 async def metrics(request: web.Request) -> web.Response:
     s = request.app[SERVICES]
-    body = s.metrics.render(await db.count_sessions_by_status(s.pool))
+    children = await asyncio.to_thread(count_sumo_children)
+    body = s.metrics.render(await db.count_sessions_by_status(s.pool), children)
     return web.Response(body=body, headers={"Content-Type": METRICS_CONTENT_TYPE})
 
 

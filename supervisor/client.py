@@ -83,10 +83,11 @@ class Client:
 
     def stream(self, session_id: str) -> Iterator[tuple[str, Any]]:
         """The session's live events: ("sample" | "status" | "error", data)."""
-        with self._errors(), httpx.Client(base_url=self.url, timeout=None) as http:
-            with connect_sse(http, "GET", f"/v1/sessions/{session_id}/stream") as source:
-                if source.response.status_code >= 400:
-                    source.response.read()
-                    self._check(source.response)
-                for event in source.iter_sse():
-                    yield event.event, json.loads(event.data)
+        path = f"/v1/sessions/{session_id}/stream"
+        # The same client (and its auth header), without a timeout: a stream may idle for long.
+        with self._errors(), connect_sse(self._http, "GET", path, timeout=None) as source:
+            if source.response.status_code >= 400:
+                source.response.read()
+                self._check(source.response)
+            for event in source.iter_sse():
+                yield event.event, json.loads(event.data)

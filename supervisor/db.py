@@ -521,7 +521,8 @@ async def get_sweep(pool: asyncpg.Pool, sweep_id: str) -> dict[str, Any] | None:
 
 async def sweep_sessions(pool: asyncpg.Pool, sweep_id: str) -> list[dict[str, Any]]:
     rows = await pool.fetch(
-        "SELECT id, status, request FROM sessions WHERE sweep_id = $1 ORDER BY id", sweep_id
+        "SELECT id, status, label, request FROM sessions WHERE sweep_id = $1 ORDER BY id",
+        sweep_id,
     )
     return [dict(r) for r in rows]
 

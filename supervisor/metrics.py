@@ -41,8 +41,9 @@ class Metrics:
         self._live.ports_total = ports_total
         self._live.loop_monitor = loop_monitor
 
-    def render(self, sessions_by_status: dict[str, int]) -> bytes:
+    def render(self, sessions_by_status: dict[str, int], sumo_children: int) -> bytes:
         self._live.sessions_by_status = sessions_by_status
+        self._live.sumo_children = sumo_children
         return generate_latest(self.registry)
 
 
@@ -55,6 +56,7 @@ class _Live(Collector):
         self.loop_monitor: Any = None
         self.ports_total = 0
         self.sessions_by_status: dict[str, int] = {}
+        self.sumo_children = 0
 
     def collect(self) -> Iterator[Any]:
         by_status = GaugeMetricFamily(
@@ -101,11 +103,12 @@ class _Live(Collector):
             value=max(lags, default=0.0),
         )
         yield GaugeMetricFamily(
-            "sumo_child_processes", "SUMO processes alive", value=_sumo_children()
+            "sumo_child_processes", "SUMO processes alive", value=self.sumo_children
         )
 
 
-def _sumo_children() -> int:
+def count_sumo_children() -> int:
+    """SUMO processes under the daemon (blocking: it reads /proc)."""
     n = 0
     for child in psutil.Process().children(recursive=True):
         try:

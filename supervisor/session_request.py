@@ -3,7 +3,6 @@ SUMO options that can be passed through."""
 
 from __future__ import annotations
 
-import math
 import re
 from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass, field
@@ -89,7 +88,7 @@ class SessionRequest:
     max_wall_s: float | None = None
     label: str | None = None
     # (option, value as SUMO reads it), in the order given.
-    sumo_options: tuple[tuple[str, str], ...] = field(default=())
+    sumo_options: tuple[tuple[str, Any], ...] = field(default=())
     record: tuple[str, ...] = ("samples",)
     on_interrupt: str = "rerun"
     max_attempts: int = 3
@@ -122,7 +121,7 @@ class SessionRequest:
         if self.seed is not None:
             args += ["--seed", str(self.seed)]
         for option, value in self.sumo_options:
-            args += [f"--{option}", value]
+            args += [f"--{option}", SUMO_OPTIONS[option](value)]
         return args
 
 
@@ -131,7 +130,8 @@ def _number(body: Mapping[str, Any], key: str, *, integer: bool, lo: float, hi: 
     if value is None:
         return None
     ok = not isinstance(value, bool) and isinstance(value, int if integer else int | float)
-    if not ok or not math.isfinite(value) or not lo <= value <= hi:
+    # A range check, not math.isfinite: that raises on a huge int (NaN fails the range too).
+    if not ok or not lo <= value <= hi:
         kind = "an integer" if integer else "a number"
         raise InvalidRequest(f"{key} must be {kind} in [{lo}, {hi}]", field=key, value=value)
     return value
@@ -185,7 +185,9 @@ def parse_session_request(body: Any) -> SessionRequest:
                 allowed=sorted(SUMO_OPTIONS),
             )
         try:
-            sumo_options.append((option, check(value)))
+            check(value)
+            # Kept as given (a replay or a sweep reads it back); made SUMO's string in sumo_args.
+            sumo_options.append((option, value))
         except ValueError as exc:
             raise InvalidRequest(
                 f"SUMO option {option!r} must be {exc}", field="sumo_options", value=value

@@ -57,13 +57,14 @@ def expand(body: Any) -> list[tuple[dict[str, Any], SessionRequest]]:
                 field="vary",
                 allowed=sorted([*VARIABLE_FIELDS, *SUMO_OPTIONS]),
             )
+    # Counted before any combination is built: a few short lists multiply to millions.
+    if math.prod(len(v) for v in vary.values()) * len(seeds) > MAX_SESSIONS:
+        raise InvalidRequest(f"a sweep makes at most {MAX_SESSIONS} sessions", field="vary")
     names = sorted(vary)
     combos = [
         dict(zip(names, values, strict=True))
         for values in itertools.product(*(vary[n] for n in names))
     ]
-    if len(combos) * len(seeds) > MAX_SESSIONS:
-        raise InvalidRequest(f"a sweep makes at most {MAX_SESSIONS} sessions", field="vary")
     out = []
     for params in combos:
         for seed in seeds:
@@ -83,15 +84,7 @@ def expand(body: Any) -> list[tuple[dict[str, Any], SessionRequest]]:
 def params_of(request: Mapping[str, Any], vary: Mapping[str, list[Any]]) -> dict[str, Any]:
     """Which of the varied values a session of the sweep ran with, as the sweep gave them."""
     options = request.get("sumo_options") or {}
-    params = {}
-    for name, values in vary.items():
-        if name in options:
-            # Stored as SUMO reads it ("0.5"); report the value the sweep was given (0.5).
-            check = SUMO_OPTIONS[name]
-            params[name] = next((v for v in values if check(v) == options[name]), options[name])
-        else:
-            params[name] = request.get(name)
-    return params
+    return {name: options[name] if name in options else request.get(name) for name in vary}
 
 
 def stats(values: list[float]) -> dict[str, Any]:

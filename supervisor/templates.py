@@ -13,6 +13,7 @@ import json
 import os
 import posixpath
 import re
+import zlib
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 from xml.etree.ElementTree import ParseError
@@ -86,7 +87,7 @@ def _inflated(path: str, data: bytes) -> bytes:
     try:
         with gzip.GzipFile(fileobj=io.BytesIO(data)) as fh:
             out = fh.read(MAX_INFLATED_BYTES + 1)
-    except (OSError, EOFError) as exc:
+    except (OSError, EOFError, zlib.error) as exc:
         raise InvalidTemplate(f"{path}: not a valid gzip file ({exc})", path=path) from None
     if len(out) > MAX_INFLATED_BYTES:
         raise InvalidTemplate(f"{path}: inflates to more than {MAX_INFLATED_BYTES} bytes")

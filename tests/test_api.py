@@ -3,6 +3,7 @@ clear 4xx with a JSON body that names the problem."""
 
 from __future__ import annotations
 
+import gzip
 from typing import Any
 
 import aiohttp
@@ -73,6 +74,7 @@ def _files(scenario: Any, **changes: bytes | None) -> dict[str, bytes]:
         ("not_a_sumocfg", 422, "not a SUMO configuration"),
         ("output_escapes", 422, "points outside the template"),
         ("bad_gzip", 422, "not a valid gzip file"),
+        ("corrupt_gzip", 422, "not a valid gzip file"),
         ("duplicate_file", 422, "appears twice"),
         ("too_large", 413, "larger than the limit"),
         ("not_multipart", 400, "multipart/form-data"),
@@ -120,6 +122,11 @@ async def test_bad_template_uploads(daemon, http, scenarios, case, status, messa
         form = template_form("x", grid, _files(grid, **{"extra.add.xml": add}))
     elif case == "bad_gzip":
         form = template_form("x", grid, _files(grid, **{"extra.add.xml.gz": b"not gzip"}))
+    elif case == "corrupt_gzip":
+        # A gzip header and a broken deflate stream: zlib's own error, not gzip's.
+        good = gzip.compress(b"<additional/>" * 1000)
+        corrupt = good[:12] + b"\xff" * 40 + good[52:]
+        form = template_form("x", grid, _files(grid, **{"extra.add.xml.gz": corrupt}))
     elif case == "duplicate_file":
         form = template_form("x", grid)
         form.add_field("file", b"<x/>", filename="routes.rou.xml")
@@ -143,6 +150,9 @@ async def test_bad_template_uploads(daemon, http, scenarios, case, status, messa
     [
         (b"{not json", 400, "not valid JSON"),
         (b"[1, 2]", 400, "must be a JSON object"),
+        (b'{"template": "grid3", "end": 1' + b"0" * 5000 + b"}", 400, "not valid JSON"),
+        (b"[" * 100_000, 400, "not valid JSON"),
+        (b'{"template": "grid3", "end": 1' + b"0" * 400 + b"}", 400, "end must be a number"),
         (b"{}", 400, "template is required"),
         (b'{"template": "nope"}', 404, "no template 'nope'"),
         (b'{"template": "grid3", "version": 9}', 404, "version 9"),

@@ -162,6 +162,8 @@ async def test_invalid_commands_are_refused_and_session_runs_on(daemons, db_url,
         ({"commands": [{"type": "vehicle.set_speed", "id": "v", "speed": "fast"}]}, 400, "bad 'speed'"),
         ({"commands": [{"type": "get", "domain": "vehicle", "id": "v", "var": "__dict__"}]}, 400, "cannot get"),
         ({"commands": [{"type": "tls.set_phase", "id": "x"}]}, 400, "'phase' is required"),
+        ({"commands": [{"type": "tls.set_phase", "id": "x", "phase": 2**40}]}, 400, "bad 'phase'"),
+        ({"commands": [{"type": "edge.set_max_speed", "id": "x", "speed": 10**400}]}, 400, "bad 'speed'"),
         ({"commands": []}, 400, "at least one command"),
         ({"commands": [{"type": "network", "extra": 1}]}, 400, "unknown field"),
     ]  # fmt: skip
@@ -197,9 +199,11 @@ async def test_invalid_commands_are_refused_and_session_runs_on(daemons, db_url,
 async def test_replay_gives_the_same_samples(daemons, db_url, http, scenarios):
     daemon = await daemons.start(db_url)
     await upload(http, daemon, "long", scenarios["long"])
+    scale = {"scale": 0.5}  # SUMO options are replayed as well
     original = await create_session(
-        http, daemon, template="long", seed=7, mode="stepped", idle_timeout_s=60, sample_every=10
-    )
+        http, daemon, template="long", seed=7, mode="stepped", idle_timeout_s=60,
+        sample_every=10, sumo_options=scale,
+    )  # fmt: skip
     await wait_status(http, daemon, original["id"], "running")
     step = f"{daemon.url}/v1/sessions/{original['id']}/step"
     for _ in range(10):
@@ -222,9 +226,10 @@ async def test_replay_gives_the_same_samples(daemons, db_url, http, scenarios):
 
     replay = await create_session(http, daemon, replay_of=original["id"], end=400)
     assert replay["template"] == "long" and replay["request"]["seed"] == 7
+    assert replay["request"]["sumo_options"] == scale
     await wait_status(http, daemon, replay["id"], "completed")
     assert await samples(http, daemon, replay["id"]) == first
     # Without the commands the run differs: the replay really applied them.
-    plain = await create_session(http, daemon, template="long", seed=7, end=400)
+    plain = await create_session(http, daemon, template="long", seed=7, end=400, sumo_options=scale)
     await wait_status(http, daemon, plain["id"], "completed")
     assert await samples(http, daemon, plain["id"]) != first

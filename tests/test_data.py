@@ -184,9 +184,16 @@ async def test_stream_delivers_every_sample_in_order_to_two_watchers(
         statuses = [data["status"] for name, data in events if name == "status"]
         assert statuses[-1] == "completed"
         assert events[-1][0] == "status"
+
     # Many watchers, one feed: nothing is left running after the streams ended.
-    async with http.get(f"{daemon.url}/healthz") as r:
-        assert (await r.json())["status"] == "ok"
+    async def feeds() -> int:
+        async with http.get(f"{daemon.url}/healthz") as r:
+            return int((await r.json())["stream_feeds"])
+
+    deadline = asyncio.get_running_loop().time() + 10
+    while await feeds():
+        assert asyncio.get_running_loop().time() < deadline, "a stream feed outlived its watchers"
+        await asyncio.sleep(0.05)
 
 
 async def test_export_streams_without_loading_into_memory(daemons, db_url, http, scenarios):

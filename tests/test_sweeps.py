@@ -11,6 +11,11 @@ import pytest
 from conftest import upload
 from scipy import stats as st
 
+from supervisor.session_request import SUMO_OPTIONS
+from supervisor.sweeps import VARIABLE_FIELDS
+
+BIG_VARY = sorted([*VARIABLE_FIELDS, *SUMO_OPTIONS])[:24]
+
 
 async def wait_sweep(http, daemon, sweep_id, timeout=180):
     deadline = time.monotonic() + timeout
@@ -79,6 +84,8 @@ async def test_sweep_varies_parameters(daemons, db_url, http, scenarios):
         ({"template": "grid3", "runs": 2, "vary": {"scale": []}}, 400, "non-empty lists"),
         ({"template": "grid3", "runs": 2, "vary": {"scale": ["big"]}}, 400, "must be a number"),
         ({"template": "grid3", "runs": 600, "vary": {"scale": [1, 2]}}, 400, "at most 1000"),
+        # 2**24 combinations: refused before any is built.
+        ({"template": "grid3", "runs": 1, "vary": {o: [1, 2] for o in BIG_VARY}}, 400, "at most"),
         ({"template": "nope", "runs": 2}, 404, "no template 'nope'"),
     ],
 )
