@@ -575,24 +575,10 @@ async def session_stream(request: web.Request) -> web.StreamResponse:
     return stream
 
 
-EXPORTS = {
-    "samples": "SELECT sim_time, vehicles, departed, arrived, mean_speed, halting, waiting_time,"
-    " teleports FROM samples WHERE session_id = $1 ORDER BY sim_time",
-    "trajectories": "SELECT time, vehicle, x, y, angle, speed, lane FROM trajectories"
-    " WHERE session_id = $1 ORDER BY time, vehicle",
-    "trips": "SELECT vehicle, vtype, depart, arrival, duration, route_length, waiting_time,"
-    " waiting_count, time_loss, depart_delay, reroutes FROM trips WHERE session_id = $1"
-    " ORDER BY arrival, vehicle",
-    "edges": "SELECT interval_begin, interval_end, edge, entered, left_edge, mean_speed,"
-    " occupancy, density, sampled_seconds FROM edge_data WHERE session_id = $1"
-    " ORDER BY interval_begin, edge",
-}
-
-
 async def session_export(request: web.Request) -> web.StreamResponse:
     kind = request.match_info["kind"]
-    if kind not in EXPORTS:
-        raise web.HTTPNotFound(reason=f"no export {kind!r}; choose {', '.join(EXPORTS)}")
+    if kind not in db.EXPORTS:
+        raise web.HTTPNotFound(reason=f"no export {kind!r}; choose {', '.join(db.EXPORTS)}")
     row = await _session_row(request)
     response = web.StreamResponse(
         headers={
@@ -603,7 +589,7 @@ async def session_export(request: web.Request) -> web.StreamResponse:
     response.enable_chunked_encoding()
     await response.prepare(request)
     # Rows go from the database to the client chunk by chunk; a slow client slows the COPY.
-    await db.copy_query_out(request.app[SERVICES].pool, EXPORTS[kind], [row["id"]], response.write)
+    await db.export_csv(request.app[SERVICES].pool, kind, row["id"], response.write)
     await response.write_eof()
     return response
 

@@ -51,6 +51,8 @@ SAMPLE_COLUMNS = (
     "waiting_time",
     "teleports",
 )
+# A sample as the API shows it: the row without its session.
+_SAMPLE_FIELDS = ", ".join(SAMPLE_COLUMNS[1:])
 
 # Tables with one partition per recording session, and what `record` names them.
 RECORD_TABLES = {"trajectories": "trajectories", "trips": "trips", "edges": "edge_data"}
@@ -364,7 +366,7 @@ async def get_samples(
     pool: asyncpg.Pool, session_id: str, after: float | None, limit: int
 ) -> list[dict[str, Any]]:
     rows = await pool.fetch(
-        "SELECT sim_time, vehicles, departed, arrived, mean_speed, halting, waiting_time, teleports"
+        f"SELECT {_SAMPLE_FIELDS}"
         " FROM samples WHERE session_id = $1 AND ($2::float8 IS NULL OR sim_time > $2)"
         " ORDER BY sim_time LIMIT $3",
         session_id,
@@ -570,12 +572,25 @@ async def session_summary(pool: asyncpg.Pool, session_id: str) -> dict[str, Any]
     return dict(row)
 
 
-async def copy_query_out(
-    pool: asyncpg.Pool,
-    query: str,
-    args: Sequence[Any],
-    output: Callable[[bytes], Awaitable[None]],
+# What GET /v1/sessions/{id}/<kind>.csv exports, in order.
+EXPORTS = {
+    "samples": f"SELECT {_SAMPLE_FIELDS} FROM samples WHERE session_id = $1 ORDER BY sim_time",
+    "trajectories": "SELECT time, vehicle, x, y, angle, speed, lane FROM trajectories"
+    " WHERE session_id = $1 ORDER BY time, vehicle",
+    "trips": "SELECT vehicle, vtype, depart, arrival, duration, route_length, waiting_time,"
+    " waiting_count, time_loss, depart_delay, reroutes FROM trips WHERE session_id = $1"
+    " ORDER BY arrival, vehicle",
+    "edges": "SELECT interval_begin, interval_end, edge, entered, left_edge, mean_speed,"
+    " occupancy, density, sampled_seconds FROM edge_data WHERE session_id = $1"
+    " ORDER BY interval_begin, edge",
+}
+
+
+async def export_csv(
+    pool: asyncpg.Pool, kind: str, session_id: str, output: Callable[[bytes], Awaitable[None]]
 ) -> None:
-    """Stream a query's rows as CSV with a header, chunk by chunk, to `output`."""
+    """Stream one of EXPORTS as CSV with a header, chunk by chunk, to `output`."""
     async with pool.acquire() as conn:
-        await conn.copy_from_query(query, *args, output=output, format="csv", header=True)
+        await conn.copy_from_query(
+            EXPORTS[kind], session_id, output=output, format="csv", header=True
+        )
