@@ -310,6 +310,17 @@ class Daemon:
         return await asyncio.to_thread(self.proc.wait, timeout)
 
 
+def sumo_children(daemon_pid: int) -> list[Any]:
+    """SUMO processes the daemon started (they run in their own sessions, but stay its children)."""
+    import psutil
+
+    try:
+        children = psutil.Process(daemon_pid).children(recursive=True)
+    except psutil.NoSuchProcess:
+        return []
+    return [c for c in children if c.name().startswith("sumo")]
+
+
 class DaemonFactory:
     def __init__(self, tmp_path: Path) -> None:
         self._tmp = tmp_path

@@ -273,10 +273,8 @@ async def test_database_restart_mid_session_loses_no_row(daemons, http, scenario
             await conn.close()
         assert count == bare["fcd_rows"]
     finally:
-        for d in daemons.started:
-            if d.proc.poll() is None:
-                d.proc.kill()
-                d.proc.wait()
+        # Before its database goes: a daemon (and its SUMOs) must not outlive the server.
+        daemons.kill_all()
         server.cleanup()
 
 

@@ -24,19 +24,12 @@ from conftest import (
     get_session,
     pid_alive,
     samples,
+    sumo_children,
     upload,
     wait_status,
 )
 
 REPO = Path(__file__).resolve().parent.parent
-
-
-def sumo_pids_of(daemon_pid: int) -> list[int]:
-    try:
-        kids = psutil.Process(daemon_pid).children(recursive=True)
-    except psutil.NoSuchProcess:
-        return []
-    return [k.pid for k in kids if k.name().startswith("sumo")]
 
 
 async def test_sigkilled_daemon_reruns_its_sessions_to_identical_data(
@@ -52,7 +45,7 @@ async def test_sigkilled_daemon_reruns_its_sessions_to_identical_data(
     ]
     for i in ids:
         await wait_status(http, daemon, i, "running")
-    orphans = sumo_pids_of(daemon.proc.pid)
+    orphans = [p.pid for p in sumo_children(daemon.proc.pid)]
     assert len(orphans) == 4
     daemon.signal(signal.SIGKILL)
     await daemon.wait_exit()
@@ -208,7 +201,7 @@ async def test_two_hundred_sessions_fifo_none_lost_memory_bounded(daemons, db_ur
         assert len(await samples(http, daemon, session_id)) == 6
     rss_after = psutil.Process(daemon.proc.pid).memory_info().rss
     assert rss_after - rss_before < 60_000_000, (rss_before, rss_after)
-    assert sumo_pids_of(daemon.proc.pid) == []
+    assert sumo_children(daemon.proc.pid) == []
 
 
 async def test_unwritable_session_dir_fails_the_session_clearly(daemons, db_url, http, scenarios):

@@ -17,21 +17,13 @@ from conftest import (
     next_port_range,
     pid_alive,
     samples,
+    sumo_children,
     upload,
     wait_status,
     wait_until,
 )
 
 from actors.ports import port_is_free
-
-
-def sumo_children(daemon_pid: int) -> list[psutil.Process]:
-    """SUMO processes the daemon started (they run in their own sessions, but stay its children)."""
-    try:
-        children = psutil.Process(daemon_pid).children(recursive=True)
-    except psutil.NoSuchProcess:
-        return []
-    return [c for c in children if "sumo" in c.name()]
 
 
 async def test_six_sessions_of_different_scenarios_match_bare_sumo(
