@@ -8,6 +8,7 @@ import socket
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import Any
 
 import asyncpg
 import pytest
@@ -83,6 +84,56 @@ async def test_port_refused_by_sumo_is_retried_on_another(pool, scenarios, tmp_p
     assert row["port"] == first + 1
     assert supervisor.ports_leased == 0
     assert port_is_free(first + 1)
+
+
+class HeldFlushWriter(WriterActor):
+    """A writer whose flush waits until the test lets it go, so a session stays in the act of
+    writing down its end (the fake here: a real end is written too fast to catch it there)."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.release = asyncio.Event()
+
+    async def flush(self) -> None:
+        await self.release.wait()
+        await super().flush()
+
+
+async def test_a_session_writing_down_its_end_frees_its_place(pool, scenarios, tmp_path: Path):
+    """max_running bounds SUMO processes: the next session starts while the one before is still
+    writing down its end."""
+    writer = HeldFlushWriter(pool, batch_rows=100, flush_s=0.05, queue_rows=1000)
+    supervisor = SupervisorActor(
+        SupervisorSettings(
+            temp_root=tmp_path / "sessions",
+            sumo_binary=str(SUMO_BIN / "sumo"),
+            max_running=1,
+            max_queued=10,
+            stop_grace_s=1.0,
+            connect_timeout_s=30.0,
+        ),
+        pool=pool,
+        writer=writer,
+        ports=PortPool(range(23410, 23420)),
+    )
+    async with asyncio.TaskGroup() as tg:
+        tg.create_task(writer.run())
+        tg.create_task(supervisor.run())
+        first = await store_template(pool, "grid3", scenarios["grid3"])
+        second = await store_template(pool, "grid3", scenarios["grid3"])
+        await supervisor.submit(first)
+        await supervisor.submit(second)
+        deadline = time.monotonic() + 60
+        while (await db.get_session(pool, second.id) or {}).get("status") != "running":
+            assert time.monotonic() < deadline, "the second session never started"
+            await asyncio.sleep(0.05)
+        # The first is still not final: its end is held in the writer.
+        assert (await db.get_session(pool, first.id) or {})["status"] == "running"
+        writer.release.set()
+        rows = [await wait_final(pool, spec.id) for spec in (first, second)]
+        await supervisor.shutdown("test over")
+        await writer.close()
+    assert [r["status"] for r in rows] == ["completed", "completed"]
 
 
 async def test_writer_keeps_every_row_and_flushes_on_close(pool, scenarios):
