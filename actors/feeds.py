@@ -1,7 +1,9 @@
 """Live feeds for the SSE stream: one poller per watched session, fanned out to every watcher.
 
 A feed reads a session's new samples and status from the database (what is committed, in order)
-once per poll, however many watchers it has, and puts events on each watcher's bounded queue. A
+once per poll, however many watchers it has, and puts events on each watcher's bounded queue.
+It starts at the session's latest sample: what came before is each watcher's backlog, read by
+its own handler. A
 watcher that falls a whole queue behind is cut off (it can reconnect with Last-Event-ID) rather
 than ever holding up the feed, the writer or the simulation.
 """
@@ -66,6 +68,9 @@ class _Feed:
         self._pool = pool
         self.watchers: set[Watcher] = set()
         self.task: asyncio.Task[None] | None = None
+        # Set once the feed knows where it starts: the samples committed before then are each
+        # watcher's backlog, which it reads itself (a burst of history would cut it off).
+        self.ready = asyncio.Event()
 
     def _publish(self, event: Event) -> None:
         for w in list(self.watchers):
@@ -77,7 +82,10 @@ class _Feed:
                 w.queue.put_nowait(LaggedEvent())
 
     async def run(self) -> None:
-        last_time: float | None = None
+        try:
+            last_time = await db.last_sample_time(self._pool, self.session_id)
+        finally:
+            self.ready.set()
         last_status: str | None = None
         while self.watchers:
             # Status first: samples are committed before a final status, so reading them after
@@ -126,6 +134,8 @@ class FeedHub:
         if feed.task is None or feed.task.done():
             feed.task = asyncio.create_task(self._run(feed), name=f"feed-{session_id}")
         try:
+            # The backlog is read after this: it reaches at least where the feed starts.
+            await asyncio.wait_for(feed.ready.wait(), 30)
             yield watcher
         finally:
             feed.watchers.discard(watcher)

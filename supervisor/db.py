@@ -376,6 +376,13 @@ async def get_samples(
     return [dict(r) for r in rows]
 
 
+async def last_sample_time(pool: asyncpg.Pool, session_id: str) -> float | None:
+    value = await pool.fetchval(
+        "SELECT max(sim_time) FROM samples WHERE session_id = $1", session_id
+    )
+    return None if value is None else float(value)
+
+
 # ---- recorded outputs (partitioned per session) -------------------------------------------------
 
 

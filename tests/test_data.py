@@ -28,6 +28,7 @@ from conftest import (
     wait_status,
 )
 
+from actors import feeds
 from supervisor import db
 
 RECORD_ALL = ["samples", "trajectories", "trips", "edges"]
@@ -186,14 +187,56 @@ async def test_stream_delivers_every_sample_in_order_to_two_watchers(
         assert events[-1][0] == "status"
 
     # Many watchers, one feed: nothing is left running after the streams ended.
-    async def feeds() -> int:
-        async with http.get(f"{daemon.url}/healthz") as r:
-            return int((await r.json())["stream_feeds"])
-
     deadline = asyncio.get_running_loop().time() + 10
-    while await feeds():
+    while await stream_feeds(http, daemon):
         assert asyncio.get_running_loop().time() < deadline, "a stream feed outlived its watchers"
         await asyncio.sleep(0.05)
+
+
+async def stream_feeds(http: aiohttp.ClientSession, daemon: Any) -> int:
+    async with http.get(f"{daemon.url}/healthz") as r:
+        return int((await r.json())["stream_feeds"])
+
+
+async def test_a_watcher_joining_late_gets_the_whole_history(daemons, db_url, http, scenarios):
+    """More samples than a watcher's queue holds are already stored when it connects."""
+    daemon = await daemons.start(db_url)
+    await upload(http, daemon, "long", scenarios["long"])
+    session = await create_session(
+        http, daemon, template="long", seed=2, end=100_000, sample_every=1
+    )
+    url = f"{daemon.url}/v1/sessions/{session['id']}"
+    deadline = asyncio.get_running_loop().time() + 120
+    while len(await samples(http, daemon, session["id"])) < feeds.WATCHER_QUEUE + 500:
+        assert asyncio.get_running_loop().time() < deadline, "too few samples"
+        await asyncio.sleep(0.1)
+    async with http.post(f"{url}/pause") as r:
+        assert r.status == 200
+
+    async def watch() -> list[dict[str, Any]]:
+        got = []
+        async with http.get(f"{url}/stream") as r:
+            name = None
+            async for raw in r.content:
+                line = raw.decode().rstrip("\r\n")
+                if line.startswith("event:"):
+                    name = line.split(":", 1)[1].strip()
+                elif line.startswith("data:") and name == "sample":
+                    got.append(json.loads(line.split(":", 1)[1]))
+                assert name != "error", line
+        return got
+
+    watcher = asyncio.create_task(watch())
+    while not await stream_feeds(http, daemon):  # connected, its feed started
+        assert asyncio.get_running_loop().time() < deadline, "the stream never started"
+        await asyncio.sleep(0.05)
+    async with http.post(f"{url}/resume") as r:
+        assert r.status == 200
+    async with http.post(f"{url}/stop") as r:
+        assert r.status == 202
+    streamed = await asyncio.wait_for(watcher, 120)
+    stored = await samples(http, daemon, session["id"])
+    assert streamed == stored
 
 
 async def test_export_streams_without_loading_into_memory(daemons, db_url, http, scenarios):
