@@ -46,6 +46,20 @@ async def wait_final(pool: asyncpg.Pool, session_id: str, timeout: float = 60) -
         await asyncio.sleep(0.05)
 
 
+def make_supervisor(
+    pool: asyncpg.Pool, writer: WriterActor, ports: PortPool, tmp_path: Path, max_running: int
+) -> SupervisorActor:
+    settings = SupervisorSettings(
+        temp_root=tmp_path / "sessions",
+        sumo_binary=str(SUMO_BIN / "sumo"),
+        max_running=max_running,
+        max_queued=10,
+        stop_grace_s=1.0,
+        connect_timeout_s=30.0,
+    )
+    return SupervisorActor(settings, pool=pool, writer=writer, ports=ports)
+
+
 async def test_port_refused_by_sumo_is_retried_on_another(pool, scenarios, tmp_path: Path):
     """SUMO itself fails with 'Address already in use' and the session moves to the next port.
 
@@ -56,19 +70,8 @@ async def test_port_refused_by_sumo_is_retried_on_another(pool, scenarios, tmp_p
     holder.bind(("0.0.0.0", first))  # no SO_REUSEADDR: SUMO's bind must fail
     holder.listen()
     writer = WriterActor(pool, batch_rows=100, flush_s=0.05, queue_rows=1000)
-    supervisor = SupervisorActor(
-        SupervisorSettings(
-            temp_root=tmp_path / "sessions",
-            sumo_binary=str(SUMO_BIN / "sumo"),
-            max_running=2,
-            max_queued=10,
-            stop_grace_s=1.0,
-            connect_timeout_s=30.0,
-        ),
-        pool=pool,
-        writer=writer,
-        ports=PortPool(range(first, first + 3), probe=lambda port: True),
-    )
+    ports = PortPool(range(first, first + 3), probe=lambda port: True)
+    supervisor = make_supervisor(pool, writer, ports, tmp_path, max_running=2)
     try:
         async with asyncio.TaskGroup() as tg:
             tg.create_task(writer.run())
@@ -103,19 +106,7 @@ async def test_a_session_writing_down_its_end_frees_its_place(pool, scenarios, t
     """max_running bounds SUMO processes: the next session starts while the one before is still
     writing down its end."""
     writer = HeldFlushWriter(pool, batch_rows=100, flush_s=0.05, queue_rows=1000)
-    supervisor = SupervisorActor(
-        SupervisorSettings(
-            temp_root=tmp_path / "sessions",
-            sumo_binary=str(SUMO_BIN / "sumo"),
-            max_running=1,
-            max_queued=10,
-            stop_grace_s=1.0,
-            connect_timeout_s=30.0,
-        ),
-        pool=pool,
-        writer=writer,
-        ports=PortPool(range(23410, 23420)),
-    )
+    supervisor = make_supervisor(pool, writer, PortPool(range(23410, 23420)), tmp_path, 1)
     async with asyncio.TaskGroup() as tg:
         tg.create_task(writer.run())
         tg.create_task(supervisor.run())
