@@ -65,7 +65,8 @@ class Close:
     """Write everything queued, then end `run`."""
 
 
-Item = Records | CsvChunk | Flush | Close
+# A bare tuple is one sample row: the commonest item gets no wrapper to build and unwrap.
+Item = Row | Records | CsvChunk | Flush | Close
 
 
 @dataclass
@@ -102,7 +103,7 @@ class WriterActor:
 
     async def write(self, row: Row) -> None:
         """One sample row."""
-        await self._inbox.put(Records("samples", db.SAMPLE_COLUMNS, [row]))
+        await self._inbox.put(row)
 
     async def write_records(
         self, table: str, columns: tuple[str, ...], rows: list[Row], mark: Mark | None = None
@@ -133,13 +134,17 @@ class WriterActor:
         closing = False
         while not closing:
             batch: list[Records | CsvChunk] = []
+            samples: list[Row] = []
             waiting: list[asyncio.Future[None]] = []
             rows = 0
             item = await self._inbox.get()
             batch_deadline = loop.time() + self._flush_s
             # Gather a batch: until it is full, its time is up, or someone waits for it.
             while True:
-                if isinstance(item, Close):
+                if isinstance(item, tuple):
+                    samples.append(item)
+                    rows += 1
+                elif isinstance(item, Close):
                     closing = True
                 elif isinstance(item, Flush):
                     waiting.append(item.done)
@@ -162,10 +167,14 @@ class WriterActor:
                 # Close came last, but items may still be queued behind it by late sessions.
                 while not self._inbox.empty():
                     late = self._inbox.get_nowait()
-                    if isinstance(late, Flush):
+                    if isinstance(late, tuple):
+                        samples.append(late)
+                    elif isinstance(late, Flush):
                         waiting.append(late.done)
                     elif not isinstance(late, Close):
                         batch.append(late)
+            if samples:
+                batch.append(Records("samples", db.SAMPLE_COLUMNS, samples))
             await self._commit_batch(batch)
             for fut in waiting:
                 if not fut.done():

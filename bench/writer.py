@@ -4,7 +4,9 @@ rows are committed twice over, alternately, into the (emptied) samples table:
 
 - bare: asyncpg `copy_records_to_table` in batches of the writer's batch size;
 - writer: the daemon's own WriterActor with its default settings, fed by 32 concurrent producer
-  tasks that each hand over one row at a time, as the sessions do, until every row is committed.
+  tasks that each hand over one row at a time, until every row is committed. That is how a
+  stepped session hands over its rows, and the writer's worst case: a running session hands
+  over each slice's rows at once.
 
 Rows per second of each, median of `--runs`; the ratio is writer / bare. Replaying the rows
 measures the writer itself: in the daemon run, 32 SUMO processes hold both cores and the writer's
