@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import io
-import json
 import re
 from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass
@@ -12,6 +11,7 @@ from importlib import resources
 from typing import Any, TypeVar
 
 import asyncpg
+import orjson
 import structlog
 
 log = structlog.get_logger(component="db")
@@ -62,8 +62,14 @@ ACTIVE_STATUSES = ("starting", "running")
 FINAL_STATUSES = ("completed", "failed", "stopped", "timed_out")
 
 
+def _jsonb_text(value: Any) -> str:
+    return orjson.dumps(value).decode()
+
+
 async def _init_connection(conn: asyncpg.Connection) -> None:
-    await conn.set_type_codec("jsonb", encoder=json.dumps, decoder=json.loads, schema="pg_catalog")
+    await conn.set_type_codec(
+        "jsonb", encoder=_jsonb_text, decoder=orjson.loads, schema="pg_catalog"
+    )
 
 
 async def create_pool(url: str, *, max_size: int = 10) -> asyncpg.Pool:
