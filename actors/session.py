@@ -156,6 +156,7 @@ class SessionActor:
         sumo_binary: str,
         stop_grace_s: float,
         connect_timeout_s: float,
+        sumo_nice: int = 0,
     ) -> None:
         self.spec = spec
         self._pool = pool
@@ -165,6 +166,7 @@ class SessionActor:
         self._sumo_binary = sumo_binary
         self._stop_grace_s = stop_grace_s
         self._connect_timeout_s = connect_timeout_s
+        self._sumo_nice = sumo_nice
         self._inbox: asyncio.Queue[Message] = asyncio.Queue(maxsize=INBOX_SIZE)
         self._stop: StopSession | None = None
         self._control: deque[Control] = deque()
@@ -337,6 +339,11 @@ class SessionActor:
             start_new_session=True,
         )
         log = self._log.bind(port=port, pid=proc.pid)
+        if self._sumo_nice:
+            # Set from here, not in the child: a preexec_fn is unsafe in a threaded process, and
+            # SUMO spends its first tenth of a second loading anyway.
+            with contextlib.suppress(ProcessLookupError):
+                os.setpriority(os.PRIO_PROCESS, proc.pid, self._sumo_nice)
         log.info("sumo_started", command=command)
         try:
             started_at = psutil.Process(proc.pid).create_time()

@@ -176,6 +176,7 @@ class SupervisorSettings:
     max_queued: int
     stop_grace_s: float
     connect_timeout_s: float
+    sumo_nice: int = 0
 
 
 class SupervisorActor:
@@ -399,6 +400,7 @@ class SupervisorActor:
                 sumo_binary=self._settings.sumo_binary,
                 stop_grace_s=self._settings.stop_grace_s,
                 connect_timeout_s=self._settings.connect_timeout_s,
+                sumo_nice=self._settings.sumo_nice,
             )
             wall = spec.request.max_wall_s
             task = tg.create_task(self._session_main(actor), name=f"session-{spec.id}")

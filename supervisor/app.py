@@ -104,6 +104,7 @@ async def _run(cfg: Config, pool: asyncpg.Pool, sumo: str, stop_reason: asyncio.
             max_queued=cfg.max_queued,
             stop_grace_s=cfg.stop_grace_s,
             connect_timeout_s=cfg.connect_timeout_s,
+            sumo_nice=cfg.sumo_nice,
         ),
         pool=pool,
         writer=writer,

@@ -57,6 +57,9 @@ class Config:
     max_template_files: int = 1000
     # How long a stopping session gets to end by itself before its process group is killed.
     stop_grace_s: float = 2.0
+    # SUMO's CPU priority below the daemon's (a nice increment, 0-19): when simulations fill
+    # every core, the API, the writer and the sessions' TraCI threads still run at once.
+    sumo_nice: int = 10
     # How long SUMO may take to open its TraCI port.
     connect_timeout_s: float = 60.0
     # Whole-daemon shutdown deadline (sessions stopped, writer flushed).
@@ -104,6 +107,8 @@ def _validate(cfg: Config) -> None:
         raise ConfigError(f"port: must be 0..65535 (0 = any free port), got {cfg.port}")
     if cfg.max_running < 1:
         raise ConfigError(f"max_running: must be at least 1, got {cfg.max_running}")
+    if not 0 <= cfg.sumo_nice <= 19:
+        raise ConfigError(f"sumo_nice: must be 0..19, got {cfg.sumo_nice}")
     if cfg.max_queued < 1:
         raise ConfigError(f"max_queued: must be at least 1, got {cfg.max_queued}")
     if cfg.log_level not in ("debug", "info", "warning", "error"):

@@ -55,6 +55,7 @@ def test_config_is_frozen():
         ({"traci_ports": "9010-9000"}, {}, "traci_ports: need 1024 <= FIRST <= LAST"),
         ({"traci_ports": "a-b"}, {}, "traci_ports: expected 'FIRST-LAST'"),
         ({"log_format": "xml"}, {}, "log_format"),
+        ({}, {"SUMO_SUPERVISOR_SUMO_NICE": "20"}, "sumo_nice: must be 0..19"),
         ({"database_url": "mysql://x"}, {}, "database_url: must start with postgresql://"),
         ({"config_file": "/nonexistent.toml"}, {}, "config file /nonexistent.toml"),
     ],

@@ -93,6 +93,20 @@ async def test_queue_admits_in_fifo_order_up_to_max_running(daemons, db_url, htt
     assert admitted == ids
 
 
+async def test_sumo_runs_below_the_daemons_cpu_priority(daemons, db_url, http, scenarios):
+    # When simulations fill every core, the daemon (API, writer, TraCI threads) must still get
+    # the CPU at once: its SUMO processes run niced, by the configured amount.
+    daemon = await daemons.start(db_url, env={"SUMO_SUPERVISOR_SUMO_NICE": "7"})
+    await upload(http, daemon, "long", scenarios["long"])
+    s = await create_session(http, daemon, template="long", mode="stepped", idle_timeout_s=60)
+    running = await wait_status(http, daemon, s["id"], "running")
+    assert psutil.Process(running["pid"]).nice() == 7
+    assert psutil.Process(daemon.proc.pid).nice() == psutil.Process().nice()
+    async with http.post(f"{daemon.url}/v1/sessions/{s['id']}/stop") as r:
+        assert r.status == 202, await r.text()
+    await wait_status(http, daemon, s["id"], "stopped")
+
+
 async def test_stop_running_and_queued_sessions(daemons, db_url, http, scenarios):
     daemon = await daemons.start(db_url, max_running=1)
     await upload(http, daemon, "long", scenarios["long"])
