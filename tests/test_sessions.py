@@ -93,6 +93,14 @@ async def test_queue_admits_in_fifo_order_up_to_max_running(daemons, db_url, htt
     assert admitted == ids
 
 
+def _autogroup_nice(pid: int) -> int | None:
+    try:
+        with open(f"/proc/{pid}/autogroup") as f:  # "/autogroup-123 nice 7"
+            return int(f.read().split()[-1])
+    except FileNotFoundError:  # a kernel without autogroups
+        return None
+
+
 async def test_sumo_runs_below_the_daemons_cpu_priority(daemons, db_url, http, scenarios):
     # When simulations fill every core, the daemon (API, writer, TraCI threads) must still get
     # the CPU at once: its SUMO processes run niced, by the configured amount.
@@ -101,6 +109,8 @@ async def test_sumo_runs_below_the_daemons_cpu_priority(daemons, db_url, http, s
     s = await create_session(http, daemon, template="long", mode="stepped", idle_timeout_s=60)
     running = await wait_status(http, daemon, s["id"], "running")
     assert psutil.Process(running["pid"]).nice() == 7
+    # Linux with autogroups schedules SUMO's session as one group: its nice must be set too.
+    assert _autogroup_nice(running["pid"]) in (None, 7)
     assert psutil.Process(daemon.proc.pid).nice() == psutil.Process().nice()
     async with http.post(f"{daemon.url}/v1/sessions/{s['id']}/stop") as r:
         assert r.status == 202, await r.text()
