@@ -2,19 +2,26 @@
 GET /v1/sessions/{id} and GET /v1/sessions as fast as it can: requests/s, p50/p99 latency, and how
 much the sessions slowed against the same 8 sessions with no API load, in the same run.
 
-    python bench/api_load.py [--small]
+Measured twice, with SUMO at the daemon's default lower priority (`sumo_nice` 10) and at the
+same priority (0), and with the CPU the load itself used (the client, the daemon's own process,
+PostgreSQL) as a share of the machine: on a machine whose cores the sessions already fill, that
+share is what the sessions lose.
+
+    python bench/api_load.py [--small] [--nice 10,0]
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import os
 import statistics
 import tempfile
 import time
 from pathlib import Path
 
 import aiohttp
+import psutil
 from common import Daemon, build_scenario, create, upload, wait_all
 
 CONCURRENCY = 8
@@ -27,14 +34,30 @@ async def batch(http: aiohttp.ClientSession, url: str, seeds: range) -> tuple[fl
     return time.perf_counter() - start, ids
 
 
-async def main() -> None:
-    parser = argparse.ArgumentParser()
-    parser.add_argument("--small", action="store_true")
-    args = parser.parse_args()
-    work = Path(tempfile.mkdtemp(prefix="bench-api-"))
-    end = 300 if args.small else 2400
-    cfg = build_scenario(work / "scn", grid=5, length=200, end=end, period=1.0, min_distance=400)
-    daemon = Daemon(work / "state", "--max-running", "8")
+def cpu_seconds(daemon_pid: int) -> dict[str, float]:
+    """CPU time so far of this client, the daemon's process (the API and the sessions' TraCI
+    threads; not its SUMO children) and PostgreSQL's processes."""
+
+    def total(p: psutil.Process) -> float:
+        t = p.cpu_times()
+        return float(t.user + t.system)
+
+    postgres = 0.0
+    for p in psutil.process_iter(["name"]):
+        if p.info["name"] == "postgres":
+            try:
+                postgres += total(p)
+            except psutil.NoSuchProcess:
+                pass
+    return {
+        "client": total(psutil.Process()),
+        "daemon": total(psutil.Process(daemon_pid)),
+        "postgres": postgres,
+    }
+
+
+async def measure(cfg: Path, state: Path, nice: int) -> None:
+    daemon = Daemon(state, "--max-running", "8", env={"SUMO_SUPERVISOR_SUMO_NICE": str(nice)})
     try:
         async with aiohttp.ClientSession() as http:
             await upload(http, daemon.url, cfg)
@@ -51,13 +74,18 @@ async def main() -> None:
                     latencies.append(time.perf_counter() - t)
                     k += 1
 
+            before = cpu_seconds(daemon.proc.pid)
             workers = [asyncio.create_task(hammer(k)) for k in range(CONCURRENCY)]
             loaded, _ = await batch(http, daemon.url, range(8))
             stop.set()
             await asyncio.gather(*workers)
+            after = cpu_seconds(daemon.proc.pid)
     finally:
         daemon.stop()
     latencies.sort()
+    used = {k: after[k] - before[k] for k in after}
+    machine = loaded * (os.cpu_count() or 1)
+    print(f"-- SUMO at nice {nice} ({'the default' if nice == 10 else 'as the daemon'})")
     print(
         f"API under load: {len(latencies)} requests in {loaded:.2f} s = "
         f"{len(latencies) / loaded:,.0f} req/s ({CONCURRENCY} concurrent, one client process)"
@@ -67,9 +95,26 @@ async def main() -> None:
         f"p99 {latencies[int(0.99 * (len(latencies) - 1))] * 1e3:.2f} ms (target p99 < 50 ms)"
     )
     print(
+        "CPU the load used: "
+        + ", ".join(f"{k} {v:.1f} s" for k, v in used.items())
+        + f" = {sum(used.values()) / machine:.0%} of the machine's {machine:.1f} CPU-seconds"
+    )
+    print(
         f"8 sessions: {quiet:.2f} s without API load, {loaded:.2f} s with it: "
         f"slowed by {(loaded / quiet - 1) * 100:.1f}% (target < 5%)"
     )
+
+
+async def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--small", action="store_true")
+    parser.add_argument("--nice", default="10,0", help="SUMO priorities to measure at")
+    args = parser.parse_args()
+    work = Path(tempfile.mkdtemp(prefix="bench-api-"))
+    end = 300 if args.small else 2400
+    cfg = build_scenario(work / "scn", grid=5, length=200, end=end, period=1.0, min_distance=400)
+    for nice in (int(n) for n in args.nice.split(",")):
+        await measure(cfg, work / f"state-{nice}", nice)
 
 
 if __name__ == "__main__":

@@ -103,7 +103,7 @@ def bare_sumo(cfg: Path, *extra: str) -> float:
 class Daemon:
     """`sumo-supervisor serve` on a free port, with its own state dir."""
 
-    def __init__(self, state_dir: Path, *args: str) -> None:
+    def __init__(self, state_dir: Path, *args: str, env: dict[str, str] | None = None) -> None:
         cmd = [
             sys.executable,
             "-m",
@@ -117,7 +117,9 @@ class Daemon:
         ]
         if os.environ.get("DATABASE_URL"):
             cmd += ["--database-url", os.environ["DATABASE_URL"]]
-        self.proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+        self.proc = subprocess.Popen(
+            cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env={**os.environ, **(env or {})}
+        )
         self.url = ""
         ready = threading.Event()
 
