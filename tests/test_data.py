@@ -26,6 +26,7 @@ from conftest import (
     samples,
     upload,
     wait_status,
+    wait_until,
 )
 
 from actors import feeds
@@ -273,6 +274,13 @@ async def test_export_streams_without_loading_into_memory(daemons, db_url, http,
     assert size > 80_000_000
     # Far less than the export's size stayed in the daemon at any time.
     assert peak - before < 40_000_000, (before, peak, size)
+
+    # A client that leaves half-way is logged as gone, not as a database outage.
+    url = f"{daemon.url}/v1/sessions/{session['id']}/trajectories.csv"
+    async with aiohttp.ClientSession() as leaving, leaving.get(url) as r:
+        await r.content.readexactly(1 << 20)
+    await wait_until(lambda: daemon.events("api_client_gone"), "the export to notice")
+    assert daemon.events("api_database_unavailable") == []
 
 
 async def test_database_restart_mid_session_loses_no_row(daemons, http, scenarios, tmp_path):
