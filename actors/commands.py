@@ -34,15 +34,36 @@ class Spec:
     changes: bool = True  # False for queries: not stored for replay
 
 
+# Where a closed lane keeps the classes it allowed before: a parameter on the lane in SUMO
+# itself, so the daemon holds no state of its own and a replay restores the same.
+_OPEN_ALLOWED = "sumo-supervisor.allowed"
+
+
+def _lanes(conn: Connection, edge: str) -> list[str]:
+    return [f"{edge}_{i}" for i in range(conn.edge.getLaneNumber(edge))]
+
+
 def _close_edge(conn: Connection, c: dict[str, Any]) -> None:
-    for i in range(conn.edge.getLaneNumber(c["id"])):
+    for lane in _lanes(conn, c["id"]):
+        if not conn.lane.getParameter(lane, _OPEN_ALLOWED):  # closing twice keeps the first
+            allowed = " ".join(conn.lane.getAllowed(lane)) or "all"
+            conn.lane.setParameter(lane, _OPEN_ALLOWED, allowed)
         # Only emergency vehicles ("authority") may still use it: closed to normal traffic.
-        conn.lane.setAllowed(f"{c['id']}_{i}", ["authority"])
+        conn.lane.setAllowed(lane, ["authority"])
 
 
 def _reopen_edge(conn: Connection, c: dict[str, Any]) -> None:
-    for i in range(conn.edge.getLaneNumber(c["id"])):
-        conn.lane.setDisallowed(f"{c['id']}_{i}", [])
+    """Give each lane back the classes it allowed before it was closed (a sidewalk stays a
+    sidewalk); a lane that was never closed is left as it is."""
+    for lane in _lanes(conn, c["id"]):
+        allowed = conn.lane.getParameter(lane, _OPEN_ALLOWED)
+        if not allowed:
+            continue
+        if allowed == "all":
+            conn.lane.setDisallowed(lane, [])
+        else:
+            conn.lane.setAllowed(lane, allowed.split())
+        conn.lane.setParameter(lane, _OPEN_ALLOWED, "")
 
 
 def _add_vehicle(conn: Connection, c: dict[str, Any]) -> None:

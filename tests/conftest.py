@@ -118,7 +118,9 @@ def scenarios(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Scenario]:
     base = tmp_path_factory.mktemp("scenarios")
     out: dict[str, Scenario] = {}
 
-    def grid(name: str, number: int, length: int, trips: list[str], end: float) -> Path:
+    def grid(
+        name: str, number: int, length: int, trips: list[str], end: float, *net_args: str
+    ) -> Path:
         root = base / name
         root.mkdir()
         _netgenerate(
@@ -128,6 +130,7 @@ def scenarios(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Scenario]:
             str(number),
             "--grid.length",
             str(length),
+            *net_args,
         )
         _random_trips(root / "net.net.xml", root / "routes.rou.xml", *trips)
         _sumocfg(root / f"{name}.sumocfg", "net.net.xml", "routes.rou.xml", end)
@@ -136,6 +139,8 @@ def scenarios(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Scenario]:
 
     grid("grid4", 4, 200, ["-e", "600", "-p", "1.5", "--seed", "7"], 900)
     grid3 = grid("grid3", 3, 150, ["-e", "400", "-p", "1.0", "--seed", "11"], 600)
+    # Every edge gets a sidewalk as lane 0: a lane for pedestrians only.
+    grid("sidewalks", 3, 150, ["-e", "400", "-p", "2.0", "--seed", "3"], 600, "--sidewalks.guess")
 
     # Subfolders, a gzipped net and an additional file with a detector writing its own output.
     nested = base / "nested"

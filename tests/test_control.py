@@ -148,6 +148,38 @@ async def test_commands_change_what_sumo_reports(daemons, db_url, http, scenario
     assert history[0]["sim_time"] == 30.0
 
 
+async def test_reopened_edge_gets_back_the_classes_each_lane_allowed(
+    daemons, db_url, http, scenarios
+):
+    daemon = await daemons.start(db_url)
+    await upload(http, daemon, "sidewalks", scenarios["sidewalks"])
+    s = await create_session(http, daemon, template="sidewalks", mode="stepped", idle_timeout_s=60)
+    await wait_status(http, daemon, s["id"], "running")
+    net = (await run(http, daemon, s["id"], {"type": "network"}))["results"][0]["value"]
+    edge, other = net["edges"][0], net["edges"][1]
+
+    async def allowed(edge: str) -> list[list[str]]:
+        lanes = [lane for lane in net["lanes"] if lane.rsplit("_", 1)[0] == edge]
+        gets = [{"type": "get", "domain": "lane", "id": lane, "var": "allowed"} for lane in lanes]
+        return [r["value"] for r in (await run(http, daemon, s["id"], *gets))["results"]]
+
+    before, other_before = await allowed(edge), await allowed(other)
+    assert before[0] == ["pedestrian"] and len(before) == 2  # a sidewalk and a road lane
+    assert "passenger" in before[1]
+    await run(http, daemon, s["id"], {"type": "edge.close", "id": edge})
+    await run(http, daemon, s["id"], {"type": "edge.close", "id": edge})  # twice: still closed
+    assert await allowed(edge) == [["authority"], ["authority"]]
+    await run(
+        http,
+        daemon,
+        s["id"],
+        {"type": "edge.reopen", "id": edge},
+        {"type": "edge.reopen", "id": other},  # never closed: left as it is
+    )
+    assert await allowed(edge) == before
+    assert await allowed(other) == other_before
+
+
 async def test_invalid_commands_are_refused_and_session_runs_on(daemons, db_url, http, scenarios):
     daemon = await daemons.start(db_url)
     await upload(http, daemon, "long", scenarios["long"])
