@@ -69,6 +69,18 @@ class SessionSpec:
     attempt: int = 1
     sweep_id: str | None = None
 
+    def db_row(self) -> db.NewSession:
+        """The session as it is first stored, queued."""
+        return db.NewSession(
+            id=self.id,
+            template_name=self.template_name,
+            template_version=self.template_version,
+            request=self.request.to_json(),
+            label=self.request.label,
+            end_time=self.request.end,
+            sweep_id=self.sweep_id,
+        )
+
 
 @dataclass(frozen=True)
 class StopSession:

@@ -20,6 +20,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 import asyncpg
 import psutil
@@ -58,8 +59,11 @@ def new_session_id() -> str:
 
 @dataclass(frozen=True)
 class Submit:
-    spec: SessionSpec
+    """Sessions queued together: all of them, or none (a sweep is never left half-submitted)."""
+
+    specs: tuple[SessionSpec, ...]
     reply: asyncio.Future[None]
+    sweep: tuple[str, dict[str, Any]] | None = None  # the sweep's id and request, stored with them
 
 
 @dataclass(frozen=True)
@@ -223,9 +227,11 @@ class SupervisorActor:
     async def send(self, msg: Message) -> None:
         await asyncio.wait_for(self._inbox.put(msg), REPLY_TIMEOUT_S)
 
-    async def submit(self, spec: SessionSpec) -> None:
+    async def submit(
+        self, *specs: SessionSpec, sweep: tuple[str, dict[str, Any]] | None = None
+    ) -> None:
         reply: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        await self.send(Submit(spec, reply))
+        await self.send(Submit(specs, reply, sweep))
         await asyncio.wait_for(reply, REPLY_TIMEOUT_S)
 
     async def stop(self, session_id: str) -> str:
@@ -331,27 +337,22 @@ class SupervisorActor:
 
     async def _handle(self, msg: Message) -> None:
         match msg:
-            case Submit(spec, reply):
+            case Submit(specs, reply, sweep):
                 if not self._accepting:
                     reply.set_exception(ShuttingDown("the daemon is shutting down"))
-                elif len(self._queue) >= self._settings.max_queued:
+                elif len(self._queue) + len(specs) > self._settings.max_queued:
+                    room = self._settings.max_queued - len(self._queue)
                     reply.set_exception(
-                        QueueFull(f"queue is full ({self._settings.max_queued} sessions waiting)")
+                        QueueFull(
+                            f"queue is full: room for {room} more sessions, not {len(specs)}"
+                            f" ({self._settings.max_queued} may wait)"
+                        )
                     )
                 else:
-                    # The row is written here, in admission order, so a full queue or a shutdown
-                    # never leaves a session in the database that will not run.
-                    await db.insert_session(
-                        self._pool,
-                        spec.id,
-                        spec.template_name,
-                        spec.template_version,
-                        spec.request.to_json(),
-                        spec.request.label,
-                        spec.request.end,
-                        spec.sweep_id,
-                    )
-                    self._queue.append(spec)
+                    # The rows are written here, in admission order, so a full queue or a
+                    # shutdown never leaves a session in the database that will not run.
+                    await db.insert_sessions(self._pool, [s.db_row() for s in specs], sweep)
+                    self._queue.extend(specs)
                     reply.set_result(None)
             case Stop(session_id, reply):
                 reply.set_result(await self._stop(session_id))

@@ -29,7 +29,6 @@ from supervisor.errors import (
     InvalidRequest,
     InvalidTemplate,
     PayloadTooLarge,
-    QueueFull,
     SessionConflict,
     SessionNotFound,
     SupervisorError,
@@ -367,15 +366,10 @@ async def create_sweep(request: web.Request) -> web.Response:
     body = await _json_body(request)
     runs = sweeps.expand(body)
     version = await _template_version(s.pool, runs[0][1])
-    if s.supervisor.queued_count + len(runs) > s.config.max_queued:
-        raise QueueFull(f"the queue has no room for {len(runs)} more sessions")
     sweep_id = "sweep-" + new_session_id()
-    await db.insert_sweep(s.pool, sweep_id, body)
-    ids = []
-    for _params, req in runs:
-        spec = _new_spec(version, req, sweep_id)
-        await s.supervisor.submit(spec)
-        ids.append(spec.id)
+    specs = [_new_spec(version, req, sweep_id) for _params, req in runs]
+    await s.supervisor.submit(*specs, sweep=(sweep_id, body))
+    ids = [spec.id for spec in specs]
     log.info("sweep_created", sweep_id=sweep_id, sessions=len(ids))
     return _json({"id": sweep_id, "count": len(ids), "sessions": ids}, status=201)
 

@@ -218,32 +218,38 @@ _SESSION_FIELDS = """s.id, s.template_name, s.template_version, s.status, s.requ
     coalesce(s.sim_time, (SELECT max(sim_time) FROM samples WHERE session_id = s.id)) AS sim_time"""
 
 
-async def insert_session(
+@dataclass(frozen=True)
+class NewSession:
+    id: str
+    template_name: str
+    template_version: int
+    request: dict[str, Any]
+    label: str | None
+    end_time: float | None
+    sweep_id: str | None = None
+
+
+async def insert_sessions(
     pool: asyncpg.Pool,
-    session_id: str,
-    template_name: str,
-    template_version: int,
-    request: dict[str, Any],
-    label: str | None,
-    end_time: float | None,
-    sweep_id: str | None = None,
+    sessions: Sequence[NewSession],
+    sweep: tuple[str, dict[str, Any]] | None = None,
 ) -> None:
+    """Queued sessions (and the sweep they make up): all of them, or none."""
     async with pool.acquire() as conn, conn.transaction():
-        await conn.execute(
+        if sweep is not None:
+            await conn.execute("INSERT INTO sweeps (id, request) VALUES ($1, $2)", *sweep)
+        await conn.executemany(
             "INSERT INTO sessions (id, template_name, template_version, status, request, label,"
             " end_time, sweep_id) VALUES ($1, $2, $3, 'queued', $4, $5, $6, $7)",
-            session_id,
-            template_name,
-            template_version,
-            request,
-            label,
-            end_time,
-            sweep_id,
-        )
-        await conn.execute(
+            [
+                (s.id, s.template_name, s.template_version, s.request, s.label, s.end_time,
+                 s.sweep_id)
+                for s in sessions
+            ],
+        )  # fmt: skip
+        await conn.executemany(
             "INSERT INTO session_events (session_id, status, reason) VALUES ($1, 'queued', $2)",
-            session_id,
-            "submitted",
+            [(s.id, "submitted") for s in sessions],
         )
 
 
@@ -523,10 +529,6 @@ async def session_commands(pool: asyncpg.Pool, session_id: str) -> list[dict[str
         session_id,
     )
     return [dict(r) for r in rows]
-
-
-async def insert_sweep(pool: asyncpg.Pool, sweep_id: str, request: dict[str, Any]) -> None:
-    await pool.execute("INSERT INTO sweeps (id, request) VALUES ($1, $2)", sweep_id, request)
 
 
 async def get_sweep(pool: asyncpg.Pool, sweep_id: str) -> dict[str, Any] | None:

@@ -130,7 +130,7 @@ async def test_a_session_writing_down_its_end_frees_its_place(pool, scenarios, t
 async def test_writer_keeps_every_row_and_flushes_on_close(pool, scenarios):
     """Rows written faster than one batch, with a queue smaller than the total: none is lost."""
     spec = await store_template(pool, "grid3", scenarios["grid3"])
-    await db.insert_session(pool, spec.id, "grid3", 1, spec.request.to_json(), None, None)
+    await db.insert_sessions(pool, [spec.db_row()])
     writer = WriterActor(pool, batch_rows=64, flush_s=0.01, queue_rows=50)
     task = asyncio.create_task(writer.run())
     try:
@@ -174,7 +174,7 @@ class LosesFirstAnswer:
 
 async def test_writer_applies_a_recorded_chunk_once_when_a_commit_answer_is_lost(pool, scenarios):
     spec = await store_template(pool, "grid3", scenarios["grid3"])
-    await db.insert_session(pool, spec.id, "grid3", 1, spec.request.to_json(), None, None)
+    await db.insert_sessions(pool, [spec.db_row()])
     await db.create_record_partitions(pool, spec.id, ["trajectories", "trips"])
     flaky = LosesFirstAnswer(pool)
     writer = WriterActor(flaky, batch_rows=10_000, flush_s=0.01, queue_rows=100)  # type: ignore[arg-type]

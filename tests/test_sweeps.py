@@ -8,9 +8,10 @@ import statistics
 import time
 
 import pytest
-from conftest import upload
+from conftest import create_session, upload, wait_status
 from scipy import stats as st
 
+from supervisor import db
 from supervisor.session_request import SUMO_OPTIONS
 from supervisor.sweeps import VARIABLE_FIELDS
 
@@ -70,6 +71,34 @@ async def test_sweep_varies_parameters(daemons, db_url, http, scenarios):
     assert set(groups) == {0.5, 1.5}
     low, high = (groups[k]["figures"]["inserted"]["mean"] for k in (0.5, 1.5))
     assert high > low  # scaling the demand up inserts more vehicles
+
+
+async def test_a_sweep_is_queued_whole_or_not_at_all(daemons, db_url, http, scenarios):
+    # One slot, held by a stepped session: every sweep session stays in the queue (4 places).
+    daemon = await daemons.start(db_url, max_running=1, env={"SUMO_SUPERVISOR_MAX_QUEUED": "4"})
+    await upload(http, daemon, "grid3", scenarios["grid3"])
+    holder = await create_session(http, daemon, template="grid3", mode="stepped")
+    await wait_status(http, daemon, holder["id"], "running")
+
+    async def sweep() -> tuple[int, dict]:
+        body = {"template": "grid3", "runs": 3, "end": 100}
+        async with http.post(f"{daemon.url}/v1/sweeps", json=body) as r:
+            return r.status, await r.json()
+
+    # Two at once: there is room for one of them only, and nothing of the other may stay behind.
+    answers = await asyncio.gather(sweep(), sweep())
+    assert sorted(status for status, _ in answers) == [201, 503], answers
+    refused = next(body for status, body in answers if status == 503)
+    assert "queue is full" in refused["error"]
+    async with http.get(f"{daemon.url}/v1/sessions", params={"status": "queued"}) as r:
+        queued = (await r.json())["sessions"]
+    accepted = next(body for status, body in answers if status == 201)
+    assert sorted(s["id"] for s in queued) == sorted(accepted["sessions"])
+    pool = await db.create_pool(db_url)
+    try:
+        assert await pool.fetchval("SELECT count(*) FROM sweeps") == 1
+    finally:
+        await pool.close()
 
 
 @pytest.mark.parametrize(
