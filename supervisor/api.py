@@ -102,12 +102,12 @@ async def error_middleware(request: web.Request, handler: Any) -> web.StreamResp
         if exc.status < 400:
             raise
         return _json({"error": exc.reason, "path": request.path}, status=exc.status)
-    except ConnectionResetError:
-        # The client went away in the middle of a stream or an export: nobody to answer. (An
-        # OSError, but not the database's.) aiohttp drops the answer to a closed connection.
-        log.info("api_client_gone", path=request.path)
-        return web.Response(status=499, reason="Client Closed Request")
     except db.TRANSIENT_ERRORS as exc:
+        if request.transport is None or request.transport.is_closing():
+            # The OSError is the client's, gone in the middle of a stream or an export, not the
+            # database's: nobody to answer (aiohttp drops an answer to a closed connection).
+            log.info("api_client_gone", path=request.path, error=repr(exc))
+            return web.Response(status=499, reason="Client Closed Request")
         log.warning("api_database_unavailable", path=request.path, error=repr(exc))
         return _json({"error": "database unavailable, try again"}, status=503)
     except Exception:
