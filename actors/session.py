@@ -156,16 +156,23 @@ class _Drive:
         self.detail = detail
 
 
-def _lower_priority(pid: int, nice: int) -> None:
-    """Run SUMO below the daemon's priority. Set from here, not in the child (a preexec_fn is
-    unsafe in a threaded process): SUMO spends its first tenth of a second loading anyway."""
-    with contextlib.suppress(ProcessLookupError):
-        os.setpriority(os.PRIO_PROCESS, pid, nice)
-    # Linux's autogroups schedule each session (SUMO has its own, to be killed as a group) as one
-    # unit, whatever its processes' nice values: with 8 SUMO sessions the daemon got 1/9 of the
-    # CPU and answered requests 40 ms late. The group's own nice is what counts there.
-    with contextlib.suppress(OSError):
-        Path(f"/proc/{pid}/autogroup").write_text(f"{nice}\n")
+def _settle_process(pid: int, nice: int) -> float | None:
+    """Run a new SUMO below the daemon's priority; its start time (which tells it from a later
+    process with the same pid), or None if it is gone already. Blocking: /proc."""
+    if nice:
+        # Set from here, not in the child (a preexec_fn is unsafe in a threaded process):
+        # SUMO spends its first tenth of a second loading anyway.
+        with contextlib.suppress(ProcessLookupError):
+            os.setpriority(os.PRIO_PROCESS, pid, nice)
+        # Linux's autogroups schedule each session (SUMO has its own, to be killed as a group)
+        # as one unit, whatever its processes' nice values: beside 8 SUMO sessions the daemon
+        # got 1/9 of the CPU and answered requests 10 to 40 ms late. The group's nice counts.
+        with contextlib.suppress(OSError):
+            Path(f"/proc/{pid}/autogroup").write_text(f"{nice}\n")
+    try:
+        return float(psutil.Process(pid).create_time())
+    except psutil.Error:
+        return None
 
 
 class SessionActor:
@@ -363,13 +370,8 @@ class SessionActor:
             start_new_session=True,
         )
         log = self._log.bind(port=port, pid=proc.pid)
-        if self._sumo_nice:
-            _lower_priority(proc.pid, self._sumo_nice)
+        started_at = await asyncio.to_thread(_settle_process, proc.pid, self._sumo_nice)
         log.info("sumo_started", command=command)
-        try:
-            started_at = psutil.Process(proc.pid).create_time()
-        except psutil.Error:
-            started_at = None
         await self._broker.sumo_started(self.spec.id, proc.pid)
         await db.set_session_process(self._pool, self.spec.id, port, proc.pid, started_at)
         assert proc.stdout is not None and proc.stderr is not None

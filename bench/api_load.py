@@ -24,6 +24,8 @@ import aiohttp
 import psutil
 from common import Daemon, build_scenario, create, upload, wait_all
 
+from supervisor.config import Config
+
 CONCURRENCY = 8
 
 
@@ -85,7 +87,8 @@ async def measure(cfg: Path, state: Path, nice: int) -> None:
     latencies.sort()
     used = {k: after[k] - before[k] for k in after}
     machine = loaded * (os.cpu_count() or 1)
-    print(f"-- SUMO at nice {nice} ({'the default' if nice == 10 else 'as the daemon'})")
+    default = " (the default)" if nice == Config().sumo_nice else ""
+    print(f"-- SUMO at nice {nice}{default}")
     print(
         f"API under load: {len(latencies)} requests in {loaded:.2f} s = "
         f"{len(latencies) / loaded:,.0f} req/s ({CONCURRENCY} concurrent, one client process)"

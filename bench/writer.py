@@ -30,8 +30,8 @@ import aiohttp
 import asyncpg
 from common import Daemon, build_scenario, create, upload, wait_all
 
-from actors.writer import WriterActor
 from supervisor import db
+from supervisor.app import make_writer
 from supervisor.config import Config
 
 
@@ -46,13 +46,7 @@ async def bare_copy(pool: asyncpg.Pool, rows: list[tuple[Any, ...]], batch: int)
 
 
 async def through_writer(pool: asyncpg.Pool, per_session: list[list[tuple[Any, ...]]]) -> float:
-    cfg = Config()
-    writer = WriterActor(
-        pool,
-        batch_rows=cfg.writer_batch_rows,
-        flush_s=cfg.writer_flush_s,
-        queue_rows=cfg.writer_queue_rows,
-    )
+    writer = make_writer(Config(), pool)
 
     async def produce(rows: list[tuple[Any, ...]]) -> None:
         for row in rows:

@@ -7,6 +7,7 @@ import asyncio
 import os
 import shutil
 import signal
+from collections.abc import Callable
 from pathlib import Path
 
 import asyncpg
@@ -87,15 +88,22 @@ async def _stage(task: asyncio.Task[None], timeout_s: float, what: str) -> bool:
     return True
 
 
-async def _run(cfg: Config, pool: asyncpg.Pool, sumo: str, stop_reason: asyncio.Future[str]) -> int:
-    metrics = Metrics()
-    writer = WriterActor(
+def make_writer(
+    cfg: Config, pool: asyncpg.Pool, on_batch: Callable[[float], None] = lambda seconds: None
+) -> WriterActor:
+    """The writer with the daemon's settings (the writer benchmark measures this same one)."""
+    return WriterActor(
         pool,
         batch_rows=cfg.writer_batch_rows,
         flush_s=cfg.writer_flush_s,
         queue_rows=cfg.writer_queue_rows,
-        on_batch=metrics.batch_seconds.observe,
+        on_batch=on_batch,
     )
+
+
+async def _run(cfg: Config, pool: asyncpg.Pool, sumo: str, stop_reason: asyncio.Future[str]) -> int:
+    metrics = Metrics()
+    writer = make_writer(cfg, pool, on_batch=metrics.batch_seconds.observe)
     supervisor = SupervisorActor(
         SupervisorSettings(
             temp_root=cfg.temp_root,
