@@ -212,12 +212,13 @@ class WriterActor:
                     self._copy_once, op=op, session_id=marks[0].session_id, target=target,
                     seq=max(m.seq for m in marks),
                 )  # fmt: skip
-            await self._commit(target, op)
+            committed = await self._commit(target, op)
             if freed:
                 async with self._space:
                     self._queued_bytes -= freed
                     self._space.notify_all()
-            self.stats.rows_written += written
+            if committed:
+                self.stats.rows_written += written
             self._on_batch(time.perf_counter() - started)
 
     @staticmethod
@@ -247,26 +248,27 @@ class WriterActor:
             # A rerun wrote some of these before; keep the rest.
             await db.insert_samples_skipping_duplicates(conn, rows)
 
-    async def _commit(self, target: str, op: Any) -> None:
+    async def _commit(self, target: str, op: Any) -> bool:
+        """Commit `op`, retrying while the database is away; False when its rows were dropped."""
         delay = 0.1
         while True:
             try:
-                async with self._pool.acquire(timeout=10) as conn:
+                async with self._pool.acquire(timeout=10) as conn, db.while_connected(conn):
                     await op(conn)
-                return
+                return True
             except (
                 asyncpg.exceptions.ForeignKeyViolationError,
                 asyncpg.exceptions.UndefinedTableError,
             ):
                 # The session was deleted while its rows were queued: nothing to keep them for.
                 self._log.warning("batch_discarded_deleted_session", target=target)
-                return
+                return False
             except Exception as exc:
                 if not db.is_transient(exc):
                     # Data the database (or the driver) refuses will be refused again: say so
                     # and go on, rather than stop writing for every other session.
                     self._log.exception("batch_rejected", target=target)
-                    return
+                    return False
                 self.stats.retries += 1
                 self._log.warning("batch_retry", target=target, error=repr(exc), delay_s=delay)
                 await asyncio.sleep(delay)

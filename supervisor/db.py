@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import io
 import re
-from collections.abc import Awaitable, Callable, Iterable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass
 from importlib import resources
 from typing import Any, TypeVar
@@ -102,6 +103,52 @@ async def with_retry(op: Callable[[], Awaitable[T]], *, what: str, deadline_s: f
             delay = min(delay * 2, 2.0)
 
 
+# Far above any one COPY the daemon makes (a writer batch, a template's files).
+COPY_TIMEOUT_S = 300.0
+
+
+@contextlib.asynccontextmanager
+async def while_connected(
+    conn: asyncpg.Connection, timeout_s: float = COPY_TIMEOUT_S
+) -> AsyncIterator[None]:
+    """End the work on `conn` as soon as the connection is lost, or after `timeout_s`, with an
+    error `is_transient` knows. For COPY: asyncpg waits for the socket to drain with no timeout
+    of its own, and a connection lost while the server was not reading (shutting down, say)
+    never wakes that wait, so a COPY cut off by a database restart would wait forever. After a
+    timeout the connection is closed: it may be mid-COPY, and must not go back to the pool."""
+    loop = asyncio.get_running_loop()
+    inside = True
+    lost = False
+    try:
+        async with asyncio.timeout(timeout_s) as deadline:
+
+            def on_lost(_conn: object) -> None:
+                nonlocal lost
+                lost = True
+                if inside and not deadline.expired():
+                    deadline.reschedule(loop.time())
+
+            conn.add_termination_listener(on_lost)
+            try:
+                yield
+            finally:
+                inside = False
+                # A lost connection has dropped its listeners already, and its pool proxy too.
+                with contextlib.suppress(asyncpg.exceptions.InterfaceError):
+                    conn.remove_termination_listener(on_lost)
+    except Exception as exc:
+        if lost:
+            # Whatever the unwinding raised (a transaction cannot roll back on a closed
+            # connection), the cause is the lost connection.
+            raise asyncpg.exceptions.ConnectionDoesNotExistError(
+                "the connection was lost mid-operation"
+            ) from exc
+        if isinstance(exc, TimeoutError):
+            with contextlib.suppress(asyncpg.exceptions.InterfaceError):
+                conn.terminate()
+        raise
+
+
 async def ping(pool: asyncpg.Pool) -> None:
     async with pool.acquire(timeout=2) as conn:
         await conn.fetchval("SELECT 1", timeout=2)
@@ -125,7 +172,7 @@ async def insert_template_version(
     files: Sequence[TemplateFile],
 ) -> int:
     """Store a new immutable version of `name`; returns its version number."""
-    async with pool.acquire() as conn, conn.transaction():
+    async with pool.acquire() as conn, while_connected(conn), conn.transaction():
         await conn.execute(
             "INSERT INTO templates (name) VALUES ($1) ON CONFLICT (name) DO NOTHING", name
         )

@@ -383,11 +383,28 @@ class DaemonFactory:
                         child.kill()
 
 
+_FAILED = pytest.StashKey[bool]()
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Any:
+    report = yield
+    if report.when == "call" and report.failed:
+        item.stash[_FAILED] = True
+    return report
+
+
 @pytest.fixture
-async def daemons(tmp_path: Path) -> AsyncIterator[DaemonFactory]:
+async def daemons(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[DaemonFactory]:
     factory = DaemonFactory(tmp_path)
     yield factory
     factory.kill_all()
+    if request.node.stash.get(_FAILED, False):
+        # What each daemon said last: shown with the failure, often the only clue to a hang.
+        for i, d in enumerate(factory.started):
+            print(f"---- daemon {i} (pid {d.proc.pid}), last lines ----")
+            for line in d.raw[-40:]:
+                print(line[:400])
 
 
 @pytest.fixture

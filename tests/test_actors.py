@@ -195,6 +195,51 @@ async def test_writer_applies_a_recorded_chunk_once_when_a_commit_answer_is_lost
     assert await pool.fetchval(f'SELECT count(*) FROM "{trips}"') == 1
 
 
+async def test_writer_retries_a_copy_whose_connection_dies_while_the_server_is_not_reading(
+    pool, db_url, scenarios
+):
+    """The server stops reading a COPY (blocked on a lock here, shutting down in real life) and
+    then drops the connection. asyncpg's COPY then waits for its socket to drain forever: the
+    writer must notice the lost connection, retry, and keep every row."""
+    spec = await store_template(pool, "grid3", scenarios["grid3"])
+    await db.insert_sessions(pool, [spec.db_row()])
+    await db.create_record_partitions(pool, spec.id, ["trajectories"])
+    trajectories = db.partition_name("trajectories", spec.id)
+    columns = ("time", "vehicle", "x", "y", "speed", "angle", "lane")
+    # Far more than the socket buffers hold, so the COPY's writes must wait for the server.
+    lines = b"".join(b"%d;v%d;1.0;2.0;3.0;90.0;e_0\n" % (t, t) for t in range(200_000))
+    writer = WriterActor(pool, batch_rows=1_000_000, flush_s=0.01, queue_rows=100)
+    task = asyncio.create_task(writer.run())
+    locker = await asyncpg.connect(db_url)
+    try:
+        lock = locker.transaction()
+        await lock.start()
+        await locker.execute(f'LOCK TABLE "{trajectories}" IN ACCESS EXCLUSIVE MODE')
+        chunk = CsvChunk(trajectories, columns, lines, 200_000, None, Mark(spec.id, 1))
+        await writer.write_csv(chunk)
+        deadline = time.monotonic() + 30
+        # The writer's is the one connection that waits on a lock (pg_stat_activity may still
+        # show it idle: its state is reported lazily).
+        while not (
+            pid := await locker.fetchval(
+                "SELECT pid FROM pg_stat_activity WHERE wait_event_type = 'Lock'"
+                " AND pid <> pg_backend_pid()"
+            )
+        ):
+            assert time.monotonic() < deadline, "the writer's COPY never waited on the lock"
+            await asyncio.sleep(0.05)
+        await locker.fetchval("SELECT pg_terminate_backend($1)", pid)
+        await lock.rollback()
+        await asyncio.wait_for(writer.flush(), 60)
+        await writer.close()
+        await asyncio.wait_for(task, 30)
+    finally:
+        task.cancel()
+        await locker.close()
+    assert writer.stats.retries >= 1
+    assert await pool.fetchval(f'SELECT count(*) FROM "{trajectories}"') == 200_000
+
+
 def test_port_pool_skips_ports_held_elsewhere_and_rotates():
     holder = socket.socket()
     holder.bind(("127.0.0.1", 0))

@@ -306,7 +306,7 @@ async def test_database_restart_mid_session_loses_no_row(daemons, http, scenario
             assert (await r.json())["status"] == "unavailable"
         await asyncio.sleep(10)  # the outage itself
         await asyncio.to_thread(server.ensure_postgres_running)
-        done = await wait_status(http, daemon, session["id"], {"completed", "failed"}, 300)
+        done = await wait_status(http, daemon, session["id"], {"completed", "failed"}, 180)
         assert done["status"] == "completed", done
         assert any(e["event"] == "batch_retry" or e["event"] == "db_retry" for e in daemon.lines)
         bare = bare_run_with_outputs_end(scenarios["long"], tmp_path / "bare", seed=3, end=20000)
@@ -323,6 +323,8 @@ async def test_database_restart_mid_session_loses_no_row(daemons, http, scenario
         finally:
             await conn.close()
         assert count == bare["fcd_rows"]
+        # What the libraries said of the outage too is one JSON event per line.
+        assert [line for line in daemon.raw if not line.startswith("{")] == []
     finally:
         # Before its database goes: a daemon (and its SUMOs) must not outlive the server.
         daemons.kill_all()
