@@ -102,17 +102,34 @@ async def error_middleware(request: web.Request, handler: Any) -> web.StreamResp
         if exc.status < 400:
             raise
         return _json({"error": exc.reason, "path": request.path}, status=exc.status)
-    except db.TRANSIENT_ERRORS as exc:
-        if request.transport is None or request.transport.is_closing():
-            # The OSError is the client's, gone in the middle of a stream or an export, not the
-            # database's: nobody to answer (aiohttp drops an answer to a closed connection).
-            log.info("api_client_gone", path=request.path, error=repr(exc))
-            return web.Response(status=499, reason="Client Closed Request")
+    except Exception as exc:
+        return _failure(request, exc)
+
+
+def _failure(request: web.Request, exc: Exception) -> web.StreamResponse:
+    """The answer to a request that failed for a reason other than its own input."""
+    transport = request.transport
+    transient = isinstance(exc, db.TRANSIENT_ERRORS)
+    if transient and (transport is None or transport.is_closing()):
+        # The OSError is the client's, gone in the middle of a stream or an export, not the
+        # database's: nobody to answer (aiohttp drops an answer to a closed connection).
+        log.info("api_client_gone", path=request.path, error=repr(exc))
+        return web.Response(status=499, reason="Client Closed Request")
+    if isinstance(exc, db.ExportStalled):
+        log.info("api_client_stalled", path=request.path, error=str(exc))
+    elif transient:
         log.warning("api_database_unavailable", path=request.path, error=repr(exc))
-        return _json({"error": "database unavailable, try again"}, status=503)
-    except Exception:
+    else:
         log.exception("api_internal_error", path=request.path, method=request.method)
-        return _json({"error": "internal error"}, status=500)
+    if request.writer.output_size > 0:
+        # A stream or an export had begun: no error status can follow its first bytes. Cutting
+        # the connection leaves the body unfinished (no last chunk), which clients report.
+        if transport is not None:
+            transport.close()
+        return web.Response(status=499, reason="Client Closed Request")
+    if transient:
+        return _json({"error": "database unavailable, try again"}, status=503)
+    return _json({"error": "internal error"}, status=500)
 
 
 async def _json_body(request: web.Request) -> Any:
@@ -605,7 +622,14 @@ async def session_export(request: web.Request) -> web.StreamResponse:
     response.enable_chunked_encoding()
     await response.prepare(request)
     # Rows go from the database to the client chunk by chunk; a slow client slows the COPY.
-    await db.export_csv(request.app[SERVICES].pool, kind, row["id"], response.write)
+    services = request.app[SERVICES]
+    await db.export_csv(
+        services.pool,
+        kind,
+        row["id"],
+        response.write,
+        stall_s=services.config.export_stall_s,
+    )
     await response.write_eof()
     return response
 

@@ -67,7 +67,11 @@ async def serve(cfg: Config) -> int:
         embedded = await pgembed.start(cfg.pgdata)
         url = embedded.url
     try:
-        pool = await db.with_retry(lambda: db.create_pool(url), what="connect", deadline_s=60)
+        pool = await db.with_retry(
+            lambda: db.create_pool(url, command_timeout=cfg.db_command_timeout_s),
+            what="connect",
+            deadline_s=60,
+        )
         try:
             await db.apply_schema(pool)
             return await _run(cfg, pool, sumo, stop_reason)

@@ -62,6 +62,10 @@ class Config:
     sumo_nice: int = 10
     # How long SUMO may take to open its TraCI port.
     connect_timeout_s: float = 60.0
+    # How long one database statement may take (an export: as long as its client needs).
+    db_command_timeout_s: float = 60.0
+    # How long an export waits for its client to take more data before cutting it off.
+    export_stall_s: float = 60.0
     # Whole-daemon shutdown deadline (sessions stopped, writer flushed).
     shutdown_timeout_s: float = 20.0
     writer_batch_rows: int = 5000
@@ -123,7 +127,14 @@ def _validate(cfg: Config) -> None:
     ):
         if getattr(cfg, name) < 1:
             raise ConfigError(f"{name}: must be positive, got {getattr(cfg, name)}")
-    for name in ("stop_grace_s", "connect_timeout_s", "shutdown_timeout_s", "writer_flush_s"):
+    for name in (
+        "stop_grace_s",
+        "connect_timeout_s",
+        "db_command_timeout_s",
+        "export_stall_s",
+        "shutdown_timeout_s",
+        "writer_flush_s",
+    ):
         if getattr(cfg, name) <= 0:
             raise ConfigError(f"{name}: must be positive, got {getattr(cfg, name)}")
     if cfg.database_url is not None and not cfg.database_url.startswith(

@@ -73,9 +73,15 @@ async def _init_connection(conn: asyncpg.Connection) -> None:
     )
 
 
-async def create_pool(url: str, *, max_size: int = 10) -> asyncpg.Pool:
+async def create_pool(
+    url: str, *, max_size: int = 10, command_timeout: float = 60.0
+) -> asyncpg.Pool:
     return await asyncpg.create_pool(
-        url, min_size=1, max_size=max_size, init=_init_connection, command_timeout=60
+        url,
+        min_size=1,
+        max_size=max_size,
+        init=_init_connection,
+        command_timeout=command_timeout,
     )
 
 
@@ -648,11 +654,37 @@ EXPORTS = {
 }
 
 
+class ExportStalled(Exception):
+    """The export's client made no room for another piece in `stall_s`."""
+
+
+# asyncpg bounds a whole COPY by one timeout; an export's lasts as long as its client reads.
+EXPORT_MAX_S = 24 * 3600.0
+# The stall bound is per piece written, not per COPY chunk (which can be megabytes).
+EXPORT_PIECE = 64 * 1024
+
+
 async def export_csv(
-    pool: asyncpg.Pool, kind: str, session_id: str, output: Callable[[bytes], Awaitable[None]]
+    pool: asyncpg.Pool,
+    kind: str,
+    session_id: str,
+    output: Callable[[memoryview], Awaitable[None]],
+    *,
+    stall_s: float,
 ) -> None:
-    """Stream one of EXPORTS as CSV with a header, chunk by chunk, to `output`."""
+    """Stream one of EXPORTS as CSV with a header, chunk by chunk, to `output`. However long
+    the whole takes, a client that makes no room for EXPORT_PIECE more bytes in `stall_s` ends
+    it with ExportStalled (it would hold a pool connection for as long as it liked)."""
+
+    async def sink(chunk: bytes) -> None:
+        view = memoryview(chunk)
+        for start in range(0, len(view), EXPORT_PIECE):
+            try:
+                await asyncio.wait_for(output(view[start : start + EXPORT_PIECE]), stall_s)
+            except TimeoutError:
+                raise ExportStalled(f"the client took no more data for {stall_s} s") from None
+
     async with pool.acquire() as conn:
         await conn.copy_from_query(
-            EXPORTS[kind], session_id, output=output, format="csv", header=True
+            EXPORTS[kind], session_id, output=sink, format="csv", header=True, timeout=EXPORT_MAX_S
         )

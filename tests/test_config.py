@@ -56,6 +56,8 @@ def test_config_is_frozen():
         ({"traci_ports": "a-b"}, {}, "traci_ports: expected 'FIRST-LAST'"),
         ({"log_format": "xml"}, {}, "log_format"),
         ({}, {"SUMO_SUPERVISOR_SUMO_NICE": "20"}, "sumo_nice: must be 0..19"),
+        ({}, {"SUMO_SUPERVISOR_EXPORT_STALL_S": "0"}, "export_stall_s: must be positive"),
+        ({}, {"SUMO_SUPERVISOR_DB_COMMAND_TIMEOUT_S": "-1"}, "db_command_timeout_s: must be"),
         ({"database_url": "mysql://x"}, {}, "database_url: must start with postgresql://"),
         ({"config_file": "/nonexistent.toml"}, {}, "config file /nonexistent.toml"),
     ],

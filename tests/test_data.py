@@ -10,6 +10,7 @@ import json
 import math
 import shutil
 import subprocess
+import time
 import xml.etree.ElementTree as ET
 from pathlib import Path
 from typing import Any
@@ -241,7 +242,15 @@ async def test_a_watcher_joining_late_gets_the_whole_history(daemons, db_url, ht
 
 
 async def test_export_streams_without_loading_into_memory(daemons, db_url, http, scenarios):
-    daemon = await daemons.start(db_url)
+    # A short statement timeout, which an export outlives, and a short stall bound.
+    timeout_s, stall_s = 1.5, 6.0
+    daemon = await daemons.start(
+        db_url,
+        env={
+            "SUMO_SUPERVISOR_DB_COMMAND_TIMEOUT_S": str(timeout_s),
+            "SUMO_SUPERVISOR_EXPORT_STALL_S": str(stall_s),
+        },
+    )
     await upload(http, daemon, "grid3", scenarios["grid3"])
     session = await create_session(http, daemon, template="grid3", end=10)
     await wait_status(http, daemon, session["id"], "completed")
@@ -281,6 +290,29 @@ async def test_export_streams_without_loading_into_memory(daemons, db_url, http,
         await r.content.readexactly(1 << 20)
     await wait_until(lambda: daemon.events("api_client_gone"), "the export to notice")
     assert daemon.events("api_database_unavailable") == []
+
+    # A slow client gets the whole export, however much longer than the statement timeout it
+    # takes: a megabyte, then a pause, again and again (the pauses are the scenario).
+    lines = 0
+    started = time.monotonic()
+    async with http.get(url) as r:
+        while time.monotonic() - started < 3 * timeout_s:
+            lines += (await r.content.readexactly(1 << 20)).count(b"\n")
+            await asyncio.sleep(1.0)
+        while chunk := await r.content.read(1 << 20):
+            lines += chunk.count(b"\n")
+    assert lines == n + 1
+
+    # A client that stops reading is cut off after the stall bound: its body ends unfinished,
+    # so it cannot take a part for the whole.
+    async with aiohttp.ClientSession() as stalled, stalled.get(url) as r:
+        await r.content.readexactly(1 << 20)
+        await wait_until(lambda: daemon.events("api_client_stalled"), "the stall to be noticed")
+        with pytest.raises(aiohttp.ClientPayloadError):
+            while await r.content.read(1 << 20):
+                pass
+    assert daemon.events("api_database_unavailable") == []
+    assert daemon.events("api_internal_error") == []
 
 
 async def test_database_restart_mid_session_loses_no_row(daemons, http, scenarios, tmp_path):
