@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import math
 import os
 import re
 import shutil
@@ -272,11 +273,14 @@ class SessionActor:
         except TimeoutError:
             self._log.error("flush_timeout")
         await asyncio.to_thread(shutil.rmtree, self._workdir, ignore_errors=True)
+        # The one write never given up: a session's end waits for the database to come back
+        # (a daemon stopped meanwhile leaves it to the next start's recovery).
         await db.set_session_status(
             self._pool,
             self.spec.id,
             outcome.status,
             outcome.reason,
+            retry_s=math.inf,
             ended_at="now",
             exit_code=outcome.exit_code,
             cause=outcome.cause,

@@ -420,6 +420,10 @@ class SupervisorActor:
             # so cleanup runs, then let the cancellation finish the task.
             await asyncio.shield(self._inbox.put(SessionEnded(actor.spec.id, None)))
             raise
+        except Exception:
+            # Raised out of a session task, it would end the task group, and every other session
+            # and this loop with it. Its port, its place and its files are still given back.
+            self._log.exception("session_actor_failed", session_id=actor.spec.id)
         await self._inbox.put(SessionEnded(actor.spec.id, outcome))
 
     async def _stop(self, session_id: str) -> str:

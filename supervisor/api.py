@@ -6,7 +6,7 @@ from __future__ import annotations
 import asyncio
 import json
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 from functools import partial
 from typing import Any
@@ -26,6 +26,7 @@ from actors.writer import WriterActor
 from supervisor import db, plots, sweeps, templates
 from supervisor.config import Config
 from supervisor.errors import (
+    Busy,
     InvalidRequest,
     InvalidTemplate,
     PayloadTooLarge,
@@ -46,6 +47,9 @@ MAX_JSON_BODY = 1024 * 1024
 MAX_FORM_FIELD = 1024
 CHUNK = 256 * 1024
 ALL_STATUSES = ("queued", "starting", "running", *db.FINAL_STATUSES)
+# A running export holds one of the pool's connections for as long as its client reads: the
+# rest stay for the writer, the sessions and the other requests.
+EXPORT_SLOTS = 4
 
 
 @dataclass(frozen=True)
@@ -56,6 +60,7 @@ class Services:
     writer: WriterActor
     feeds: FeedHub
     metrics: Metrics
+    exports: asyncio.Semaphore = field(default_factory=lambda: asyncio.Semaphore(EXPORT_SLOTS))
 
 
 SERVICES = web.AppKey("services", Services)
@@ -613,25 +618,24 @@ async def session_export(request: web.Request) -> web.StreamResponse:
     if kind not in db.EXPORTS:
         raise web.HTTPNotFound(reason=f"no export {kind!r}; choose {', '.join(db.EXPORTS)}")
     row = await _session_row(request)
-    response = web.StreamResponse(
-        headers={
-            "Content-Type": "text/csv; charset=utf-8",
-            "Content-Disposition": f'attachment; filename="{row["id"]}-{kind}.csv"',
-        }
-    )
-    response.enable_chunked_encoding()
-    await response.prepare(request)
-    # Rows go from the database to the client chunk by chunk; a slow client slows the COPY.
     services = request.app[SERVICES]
-    await db.export_csv(
-        services.pool,
-        kind,
-        row["id"],
-        response.write,
-        stall_s=services.config.export_stall_s,
-    )
-    await response.write_eof()
-    return response
+    if services.exports.locked():
+        raise Busy(f"{EXPORT_SLOTS} exports are running; try again when one has ended")
+    async with services.exports:
+        response = web.StreamResponse(
+            headers={
+                "Content-Type": "text/csv; charset=utf-8",
+                "Content-Disposition": f'attachment; filename="{row["id"]}-{kind}.csv"',
+            }
+        )
+        response.enable_chunked_encoding()
+        await response.prepare(request)
+        # Rows go from the database to the client chunk by chunk; a slow client slows the COPY.
+        await db.export_csv(
+            services.pool, kind, row["id"], response.write, stall_s=services.config.export_stall_s
+        )
+        await response.write_eof()
+        return response
 
 
 async def metrics(request: web.Request) -> web.Response:

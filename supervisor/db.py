@@ -93,10 +93,17 @@ async def apply_schema(pool: asyncpg.Pool) -> None:
         await conn.execute(sql)
 
 
-async def with_retry(op: Callable[[], Awaitable[T]], *, what: str, deadline_s: float = 120.0) -> T:
-    """Run `op`, retrying transient database errors with backoff until `deadline_s` has passed."""
+# How long one step of a session (or of start-up) waits for the database before it fails.
+RETRY_S = 120.0
+
+
+async def with_retry(
+    op: Callable[[], Awaitable[T]], *, what: str, deadline_s: float | None = None
+) -> T:
+    """Run `op`, retrying transient database errors with backoff until `deadline_s` (RETRY_S
+    if not given) has passed; `math.inf` retries until the database answers."""
     loop = asyncio.get_running_loop()
-    give_up = loop.time() + deadline_s
+    give_up = loop.time() + (RETRY_S if deadline_s is None else deadline_s)
     delay = 0.1
     while True:
         try:
@@ -329,11 +336,14 @@ async def set_session_status(
     session_id: str,
     status: str,
     reason: str,
+    *,
+    retry_s: float | None = None,
     **fields: Any,
 ) -> None:
     """Change a session's status, set `fields`, and record the change as an event, atomically.
 
-    Timestamps named in `fields` with the value "now" are set by the database clock.
+    Timestamps named in `fields` with the value "now" are set by the database clock. Transient
+    errors are retried for `retry_s` (see `with_retry`).
     """
     unknown = set(fields) - _UPDATABLE
     if unknown:
@@ -357,7 +367,7 @@ async def set_session_status(
                 reason,
             )
 
-    await with_retry(op, what=f"session_status:{status}")
+    await with_retry(op, what=f"session_status:{status}", deadline_s=retry_s)
 
 
 async def set_session_process(

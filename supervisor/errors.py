@@ -52,3 +52,9 @@ class QueueFull(SupervisorError):
 
 class ShuttingDown(SupervisorError):
     status = 503
+
+
+class Busy(SupervisorError):
+    """As many of these requests are running as the daemon allows at once; try again later."""
+
+    status = 503

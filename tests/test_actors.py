@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import socket
 import time
 from collections.abc import AsyncIterator
@@ -125,6 +126,57 @@ async def test_a_session_writing_down_its_end_frees_its_place(pool, scenarios, t
         await supervisor.shutdown("test over")
         await writer.close()
     assert [r["status"] for r in rows] == ["completed", "completed"]
+
+
+async def test_a_session_ending_while_the_database_is_away_is_written_down_when_it_is_back(
+    scenarios, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+):
+    """The database goes away for longer than a session's step waits for it, and a session ends
+    meanwhile. Its end waits for the database; the supervisor and its other sessions go on.
+    The wait (RETRY_S, 120 s) is shortened to 1 s: the one fake, an outage that long cannot be
+    shown in a test's time."""
+    import pgserver
+    from pgserver._commands import pg_ctl
+
+    monkeypatch.setattr(db, "RETRY_S", 1.0)
+    pgdata = tmp_path / "pg"
+    server = pgserver.get_server(pgdata, cleanup_mode="stop")
+    pool = await db.create_pool(server.get_uri())
+    try:
+        await db.apply_schema(pool)
+        writer = WriterActor(pool, batch_rows=100, flush_s=0.05, queue_rows=1000)
+        supervisor = make_supervisor(pool, writer, PortPool(range(23420, 23430)), tmp_path, 2)
+        async with asyncio.TaskGroup() as tg:
+            tg.create_task(writer.run())
+            loop_task = tg.create_task(supervisor.run())
+            spec = await store_template(pool, "grid3", scenarios["grid3"])
+            # Stepped: it writes nothing while it waits, so its end is the only write pending.
+            spec = dataclasses.replace(
+                spec, request=dataclasses.replace(spec.request, mode="stepped")
+            )
+            await supervisor.submit(spec)
+            deadline = time.monotonic() + 60
+            while (await db.get_session(pool, spec.id) or {}).get("status") != "running":
+                assert time.monotonic() < deadline, "the session never started"
+                await asyncio.sleep(0.05)
+            await asyncio.to_thread(
+                pg_ctl, ["-w", "stop", "-m", "fast"], pgdata=pgdata, user=server.system_user
+            )
+            assert await supervisor.stop(spec.id) == "running"
+            await asyncio.sleep(4 * db.RETRY_S)  # the outage, four times longer than a step waits
+            assert not loop_task.done()
+            await asyncio.to_thread(server.ensure_postgres_running)
+            row = await wait_final(pool, spec.id)
+            assert row["status"] == "stopped", row
+            deadline = time.monotonic() + 60
+            while supervisor.ports_leased:
+                assert time.monotonic() < deadline, "the session's port was never given back"
+                await asyncio.sleep(0.05)
+            await supervisor.shutdown("test over")
+            await writer.close()
+    finally:
+        await pool.close()
+        server.cleanup()
 
 
 async def test_writer_keeps_every_row_and_flushes_on_close(pool, scenarios):

@@ -4,6 +4,7 @@ same run, the summary against SUMO's statistic output, the live stream, exports 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import csv
 import io
 import json
@@ -21,6 +22,8 @@ import defusedxml.ElementTree as safe_et
 import psutil
 import pytest
 from conftest import (
+    DEADLINE_S,
+    POLL_S,
     SUMO_BIN,
     Scenario,
     create_session,
@@ -311,6 +314,24 @@ async def test_export_streams_without_loading_into_memory(daemons, db_url, http,
         with pytest.raises(aiohttp.ClientPayloadError):
             while await r.content.read(1 << 20):
                 pass
+
+    # Four exports at once at most (each holds a database connection while its client reads):
+    # a fifth is told to come back, and comes back to a free slot once they are gone.
+    async with contextlib.AsyncExitStack() as held:
+        for _ in range(4):
+            client = await held.enter_async_context(aiohttp.ClientSession())
+            export = await held.enter_async_context(client.get(url))
+            await export.content.readexactly(1 << 16)
+        async with http.get(url) as r:
+            assert r.status == 503
+            assert "4 exports are running" in (await r.json())["error"]
+    deadline = time.monotonic() + DEADLINE_S
+    while True:
+        async with aiohttp.ClientSession() as client, client.get(url) as r:
+            if r.status == 200:
+                break
+        assert time.monotonic() < deadline, "no export slot came free"
+        await asyncio.sleep(POLL_S)
     assert daemon.events("api_database_unavailable") == []
     assert daemon.events("api_internal_error") == []
 
