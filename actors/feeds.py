@@ -66,6 +66,7 @@ class _Feed:
     def __init__(self, session_id: str, pool: asyncpg.Pool) -> None:
         self.session_id = session_id
         self._pool = pool
+        self._log = structlog.get_logger(component="feeds").bind(session_id=session_id)
         self.watchers: set[Watcher] = set()
         self.task: asyncio.Task[None] | None = None
         # Set once the feed knows where it starts: the samples committed before then are each
@@ -87,20 +88,31 @@ class _Feed:
         finally:
             self.ready.set()
         last_status: str | None = None
+        pause = POLL_S
         while self.watchers:
-            # Status first: samples are committed before a final status, so reading them after
-            # seeing it gets every one of them.
-            session = await db.get_session(self._pool, self.session_id)
-            if session is None:
-                break
-            while True:
-                rows = await db.get_samples(self._pool, self.session_id, last_time, BATCH)
-                for row in rows:
-                    self._publish(SampleEvent(row))
-                if rows:
-                    last_time = rows[-1]["sim_time"]
-                if len(rows) < BATCH:
+            try:
+                # Status first: samples are committed before a final status, so reading them
+                # after seeing it gets every one of them.
+                session = await db.get_session(self._pool, self.session_id)
+                if session is None:
                     break
+                while True:
+                    rows = await db.get_samples(self._pool, self.session_id, last_time, BATCH)
+                    for row in rows:
+                        self._publish(SampleEvent(row))
+                    if rows:
+                        last_time = rows[-1]["sim_time"]
+                    if len(rows) < BATCH:
+                        break
+            except Exception as exc:
+                if not db.is_transient(exc):
+                    raise
+                # The database is away: the watchers wait for it, as the session does.
+                self._log.warning("feed_retry", error=repr(exc), delay_s=pause)
+                await asyncio.sleep(pause)
+                pause = min(pause * 2, 2.0)
+                continue
+            pause = POLL_S
             if session["status"] != last_status:
                 last_status = session["status"]
                 self._publish(StatusEvent(session["status"], session))

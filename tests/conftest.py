@@ -478,6 +478,22 @@ async def wait_status(
         await asyncio.sleep(POLL_S)
 
 
+async def read_stream(http: aiohttp.ClientSession, url: str) -> list[tuple[str, Any]]:
+    """Every (event name, data) of a session's SSE stream, until the daemon ends it."""
+    events: list[tuple[str, Any]] = []
+    async with http.get(url) as r:
+        assert r.status == 200
+        assert r.headers["Content-Type"].startswith("text/event-stream")
+        name = None
+        async for raw in r.content:
+            line = raw.decode().rstrip("\r\n")
+            if line.startswith("event:"):
+                name = line.split(":", 1)[1].strip()
+            elif line.startswith("data:"):
+                events.append((name or "message", json.loads(line.split(":", 1)[1])))
+    return events
+
+
 async def samples(
     http: aiohttp.ClientSession, daemon: Daemon, session_id: str
 ) -> list[dict[str, Any]]:

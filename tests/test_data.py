@@ -7,7 +7,6 @@ import asyncio
 import contextlib
 import csv
 import io
-import json
 import math
 import shutil
 import subprocess
@@ -27,6 +26,7 @@ from conftest import (
     SUMO_BIN,
     Scenario,
     create_session,
+    read_stream,
     samples,
     upload,
     wait_status,
@@ -166,22 +166,9 @@ async def test_stream_delivers_every_sample_in_order_to_two_watchers(
     await upload(http, daemon, "grid4", scenarios["grid4"])
     session = await create_session(http, daemon, template="grid4", seed=7, sample_every=1)
     url = f"{daemon.url}/v1/sessions/{session['id']}/stream"
-
-    async def watch() -> list[tuple[str, Any]]:
-        events: list[tuple[str, Any]] = []
-        async with http.get(url) as r:
-            assert r.status == 200
-            assert r.headers["Content-Type"].startswith("text/event-stream")
-            name = None
-            async for raw in r.content:
-                line = raw.decode().rstrip("\r\n")
-                if line.startswith("event:"):
-                    name = line.split(":", 1)[1].strip()
-                elif line.startswith("data:"):
-                    events.append((name or "message", json.loads(line.split(":", 1)[1])))
-        return events
-
-    first, second = await asyncio.wait_for(asyncio.gather(watch(), watch()), 120)
+    first, second = await asyncio.wait_for(
+        asyncio.gather(read_stream(http, url), read_stream(http, url)), 120
+    )
     stored = await samples(http, daemon, session["id"])
     assert len(stored) > 100
     for events in (first, second):
@@ -218,20 +205,7 @@ async def test_a_watcher_joining_late_gets_the_whole_history(daemons, db_url, ht
     async with http.post(f"{url}/pause") as r:
         assert r.status == 200
 
-    async def watch() -> list[dict[str, Any]]:
-        got = []
-        async with http.get(f"{url}/stream") as r:
-            name = None
-            async for raw in r.content:
-                line = raw.decode().rstrip("\r\n")
-                if line.startswith("event:"):
-                    name = line.split(":", 1)[1].strip()
-                elif line.startswith("data:") and name == "sample":
-                    got.append(json.loads(line.split(":", 1)[1]))
-                assert name != "error", line
-        return got
-
-    watcher = asyncio.create_task(watch())
+    watcher = asyncio.create_task(read_stream(http, f"{url}/stream"))
     while not await stream_feeds(http, daemon):  # connected, its feed started
         assert asyncio.get_running_loop().time() < deadline, "the stream never started"
         await asyncio.sleep(0.05)
@@ -239,9 +213,10 @@ async def test_a_watcher_joining_late_gets_the_whole_history(daemons, db_url, ht
         assert r.status == 200
     async with http.post(f"{url}/stop") as r:
         assert r.status == 202
-    streamed = await asyncio.wait_for(watcher, 120)
+    events = await asyncio.wait_for(watcher, 120)
+    assert [name for name, _ in events if name == "error"] == []  # never cut off as too slow
     stored = await samples(http, daemon, session["id"])
-    assert streamed == stored
+    assert [data for name, data in events if name == "sample"] == stored
 
 
 async def test_export_streams_without_loading_into_memory(daemons, db_url, http, scenarios):
@@ -343,6 +318,8 @@ async def test_database_restart_mid_session_loses_no_row(daemons, http, scenario
 
     pgdata = tmp_path / "pg"
     server = pgserver.get_server(pgdata, cleanup_mode="stop")
+    streaming: aiohttp.ClientSession | None = None
+    watcher: asyncio.Task[list[tuple[str, Any]]] | None = None
     try:
         daemon = await daemons.start(server.get_uri())
         await upload(http, daemon, "long", scenarios["long"])
@@ -351,6 +328,14 @@ async def test_database_restart_mid_session_loses_no_row(daemons, http, scenario
         )
         await wait_status(http, daemon, session["id"], "running")
         await wait_until_samples(http, daemon, session["id"])
+        # A live stream watches through the outage (its client has no overall timeout).
+        streaming = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(sock_read=120))
+        stream_url = f"{daemon.url}/v1/sessions/{session['id']}/stream"
+        watcher = asyncio.create_task(read_stream(streaming, stream_url))
+        deadline = time.monotonic() + DEADLINE_S
+        while not await stream_feeds(http, daemon):
+            assert time.monotonic() < deadline, "the stream never started"
+            await asyncio.sleep(POLL_S)
         await asyncio.to_thread(
             pg_ctl, ["-w", "stop", "-m", "fast"], pgdata=pgdata, user=server.system_user
         )
@@ -376,9 +361,17 @@ async def test_database_restart_mid_session_loses_no_row(daemons, http, scenario
         finally:
             await conn.close()
         assert count == bare["fcd_rows"]
+        # The stream went on through the outage, to the end: every sample, then 'completed'.
+        events = await asyncio.wait_for(watcher, 60)
+        assert [data for name, data in events if name == "sample"] == stored
+        assert events[-1][0] == "status" and events[-1][1]["status"] == "completed"
         # What the libraries said of the outage too is one JSON event per line.
         assert [line for line in daemon.raw if not line.startswith("{")] == []
     finally:
+        if watcher is not None:
+            watcher.cancel()
+        if streaming is not None:
+            await streaming.close()
         # Before its database goes: a daemon (and its SUMOs) must not outlive the server.
         daemons.kill_all()
         server.cleanup()
