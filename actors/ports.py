@@ -8,6 +8,9 @@ from __future__ import annotations
 import socket
 import time
 from collections.abc import Callable, Iterable
+from pathlib import Path
+
+EPHEMERAL_RANGE = Path("/proc/sys/net/ipv4/ip_local_port_range")
 
 
 def port_is_free(port: int) -> bool:
@@ -23,6 +26,17 @@ def port_is_free(port: int) -> bool:
         except OSError:
             return False
     return True
+
+
+def ephemeral_overlap(ports: range) -> range | None:
+    """The part of `ports` the kernel may also give to outgoing connections as their source
+    port (Linux's ip_local_port_range); None when they do not meet or the range is unknown."""
+    try:
+        low, high = map(int, EPHEMERAL_RANGE.read_text().split())
+    except (OSError, ValueError):
+        return None
+    both = range(max(ports.start, low), min(ports.stop, high + 1))
+    return both or None
 
 
 class PortPool:

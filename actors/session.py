@@ -502,9 +502,9 @@ class SessionActor:
                 return await self._in_thread(_open_connection, port, HANDSHAKE_TIMEOUT_S)
             except ConnectionRefusedError:
                 pass
-            except (TimeoutError, FatalTraCIError, TraCIException, OSError) as exc:
+            except (TimeoutError, FatalTraCIError, TraCIException, OSError, struct.error) as exc:
                 # Something that is not this SUMO answered on the port (SUMO itself failed to
-                # listen there); its exit, noticed next time round, tells why.
+                # listen there), or answered garbage; its exit, noticed next time round, tells why.
                 log.warning("traci_handshake_failed", error=repr(exc))
             if loop.time() > deadline:
                 return _Drive("connect_timeout")
@@ -807,7 +807,13 @@ def _run_slice(
 def _open_connection(port: int, handshake_timeout_s: float) -> Connection:
     """Connect and check that SUMO answers: a listener that is not SUMO would block forever."""
     conn = Connection("127.0.0.1", port, None, None, False, None)
-    conn._socket.settimeout(handshake_timeout_s)
+    sock = conn._socket
+    if sock.getsockname() == sock.getpeername():
+        # Nothing listened, and the connect picked the port itself as its source port (it is in
+        # the ephemeral range): TCP joined the socket to itself. Not SUMO, not there yet.
+        sock.close()
+        raise ConnectionRefusedError(f"port {port}: connected to itself")
+    sock.settimeout(handshake_timeout_s)
     try:
         conn.getVersion()
     except BaseException:

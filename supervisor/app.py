@@ -15,7 +15,7 @@ import structlog
 from aiohttp import web
 
 from actors.feeds import FeedHub
-from actors.ports import PortPool
+from actors.ports import PortPool, ephemeral_overlap
 from actors.supervisor import SupervisorActor, SupervisorSettings
 from actors.writer import WriterActor
 from supervisor import api, db, pgembed
@@ -60,6 +60,14 @@ async def serve(cfg: Config) -> int:
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, on_signal, sig)
     sumo = sumo_binary()
+    if (shared := ephemeral_overlap(cfg.traci_ports.ports())) is not None:
+        # Any outgoing connection may take one of these as its source port: a session that
+        # meets one retries on another port, but the range is better moved.
+        log.warning(
+            "traci_ports_in_ephemeral_range",
+            traci_ports=str(cfg.traci_ports),
+            shared=f"{shared.start}-{shared.stop - 1}",
+        )
     cfg.state_dir.mkdir(parents=True, exist_ok=True)
     embedded = None
     url = cfg.database_url

@@ -271,8 +271,9 @@ _port_blocks = itertools.count()
 
 
 def next_port_range(size: int = 50) -> tuple[int, int]:
-    """A TraCI port range no other daemon of this test run uses."""
-    first = 21000 + (os.getpid() % 20) * 1000 + next(_port_blocks) * size % 1000
+    """A TraCI port range no other daemon of this test run uses, below Linux's ephemeral ports
+    (32768 and up), which outgoing connections may take at any time."""
+    first = 12000 + (os.getpid() % 20) * 1000 + next(_port_blocks) * size % 1000
     return first, first + size - 1
 
 

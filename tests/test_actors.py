@@ -61,15 +61,26 @@ def make_supervisor(
     return SupervisorActor(settings, pool=pool, writer=writer, ports=ports)
 
 
-async def test_port_refused_by_sumo_is_retried_on_another(pool, scenarios, tmp_path: Path):
-    """SUMO itself fails with 'Address already in use' and the session moves to the next port.
+async def _answer_garbage(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    # A framed answer too short for the command: what a socket connected to itself reads back.
+    writer.write(b"\x00\x00\x00\x06\x01\x00")
+    await writer.drain()
+    writer.close()
+
+
+@pytest.mark.parametrize(("first", "answers"), [(23400, False), (23440, True)])
+async def test_port_refused_by_sumo_is_retried_on_another(
+    pool, scenarios, tmp_path: Path, first: int, answers: bool
+):
+    """SUMO itself fails with 'Address already in use' and the session moves to the next port,
+    whether what holds the port keeps silent or answers the handshake with garbage.
 
     The probe is replaced (the one fake here): a real probe would see the taken port and never
     lease it, so this is the only way to reach SUMO's own refusal. Everything else is real."""
-    first = 23400
     holder = socket.socket()
     holder.bind(("0.0.0.0", first))  # no SO_REUSEADDR: SUMO's bind must fail
     holder.listen()
+    server = await asyncio.start_server(_answer_garbage, sock=holder) if answers else None
     writer = WriterActor(pool, batch_rows=100, flush_s=0.05, queue_rows=1000)
     ports = PortPool(range(first, first + 3), probe=lambda port: True)
     supervisor = make_supervisor(pool, writer, ports, tmp_path, max_running=2)
@@ -83,6 +94,9 @@ async def test_port_refused_by_sumo_is_retried_on_another(pool, scenarios, tmp_p
             await supervisor.shutdown("test over")
             await writer.close()
     finally:
+        if server is not None:
+            server.close()
+            await server.wait_closed()
         holder.close()
     assert row["status"] == "completed", row
     assert row["port"] == first + 1

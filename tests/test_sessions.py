@@ -23,7 +23,7 @@ from conftest import (
     wait_until,
 )
 
-from actors.ports import port_is_free
+from actors.ports import EPHEMERAL_RANGE, port_is_free
 
 
 async def test_six_sessions_of_different_scenarios_match_bare_sumo(
@@ -194,6 +194,15 @@ async def test_port_held_by_another_process_is_skipped(daemons, db_url, http, sc
         assert first < done["port"] <= last
     finally:
         holder.close()
+
+
+async def test_traci_ports_outgoing_connections_may_take_are_named_at_start(daemons, db_url):
+    low, _high = map(int, EPHEMERAL_RANGE.read_text().split())
+    inside = await daemons.start(db_url, traci_ports=(low + 100, low + 109))
+    [warning] = inside.events("traci_ports_in_ephemeral_range")
+    assert warning["shared"] == f"{low + 100}-{low + 109}"
+    below = await daemons.start(db_url)  # the tests' own ranges lie below the kernel's
+    assert below.events("traci_ports_in_ephemeral_range") == []
 
 
 async def test_scenario_sumo_refuses_fails_with_its_message(daemons, db_url, http, scenarios):
