@@ -26,6 +26,8 @@ import asyncpg
 import pytest
 import sumo
 
+from supervisor.db import FINAL_STATUSES
+
 SUMO_HOME = Path(sumo.SUMO_HOME)
 SUMO_BIN = SUMO_HOME / "bin"
 RANDOM_TRIPS = SUMO_HOME / "tools" / "randomTrips.py"
@@ -467,13 +469,16 @@ async def wait_status(
     statuses: set[str] | str,
     timeout: float = DEADLINE_S,
 ) -> dict[str, Any]:
-    """Poll until the session is in one of `statuses`; fail with its last state at the deadline."""
+    """Poll until the session is in one of `statuses`; fail with its last state at the deadline,
+    or at once when it has ended in another (an end is final)."""
     wanted = {statuses} if isinstance(statuses, str) else statuses
     deadline = time.monotonic() + timeout
     while True:
         session = await get_session(http, daemon, session_id)
         if session["status"] in wanted:
             return session
+        if session["status"] in FINAL_STATUSES:
+            raise AssertionError(f"session ended {session['status']}, not {wanted}: {session}")
         if time.monotonic() > deadline:
             raise AssertionError(f"session never reached {wanted}: {session}")
         await asyncio.sleep(POLL_S)
