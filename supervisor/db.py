@@ -690,7 +690,9 @@ async def export_csv(
         view = memoryview(chunk)
         for start in range(0, len(view), EXPORT_PIECE):
             try:
-                await asyncio.wait_for(output(view[start : start + EXPORT_PIECE]), stall_s)
+                # A timeout scope, not wait_for: no task per piece of a large export.
+                async with asyncio.timeout(stall_s):
+                    await output(view[start : start + EXPORT_PIECE])
             except TimeoutError:
                 raise ExportStalled(f"the client took no more data for {stall_s} s") from None
 

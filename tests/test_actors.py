@@ -146,7 +146,7 @@ async def test_a_session_ending_while_the_database_is_away_is_written_down_when_
     scenarios, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ):
     """The database goes away for longer than a session's step waits for it, and a session ends
-    meanwhile. Its end waits for the database; the supervisor and its other sessions go on.
+    meanwhile. Its end waits for the database, and the supervisor goes on meanwhile.
     The wait (RETRY_S, 120 s) is shortened to 1 s: the one fake, an outage that long cannot be
     shown in a test's time."""
     import pgserver
