@@ -169,3 +169,29 @@ CREATE TABLE IF NOT EXISTS edge_data (
     density         double precision,
     sampled_seconds double precision
 ) PARTITION BY LIST (session_id);
+
+-- API tokens. The token itself is shown once, when made; only its SHA-256 is kept (a token is
+-- 256 random bits, so a fast hash is enough). A name is unique among the tokens not revoked;
+-- revoked ones stay, for the record. `last_used_at` is written in batches, not per request.
+CREATE TABLE IF NOT EXISTS api_tokens (
+    id            bigserial PRIMARY KEY,
+    name          text NOT NULL CHECK (name ~ '^[A-Za-z0-9][A-Za-z0-9_.@-]{0,62}$'),
+    role          text NOT NULL CHECK (role IN ('reader', 'operator', 'admin')),
+    hash          bytea NOT NULL UNIQUE,
+    created_at    timestamptz NOT NULL DEFAULT now(),
+    last_used_at  timestamptz,
+    expires_at    timestamptz,
+    revoked_at    timestamptz
+);
+CREATE UNIQUE INDEX IF NOT EXISTS api_tokens_live_name ON api_tokens (name) WHERE revoked_at IS NULL;
+
+-- Every daemon on this database reloads its tokens when they change (a revocation made with the
+-- CLI, straight in the database, takes effect at once); last-used updates do not count.
+CREATE OR REPLACE FUNCTION api_tokens_notify() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+    PERFORM pg_notify('api_tokens', '');
+    RETURN NULL;
+END $$;
+CREATE OR REPLACE TRIGGER api_tokens_changed
+    AFTER INSERT OR DELETE OR UPDATE OF role, expires_at, revoked_at ON api_tokens
+    FOR EACH STATEMENT EXECUTE FUNCTION api_tokens_notify();

@@ -1,6 +1,7 @@
 """The session actor: one task per session, owning one SUMO subprocess and its TraCI connection.
 
-It materializes its template, leases a port from the supervisor, starts `sumo`, connects TraCI,
+It materializes its template, leases a port from the supervisor, starts `sumo` (confined by its
+sandbox launcher, actors/sandbox.py, which may hand over SUMO's sockets), connects TraCI,
 advances the simulation, hands a sample row to the writer every `sample_every` steps, and records
 how it ended. The samples' figures come from SUMO's own summary output (actors/summary.py), so
 TraCI only moves time on: a running session jumps over several samples per round trip. TraCI
@@ -11,16 +12,18 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import math
 import os
 import re
 import shutil
 import signal
+import socket
 import struct
 import threading
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -33,8 +36,9 @@ import traci.constants as tc
 from traci.connection import Connection
 from traci.exceptions import FatalTraCIError, TraCIException
 
-from actors import commands
+from actors import commands, handover
 from actors.recorder import Recorder
+from actors.sandbox import SandboxPlan
 from actors.summary import MAX_STEPS_UNREAD, Cut, SummaryFeed, SummaryLost
 from actors.writer import WriterActor
 from supervisor import db, templates
@@ -50,6 +54,8 @@ MAX_PORT_ATTEMPTS = 5
 # SUMO answers its first command at once once it listens.
 HANDSHAKE_TIMEOUT_S = 5.0
 STDERR_TAIL_LINES = 20
+# How often a sandboxed SUMO's start, waiting for its launcher's sockets, looks for a stop.
+HANDOVER_POLL_S = 0.05
 # A running session's TraCI thread makes jump after jump for up to this long before it hands
 # the samples back: one hand-over per slice rather than per sample, during which SUMO idles. A
 # message for the session (stop, pause, commands) ends the slice at the next jump.
@@ -58,6 +64,12 @@ RUN_SLICE_S = 0.2
 # between jumps, when SUMO waits, is a small share of it.
 JUMP_S = 0.05
 _ADDRESS_IN_USE = re.compile(r"address already in use", re.IGNORECASE)
+# What SUMO (or the loader) says when one of its caps (actors/sandbox.py) stops it.
+_OVER_CAP = (
+    (re.compile(r"std::bad_alloc|failed to map segment|cannot allocate memory", re.I), "memory"),
+    (re.compile(r"too many open files", re.I), "open files"),
+    (re.compile(r"file too large", re.I), "file size"),
+)
 
 
 @dataclass(frozen=True)
@@ -189,6 +201,7 @@ class SessionActor:
         stop_grace_s: float,
         connect_timeout_s: float,
         sumo_nice: int = 0,
+        sandbox: SandboxPlan | None = None,
     ) -> None:
         self.spec = spec
         self._pool = pool
@@ -199,6 +212,8 @@ class SessionActor:
         self._stop_grace_s = stop_grace_s
         self._connect_timeout_s = connect_timeout_s
         self._sumo_nice = sumo_nice
+        # None: SUMO runs unconfined (no kernel sandbox, or `sandbox = false`).
+        self._sandbox = sandbox
         self._inbox: asyncio.Queue[Message] = asyncio.Queue(maxsize=INBOX_SIZE)
         self._stop: StopSession | None = None
         self._control: deque[Control] = deque()
@@ -338,7 +353,10 @@ class SessionActor:
 
     # ---- one SUMO process ----------------------------------------------------------------------
 
-    def _command(self, port: int, summary_port: int) -> list[str]:
+    def _command(self, port: int, summary_port: int | None) -> list[str]:
+        """SUMO's command line; its summary output is added by its launcher when the launcher
+        makes the listener (`summary_port` None)."""
+        summary = ["--summary-output", f"127.0.0.1:{summary_port}"] if summary_port else []
         return [
             self._sumo_binary,
             "-c",
@@ -349,8 +367,7 @@ class SessionActor:
             "true",
             *self.spec.request.sumo_args(),
             *self._recorder.sumo_args(),
-            "--summary-output",
-            f"127.0.0.1:{summary_port}",
+            *summary,
         ]
 
     async def _run_on_port(self, port: int) -> Outcome:
@@ -363,19 +380,52 @@ class SessionActor:
             summary.close()
 
     async def _run_sumo(self, port: int, summary: SummaryFeed) -> Outcome:
-        command = self._command(port, summary.open())
-        proc = await asyncio.create_subprocess_exec(
-            *command,
-            cwd=self._workdir,
-            stdin=asyncio.subprocess.DEVNULL,
-            stdout=asyncio.subprocess.PIPE,
-            stderr=asyncio.subprocess.PIPE,
-            # Its own process group, so the whole group can be killed whatever SUMO spawned.
-            start_new_session=True,
-        )
+        # In a network namespace of its own, SUMO's sockets come from its launcher over this
+        # pair; otherwise SUMO connects to the daemon's summary listener, as unconfined.
+        private = self._sandbox is not None and self._sandbox.netns
+        ours, theirs = handover.socket_pair() if private else (None, None)
+        try:
+            summary_port = None if private else summary.open()
+            sumo_command = self._command(port, summary_port)
+            command = sumo_command
+            if self._sandbox is not None:
+                command = self._sandbox.command(
+                    sumo_command,
+                    traci_port=port,
+                    summary_port=summary_port,
+                    handover_fd=theirs.fileno() if theirs is not None else None,
+                )
+            try:
+                proc = await asyncio.create_subprocess_exec(
+                    *command,
+                    cwd=self._workdir,
+                    stdin=asyncio.subprocess.DEVNULL,
+                    stdout=asyncio.subprocess.PIPE,
+                    stderr=asyncio.subprocess.PIPE,
+                    # Its own process group, so the whole group can be killed whatever SUMO
+                    # spawned. The launcher execs SUMO: the process is SUMO's, pid and all.
+                    start_new_session=True,
+                    pass_fds=(theirs.fileno(),) if theirs is not None else (),
+                )
+            finally:
+                if theirs is not None:
+                    theirs.close()
+            return await self._supervise(proc, port, summary, sumo_command, ours)
+        finally:
+            if ours is not None:
+                ours.close()
+
+    async def _supervise(
+        self,
+        proc: asyncio.subprocess.Process,
+        port: int,
+        summary: SummaryFeed,
+        sumo_command: list[str],
+        channel: socket.socket | None,
+    ) -> Outcome:
         log = self._log.bind(port=port, pid=proc.pid)
         started_at = await asyncio.to_thread(_settle_process, proc.pid, self._sumo_nice)
-        log.info("sumo_started", command=command)
+        log.info("sumo_started", command=sumo_command, sandboxed=self._sandbox is not None)
         await self._broker.sumo_started(self.spec.id, proc.pid)
         await db.set_session_process(self._pool, self.spec.id, port, proc.pid, started_at)
         assert proc.stdout is not None and proc.stderr is not None
@@ -386,7 +436,7 @@ class SessionActor:
             if self._recorder.active:
                 tg.create_task(self._recorder.follow(sumo_done))
             try:
-                drive = await self._drive(proc, port, log, summary)
+                drive = await self._drive(proc, port, log, summary, channel)
             finally:
                 await self._reap(proc, log)
                 sumo_done.set()
@@ -436,6 +486,26 @@ class SessionActor:
             return Outcome("completed", drive.detail, exit_code=returncode, sim_time=self._sim_time)
         tail = "\n".join(self._stderr_tail)
         errors = "\n".join(line for line in self._stderr_tail if line.startswith("Error"))
+        if (cap := _over_cap(returncode, self._stderr_tail)) is not None:
+            # Checked first: a SUMO stopped by its cap while loading did not refuse the scenario.
+            return Outcome(
+                "failed",
+                f"SUMO went over its {cap} cap",
+                cause="resource_limit",
+                error="\n".join(
+                    filter(None, [errors or tail, f"SUMO {_describe_exit(returncode)}"])
+                ),
+                exit_code=returncode,
+                sim_time=self._sim_time,
+            )
+        if any(line.startswith("Error: sandbox:") for line in self._stderr_tail):
+            return Outcome(
+                "failed",
+                "SUMO's sandbox could not be set up",
+                cause="sandbox_failed",
+                error=errors,
+                exit_code=returncode,
+            )
         if drive.kind == "exited_early" and _ADDRESS_IN_USE.search(tail):
             return Outcome("failed", "TraCI port in use", cause="port_in_use", error=tail)
         # SUMO reads routes as the simulation runs, so a bad route file may only fail the first
@@ -475,9 +545,19 @@ class SessionActor:
         return await asyncio.get_running_loop().run_in_executor(self._executor, fn, *args)
 
     async def _drive(
-        self, proc: asyncio.subprocess.Process, port: int, log: Any, summary: SummaryFeed
+        self,
+        proc: asyncio.subprocess.Process,
+        port: int,
+        log: Any,
+        summary: SummaryFeed,
+        channel: socket.socket | None,
     ) -> _Drive:
-        conn = await self._connect(proc, port, log)
+        if channel is None:
+            conn = await self._connect(
+                proc, functools.partial(_open_connection, port, HANDSHAKE_TIMEOUT_S), log
+            )
+        else:
+            conn = await self._connect_private(proc, channel, port, log, summary)
         if isinstance(conn, _Drive):
             return conn
         try:
@@ -489,8 +569,14 @@ class SessionActor:
             await self._in_thread(_close_quietly, conn)
 
     async def _connect(
-        self, proc: asyncio.subprocess.Process, port: int, log: Any
+        self,
+        proc: asyncio.subprocess.Process,
+        attempt: Callable[[], Connection],
+        log: Any,
+        *,
+        single_socket: bool = False,
     ) -> Connection | _Drive:
+        """Try `attempt` until SUMO answers on its TraCI port, exits, or the start times out."""
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self._connect_timeout_s
         while True:
@@ -499,18 +585,58 @@ class SessionActor:
             if self._stop_requested() is not None:
                 return _Drive("stop")
             try:
-                return await self._in_thread(_open_connection, port, HANDSHAKE_TIMEOUT_S)
+                return await self._in_thread(attempt)
             except ConnectionRefusedError:
                 pass
             except (TimeoutError, FatalTraCIError, TraCIException, OSError, struct.error) as exc:
                 # Something that is not this SUMO answered on the port (SUMO itself failed to
                 # listen there), or answered garbage; its exit, noticed next time round, tells why.
                 log.warning("traci_handshake_failed", error=repr(exc))
+                if single_socket:
+                    # Only SUMO listens in its namespace, and the one socket is spent.
+                    return _Drive("traci_lost", f"TraCI handshake failed: {exc!r}")
             if loop.time() > deadline:
                 return _Drive("connect_timeout")
             # Waiting on the process as well notices an early exit at once.
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(asyncio.shield(proc.wait()), CONNECT_POLL_S)
+
+    async def _connect_private(
+        self,
+        proc: asyncio.subprocess.Process,
+        channel: socket.socket,
+        port: int,
+        log: Any,
+        summary: SummaryFeed,
+    ) -> Connection | _Drive:
+        """A sandboxed SUMO: its sockets from its launcher, then TraCI over the one made for
+        the daemon in SUMO's namespace (nothing else can reach SUMO's port there)."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self._connect_timeout_s
+        sockets: handover.Sockets | None = None
+        while sockets is None:
+            if proc.returncode is not None:
+                return _Drive("exited_early")
+            if self._stop_requested() is not None:
+                return _Drive("stop")
+            if loop.time() > deadline:
+                return _Drive("connect_timeout")
+            try:
+                sockets = await handover.receive(channel, HANDOVER_POLL_S)
+            except handover.LauncherGone:
+                # It failed before exec; its stderr and exit status, read once reaped, say why.
+                return _Drive("exited_early")
+        channel.close()  # one message is all it carries: no fd held for the session's life
+        summary.adopt(sockets.summary_listener)
+        conn = await self._connect(
+            proc,
+            functools.partial(handover.connect, sockets.traci, port, HANDSHAKE_TIMEOUT_S),
+            log,
+            single_socket=True,
+        )
+        if isinstance(conn, _Drive):
+            sockets.traci.close()
+        return conn
 
     async def _simulate(
         self, conn: Connection, port: int, log: Any, summary: SummaryFeed
@@ -713,6 +839,18 @@ def _read_network(workdir: Path, config_path: str) -> commands.Network:
         junctions=[n.getID() for n in net.getNodes()],
         tls=[t.getID() for t in net.getTrafficLights()],
     )
+
+
+def _over_cap(returncode: int | None, stderr: Iterable[str]) -> str | None:
+    """Which of SUMO's caps stopped it, if one did: SIGXFSZ is the kernel's answer to a write
+    over the file-size cap; the others show in what SUMO or its loader said."""
+    if returncode == -signal.SIGXFSZ:
+        return "file size"
+    for line in stderr:
+        for pattern, cap in _OVER_CAP:
+            if pattern.search(line):
+                return cap
+    return None
 
 
 def _describe_exit(returncode: int | None) -> str:

@@ -70,6 +70,10 @@ class SummaryFeed:
         port: int = sock.getsockname()[1]
         return port
 
+    def adopt(self, listener: socket.socket) -> None:
+        """Listen on a socket made elsewhere: a sandboxed SUMO's, in its network namespace."""
+        self._listener = listener
+
     def accept(self, step: float) -> None:
         """Take SUMO's connection (made while loading, before TraCI opens); `step` is SUMO's
         step length, the time each row stands for."""

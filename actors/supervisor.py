@@ -27,6 +27,7 @@ import psutil
 import structlog
 
 from actors.ports import PortPool
+from actors.sandbox import SandboxPlan
 from actors.session import (
     Control,
     Outcome,
@@ -181,6 +182,8 @@ class SupervisorSettings:
     stop_grace_s: float
     connect_timeout_s: float
     sumo_nice: int = 0
+    # How each SUMO is confined (actors/sandbox.py); None runs it unconfined.
+    sandbox: SandboxPlan | None = None
 
 
 class SupervisorActor:
@@ -402,6 +405,7 @@ class SupervisorActor:
                 stop_grace_s=self._settings.stop_grace_s,
                 connect_timeout_s=self._settings.connect_timeout_s,
                 sumo_nice=self._settings.sumo_nice,
+                sandbox=self._settings.sandbox,
             )
             wall = spec.request.max_wall_s
             task = tg.create_task(self._session_main(actor), name=f"session-{spec.id}")

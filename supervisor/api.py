@@ -7,13 +7,11 @@ import asyncio
 import json
 import time
 from dataclasses import dataclass, field
-from datetime import datetime
 from functools import partial
 from typing import Any
 from urllib.parse import unquote
 
 import asyncpg
-import orjson
 import structlog
 from aiohttp import BodyPartReader, web
 from aiohttp_sse import sse_response
@@ -23,7 +21,8 @@ from actors.feeds import EndEvent, FeedHub, LaggedEvent, SampleEvent, StatusEven
 from actors.session import Commands, Pause, Resume, SessionSpec, Step
 from actors.supervisor import SupervisorActor, new_session_id
 from actors.writer import WriterActor
-from supervisor import db, plots, sweeps, templates
+from supervisor import db, plots, sweeps, templates, tokens
+from supervisor.access import AUDIT, Access, Route, error_response
 from supervisor.config import Config
 from supervisor.errors import (
     Busy,
@@ -35,7 +34,11 @@ from supervisor.errors import (
     SupervisorError,
     SweepNotFound,
     TemplateNotFound,
+    TokenNotFound,
 )
+from supervisor.jsonio import dumps as _dumps
+from supervisor.jsonio import encode as _encode
+from supervisor.jsonio import json_response as _json
 from supervisor.logbuffer import SESSION_LOGS
 from supervisor.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from supervisor.metrics import Metrics, count_sumo_children
@@ -60,37 +63,21 @@ class Services:
     writer: WriterActor
     feeds: FeedHub
     metrics: Metrics
+    tokens: tokens.TokenBook
+    upload_checks: templates.CheckSlots
     exports: asyncio.Semaphore = field(default_factory=lambda: asyncio.Semaphore(EXPORT_SLOTS))
 
 
 SERVICES = web.AppKey("services", Services)
+ACCESS = web.AppKey("access", Access)
 
 
-# orjson: encoding answers was the largest part of a busy API's time with the stdlib encoder.
-# It writes datetimes as ISO 8601, like datetime.isoformat(); non-str keys become strings.
-_OPTIONS = orjson.OPT_NON_STR_KEYS
-
-
-def _encode(data: Any) -> bytes:
-    try:
-        return orjson.dumps(data, option=_OPTIONS)
-    except orjson.JSONEncodeError:
-        # An integer beyond 64 bits, as a bad input quoted back in its error: the stdlib takes it.
-        return json.dumps(data, default=_iso).encode()
-
-
-def _iso(value: Any) -> str:
-    if isinstance(value, datetime):
-        return value.isoformat()
-    raise TypeError(f"not JSON serializable: {type(value).__name__}")
-
-
-def _dumps(data: Any) -> str:
-    return _encode(data).decode()
-
-
-def _json(data: Any, status: int = 200) -> web.Response:
-    return web.Response(body=_encode(data), status=status, content_type="application/json")
+def _created(request: web.Request, body: dict[str, Any], path: str) -> web.Response:
+    """201 with the new thing's address, absolute when the daemon knows its public URL."""
+    response = _json(body, status=201)
+    base = request.app[SERVICES].config.public_url
+    response.headers["Location"] = (base.rstrip("/") if base else "") + path
+    return response
 
 
 # ---- errors, in one place ----------------------------------------------------------------------
@@ -102,7 +89,7 @@ async def error_middleware(request: web.Request, handler: Any) -> web.StreamResp
         response: web.StreamResponse = await handler(request)
         return response
     except SupervisorError as exc:
-        return _json({"error": exc.message, **exc.detail}, status=exc.status)
+        return error_response(exc)
     except web.HTTPException as exc:
         if exc.status < 400:
             raise
@@ -140,9 +127,16 @@ def _failure(request: web.Request, exc: Exception) -> web.StreamResponse:
 async def _json_body(request: web.Request) -> Any:
     if request.content_length is not None and request.content_length > MAX_JSON_BODY:
         raise PayloadTooLarge(f"JSON body larger than {MAX_JSON_BODY} bytes")
-    raw = await request.content.read(MAX_JSON_BODY + 1)
-    if len(raw) > MAX_JSON_BODY:
-        raise PayloadTooLarge(f"JSON body larger than {MAX_JSON_BODY} bytes")
+    # Read to the end: one read() returns only what has arrived so far (a body in two TCP
+    # segments, or chunked), and the cap counts as it comes.
+    chunks: list[bytes] = []
+    size = 0
+    while chunk := await request.content.read(CHUNK):
+        size += len(chunk)
+        if size > MAX_JSON_BODY:
+            raise PayloadTooLarge(f"JSON body larger than {MAX_JSON_BODY} bytes")
+        chunks.append(chunk)
+    raw = b"".join(chunks)
     try:
         return json.loads(raw)
     except (ValueError, RecursionError) as exc:
@@ -246,7 +240,15 @@ async def create_template(request: web.Request) -> web.Response:
         if not fields.get(key):
             raise InvalidRequest(f"form field {key!r} is required", field=key)
     name = templates.validate_name(fields["name"])
-    sha256, stored = await asyncio.to_thread(templates.check_upload, fields["config"], files)
+
+    def check() -> tuple[str, list[db.TemplateFile]]:
+        # On the check's thread, once it holds a slot: the log says when checking began.
+        log.info("template_checking", template=name, files=len(files), bytes=used)
+        return templates.check_upload(
+            fields["config"], files, max_inflated_bytes=s.config.max_inflated_bytes
+        )
+
+    sha256, stored = await s.upload_checks.run(check)
     version = await db.insert_template_version(s.pool, name, fields["config"], sha256, stored)
     log.info("template_created", template=name, version=version, files=len(stored), bytes=used)
     return _json(
@@ -349,9 +351,10 @@ async def create_session(request: web.Request) -> web.Response:
     req = parse_session_request(body)
     spec = _new_spec(await _template_version(s.pool, req), req)
     await s.supervisor.submit(spec)
+    request[AUDIT]["created"] = spec.id
     row = await db.get_session(s.pool, spec.id)
     assert row is not None
-    return _json(_session_json(row), status=201)
+    return _created(request, _session_json(row), f"/v1/sessions/{spec.id}")
 
 
 async def list_sessions(request: web.Request) -> web.Response:
@@ -393,7 +396,10 @@ async def create_sweep(request: web.Request) -> web.Response:
     await s.supervisor.submit(*specs, sweep=(sweep_id, body))
     ids = [spec.id for spec in specs]
     log.info("sweep_created", sweep_id=sweep_id, sessions=len(ids))
-    return _json({"id": sweep_id, "count": len(ids), "sessions": ids}, status=201)
+    request[AUDIT]["created"] = sweep_id
+    return _created(
+        request, {"id": sweep_id, "count": len(ids), "sessions": ids}, f"/v1/sweeps/{sweep_id}"
+    )
 
 
 async def get_sweep(request: web.Request) -> web.Response:
@@ -587,7 +593,11 @@ async def session_stream(request: web.Request) -> web.StreamResponse:
         last = float(after) if after else None
     except ValueError:
         raise InvalidRequest("Last-Event-ID/after must be a sim time", value=after) from None
-    async with s.feeds.watch(row["id"]) as watcher, sse_response(request) as stream:
+    async with (
+        request.app[ACCESS].hold(request, "streams"),
+        s.feeds.watch(row["id"]) as watcher,
+        sse_response(request) as stream,
+    ):
         # Subscribed first, then the backlog: together they miss nothing; repeats are skipped.
         for sample in await db.get_samples(s.pool, row["id"], last, 1_000_000):
             await stream.send(_dumps(sample), id=repr(sample["sim_time"]), event="sample")
@@ -621,7 +631,7 @@ async def session_export(request: web.Request) -> web.StreamResponse:
     services = request.app[SERVICES]
     if services.exports.locked():
         raise Busy(f"{EXPORT_SLOTS} exports are running; try again when one has ended")
-    async with services.exports:
+    async with request.app[ACCESS].hold(request, "exports"), services.exports:
         response = web.StreamResponse(
             headers={
                 "Content-Type": "text/csv; charset=utf-8",
@@ -652,35 +662,116 @@ async def block_loop(request: web.Request) -> web.Response:
     return _json({"blocked_s": seconds})
 
 
+# ---- tokens and template deletion (admin) ------------------------------------------------------
+
+
+async def create_token(request: web.Request) -> web.Response:
+    s = request.app[SERVICES]
+    body = await _json_body(request)
+    if not isinstance(body, dict):
+        raise InvalidRequest('send {"name": ..., "role": ..., "expires": "30d"}')
+    try:
+        name = tokens.parse_name(str(body.get("name", "")))
+        role = tokens.parse_role(str(body.get("role", "")))
+        expires = body.get("expires")
+        expires_s = None if expires is None else tokens.parse_duration(str(expires))
+    except ValueError as exc:
+        raise InvalidRequest(str(exc)) from None
+    secret = tokens.new_token()
+    try:
+        row = await db.insert_token(s.pool, name, role.name, tokens.digest(secret), expires_s)
+    except db.TokenNameTaken:
+        raise SessionConflict(
+            f"a token named {name!r} exists: revoke it first", name=name
+        ) from None
+    await s.tokens.reload()
+    request[AUDIT]["token_made"] = name
+    # The only time the token is shown.
+    return _json({"token": secret, **row}, status=201)
+
+
+async def list_tokens(request: web.Request) -> web.Response:
+    revoked = request.query.get("revoked") in ("1", "true")
+    rows = await db.list_tokens(request.app[SERVICES].pool, revoked=revoked)
+    return _json({"tokens": rows})
+
+
+async def revoke_token(request: web.Request) -> web.Response:
+    s = request.app[SERVICES]
+    name = request.match_info["name"]
+    row = await db.revoke_token(s.pool, name)
+    if row is None:
+        raise TokenNotFound(f"no live token named {name!r}", name=name)
+    s.tokens.forget(name)
+    request[AUDIT]["token_revoked"] = name
+    return _json(row)
+
+
+async def delete_template(request: web.Request) -> web.Response:
+    name = request.match_info["name"]
+    with_sessions = request.query.get("sessions") == "delete"
+    try:
+        gone = await db.delete_template(
+            request.app[SERVICES].pool, name, with_sessions=with_sessions
+        )
+    except db.TemplateInUse as exc:
+        if exc.active:
+            message = f"{exc.active} sessions of {name!r} have not ended: stop them first"
+        else:
+            message = f"{exc.total} sessions use {name!r}: add ?sessions=delete to delete them too"
+        raise SessionConflict(message, sessions=exc.total, active=exc.active) from None
+    if gone is None:
+        raise TemplateNotFound(f"no template named {name!r}", template=name)
+    log.info("template_deleted", template=name, sessions_deleted=gone)
+    return _json({"name": name, "deleted": True, "sessions_deleted": gone})
+
+
+R = tokens.Role
+# Every route, and the role it needs. The access middleware refuses a route missing here.
+ROUTES: list[Route] = [
+    Route("GET", "/healthz", healthz, None),
+    Route("GET", "/metrics", metrics, R.reader),
+    Route("POST", "/v1/templates", create_template, R.operator, "multipart"),
+    Route("GET", "/v1/templates", list_templates, R.reader),
+    Route("GET", "/v1/templates/{name}", get_template, R.reader),
+    Route("DELETE", "/v1/templates/{name}", delete_template, R.admin),
+    Route("POST", "/v1/sessions", create_session, R.operator, "json"),
+    Route("GET", "/v1/sessions", list_sessions, R.reader),
+    Route("GET", "/v1/sessions/{id}", get_session, R.reader),
+    Route("DELETE", "/v1/sessions/{id}", delete_session, R.operator),
+    Route("GET", "/v1/sessions/{id}/events", session_events, R.reader),
+    Route("POST", "/v1/sessions/{id}/stop", stop_session, R.operator),
+    Route("POST", "/v1/sessions/{id}/pause", pause_session, R.operator),
+    Route("POST", "/v1/sessions/{id}/resume", resume_session, R.operator),
+    Route("POST", "/v1/sessions/{id}/step", step_session, R.operator, "json"),
+    Route("POST", "/v1/sessions/{id}/commands", session_commands_post, R.operator, "json"),
+    Route("GET", "/v1/sessions/{id}/commands", session_commands_get, R.reader),
+    Route("GET", "/v1/sessions/{id}/logs", session_logs, R.reader),
+    Route("GET", "/v1/sessions/{id}/samples", session_samples, R.reader),
+    Route("GET", "/v1/sessions/{id}/summary", session_summary, R.reader),
+    Route("GET", "/v1/sessions/{id}/plot.svg", session_plot, R.reader),
+    Route("GET", "/v1/sessions/{id}/stream", session_stream, R.reader),
+    Route("GET", "/v1/sessions/{id}/{kind}.csv", session_export, R.reader),
+    Route("GET", "/v1/compare", compare_sessions, R.reader),
+    Route("POST", "/v1/sweeps", create_sweep, R.operator, "json"),
+    Route("GET", "/v1/sweeps/{id}", get_sweep, R.reader),
+    Route("POST", "/v1/tokens", create_token, R.admin, "json"),
+    Route("GET", "/v1/tokens", list_tokens, R.admin),
+    Route("DELETE", "/v1/tokens/{name}", revoke_token, R.admin),
+]
+TEST_ROUTES = [Route("POST", "/_test/block_loop", block_loop, R.admin)]
+
+
 def make_app(services: Services, *, test_hooks: bool = False) -> web.Application:
+    routes = ROUTES + (TEST_ROUTES if test_hooks else [])
+    access = Access(services.config, services.tokens, routes)
     # Bodies are streamed and capped by the handlers; aiohttp's own cap only covers request.post().
-    app = web.Application(middlewares=[error_middleware], client_max_size=MAX_JSON_BODY)
+    app = web.Application(
+        middlewares=[access.middleware, error_middleware], client_max_size=MAX_JSON_BODY
+    )
     app[SERVICES] = services
-    app.router.add_get("/healthz", healthz)
-    app.router.add_post("/v1/templates", create_template)
-    app.router.add_get("/v1/templates", list_templates)
-    app.router.add_get("/v1/templates/{name}", get_template)
-    app.router.add_post("/v1/sessions", create_session)
-    app.router.add_get("/v1/sessions", list_sessions)
-    app.router.add_get("/v1/sessions/{id}", get_session)
-    app.router.add_get("/v1/sessions/{id}/events", session_events)
-    app.router.add_post("/v1/sessions/{id}/stop", stop_session)
-    app.router.add_get("/v1/sessions/{id}/samples", session_samples)
-    app.router.add_delete("/v1/sessions/{id}", delete_session)
-    app.router.add_get("/v1/sessions/{id}/summary", session_summary)
-    app.router.add_get("/v1/sessions/{id}/plot.svg", session_plot)
-    app.router.add_get("/v1/sessions/{id}/stream", session_stream)
-    app.router.add_get("/v1/sessions/{id}/{kind}.csv", session_export)
-    app.router.add_get("/v1/compare", compare_sessions)
-    app.router.add_get("/metrics", metrics)
-    app.router.add_post("/v1/sweeps", create_sweep)
-    app.router.add_get("/v1/sweeps/{id}", get_sweep)
-    app.router.add_post("/v1/sessions/{id}/pause", pause_session)
-    app.router.add_post("/v1/sessions/{id}/resume", resume_session)
-    app.router.add_post("/v1/sessions/{id}/step", step_session)
-    app.router.add_post("/v1/sessions/{id}/commands", session_commands_post)
-    app.router.add_get("/v1/sessions/{id}/commands", session_commands_get)
-    app.router.add_get("/v1/sessions/{id}/logs", session_logs)
-    if test_hooks:
-        app.router.add_post("/_test/block_loop", block_loop)
+    app[ACCESS] = access
+    app.on_response_prepare.append(access.on_prepare)
+    for route in routes:
+        app.router.add_route(route.method, route.path, route.handler)
     return app

@@ -4,9 +4,11 @@ teardown in reverse when a signal arrives."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import shutil
 import signal
+import ssl
 from collections.abc import Callable
 from pathlib import Path
 
@@ -14,12 +16,14 @@ import asyncpg
 import structlog
 from aiohttp import web
 
+from actors import sandbox
 from actors.feeds import FeedHub
 from actors.ports import PortPool, ephemeral_overlap
 from actors.supervisor import SupervisorActor, SupervisorSettings
 from actors.writer import WriterActor
-from supervisor import api, db, pgembed
+from supervisor import api, db, pgembed, templates, tokens
 from supervisor import logging as logsetup
+from supervisor.access import is_loopback
 from supervisor.config import Config, ConfigError
 from supervisor.loopmon import LoopMonitor
 from supervisor.metrics import Metrics
@@ -60,6 +64,8 @@ async def serve(cfg: Config) -> int:
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, on_signal, sig)
     sumo = sumo_binary()
+    tls = _tls_context(cfg)
+    sandbox_plan = await _sandbox(cfg, sumo)
     if (shared := ephemeral_overlap(cfg.traci_ports.ports())) is not None:
         # Any outgoing connection may take one of these as its source port: a session that
         # meets one retries on another port, but the range is better moved.
@@ -69,12 +75,7 @@ async def serve(cfg: Config) -> int:
             shared=f"{shared.start}-{shared.stop - 1}",
         )
     cfg.state_dir.mkdir(parents=True, exist_ok=True)
-    embedded = None
-    url = cfg.database_url
-    if url is None:
-        embedded = await pgembed.start(cfg.pgdata)
-        url = embedded.url
-    try:
+    async with pgembed.database(cfg.database_url, cfg.pgdata) as url:
         pool = await db.with_retry(
             lambda: db.create_pool(url, command_timeout=cfg.db_command_timeout_s),
             what="connect",
@@ -82,12 +83,17 @@ async def serve(cfg: Config) -> int:
         )
         try:
             await db.apply_schema(pool)
-            return await _run(cfg, pool, sumo, stop_reason)
+            book = tokens.TokenBook(pool, lambda: asyncpg.connect(url))
+            await book.reload()
+            if not book.required and not is_loopback(cfg.host):
+                raise ConfigError(
+                    f"host {cfg.host}: a daemon without tokens serves loopback only; make one"
+                    " first: sumo-supervisor token create NAME --role admin (same --state-dir /"
+                    " --database-url)"
+                )
+            return await _run(cfg, pool, book, sumo, sandbox_plan, stop_reason, tls)
         finally:
             await asyncio.wait_for(pool.close(), timeout=10)
-    finally:
-        if embedded is not None:
-            await embedded.stop()
 
 
 async def _stage(task: asyncio.Task[None], timeout_s: float, what: str) -> bool:
@@ -98,6 +104,25 @@ async def _stage(task: asyncio.Task[None], timeout_s: float, what: str) -> bool:
         log.error("shutdown_timeout", what=what, timeout_s=timeout_s)
         return False
     return True
+
+
+def _url_host(host: str) -> str:
+    return f"[{host}]" if ":" in host else host
+
+
+async def _sandbox(cfg: Config, sumo: str) -> sandbox.SandboxPlan | None:
+    """Probe what the kernel enforces on SUMO, say it, and refuse a reachable daemon whose
+    SUMO would be less confined than the README promises, unless told to accept that."""
+    caps = sandbox.Caps(cfg.sumo_memory_mb, cfg.sumo_max_file_mb, cfg.sumo_max_open_files)
+    try:
+        status = await asyncio.to_thread(sandbox.status_at_start, sumo, caps, cfg.sandbox)
+    except sandbox.SandboxUnusable as exc:
+        raise ConfigError(f"sandbox: {exc}") from None
+    (log.warning if status.missing else log.info)("sandbox_status", **status.log_fields())
+    refusal = status.refusal(cfg.host, is_loopback(cfg.host), cfg.allow_unconfined)
+    if refusal is not None:
+        raise ConfigError(refusal)
+    return status.plan
 
 
 def make_writer(
@@ -113,7 +138,26 @@ def make_writer(
     )
 
 
-async def _run(cfg: Config, pool: asyncpg.Pool, sumo: str, stop_reason: asyncio.Future[str]) -> int:
+def _tls_context(cfg: Config) -> ssl.SSLContext | None:
+    if cfg.tls_cert is None or cfg.tls_key is None:
+        return None
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    try:
+        context.load_cert_chain(cfg.tls_cert, cfg.tls_key)
+    except (OSError, ssl.SSLError) as exc:
+        raise ConfigError(f"tls_cert/tls_key: cannot load them: {exc}") from None
+    return context
+
+
+async def _run(
+    cfg: Config,
+    pool: asyncpg.Pool,
+    book: tokens.TokenBook,
+    sumo: str,
+    sandbox_plan: sandbox.SandboxPlan | None,
+    stop_reason: asyncio.Future[str],
+    tls: ssl.SSLContext | None,
+) -> int:
     metrics = Metrics()
     writer = make_writer(cfg, pool, on_batch=metrics.batch_seconds.observe)
     supervisor = SupervisorActor(
@@ -125,6 +169,7 @@ async def _run(cfg: Config, pool: asyncpg.Pool, sumo: str, stop_reason: asyncio.
             stop_grace_s=cfg.stop_grace_s,
             connect_timeout_s=cfg.connect_timeout_s,
             sumo_nice=cfg.sumo_nice,
+            sandbox=sandbox_plan,
         ),
         pool=pool,
         writer=writer,
@@ -148,7 +193,16 @@ async def _run(cfg: Config, pool: asyncpg.Pool, sumo: str, stop_reason: asyncio.
     feeds = FeedHub(pool)
     runner = web.AppRunner(
         api.make_app(
-            api.Services(cfg, pool, supervisor, writer, feeds, metrics),
+            api.Services(
+                cfg,
+                pool,
+                supervisor,
+                writer,
+                feeds,
+                metrics,
+                book,
+                templates.CheckSlots(cfg.upload_checks, cfg.upload_check_wait_s),
+            ),
             # Test-only: a route that blocks the event loop, to show the watchdog stops.
             test_hooks=os.environ.get("SUMO_SUPERVISOR_TEST_HOOKS") == "1",
         ),
@@ -159,15 +213,19 @@ async def _run(cfg: Config, pool: asyncpg.Pool, sumo: str, stop_reason: asyncio.
         writer_task = tg.create_task(writer.run(), name="writer")
         supervisor_task = tg.create_task(supervisor.run(), name="supervisor")
         monitor_task = tg.create_task(monitor.run(), name="loop-monitor")
+        tokens_task = tg.create_task(book.run(), name="tokens")
         await runner.setup()
-        site = web.TCPSite(runner, cfg.host, cfg.port)
+        site = web.TCPSite(runner, cfg.host, cfg.port, ssl_context=tls)
         await site.start()
         host, port = runner.addresses[0][:2]
+        scheme = "https" if tls else "http"
         log.info(
             "daemon_ready",
             host=host,
             port=port,
-            url=f"http://{host}:{port}",
+            url=f"{scheme}://{_url_host(host)}:{port}",
+            public_url=cfg.public_url,
+            tokens_required=book.required or not is_loopback(cfg.host),
             state_dir=str(cfg.state_dir),
             traci_ports=str(cfg.traci_ports),
             max_running=cfg.max_running,
@@ -186,6 +244,9 @@ async def _run(cfg: Config, pool: asyncpg.Pool, sumo: str, stop_reason: asyncio.
         clean &= await _stage(writer_task, cfg.shutdown_timeout_s, "writer")
         await feeds.close()
         await runner.cleanup()
+        tokens_task.cancel()
+        with contextlib.suppress(Exception):
+            await asyncio.wait_for(book.flush(), 5)
         monitor_task.cancel()
     notifier.close()
     log.info("daemon_stopped", clean=clean)

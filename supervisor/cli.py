@@ -10,6 +10,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from supervisor import tokens_cli
 from supervisor.client import DEFAULT_URL
 from supervisor.config import ConfigError, load_config
 
@@ -21,18 +22,29 @@ def _serve_parser(sub: Any) -> None:
         description="Run the daemon. Every option can also be set as SUMO_SUPERVISOR_<NAME> "
         "in the environment or in the TOML file of --config; flags win over env over file.",
     )
-    serve.add_argument("--host", help="address to listen on (default 127.0.0.1)")
+    serve.add_argument(
+        "--host",
+        help="address to listen on (default 127.0.0.1; any other needs a token to exist)",
+    )
     serve.add_argument("--port", help="HTTP port (default 8750; 0 picks a free one)")
+    _database_flags(serve)
     serve.add_argument(
-        "--state-dir",
-        dest="state_dir",
-        help="state directory (default ./state or $STATE_DIRECTORY)",
+        "--public-url", dest="public_url", help="the URL clients use (a proxy's, or https)"
     )
     serve.add_argument(
-        "--database-url",
-        dest="database_url",
-        help="PostgreSQL URL (default: an embedded server in the state dir)",
+        "--allowed-hosts", dest="allowed_hosts", help="more Host names to accept, comma-separated"
     )
+    serve.add_argument(
+        "--allowed-origins",
+        dest="allowed_origins",
+        help="web origins allowed to call the API (CORS), comma-separated",
+    )
+    serve.add_argument("--tls-cert", dest="tls_cert", help="serve HTTPS with this certificate")
+    serve.add_argument("--tls-key", dest="tls_key", help="and this private key")
+    serve.add_argument(
+        "--rate-limit", dest="rate_limit_per_s", help="requests a second per client (default 20)"
+    )
+    serve.add_argument("--rate-burst", dest="rate_burst", help="burst per client (default 40)")
     serve.add_argument("--traci-ports", dest="traci_ports", help="TraCI port range (8813-8912)")
     serve.add_argument(
         "--max-running", dest="max_running", help="sessions running at once (default: CPUs)"
@@ -40,7 +52,37 @@ def _serve_parser(sub: Any) -> None:
     serve.add_argument("--max-queued", dest="max_queued", help="sessions waiting at most")
     serve.add_argument("--log-level", dest="log_level", help="debug|info|warning|error")
     serve.add_argument("--log-format", dest="log_format", help="json (default) or console")
-    serve.add_argument("--config", dest="config_file", help="TOML config file")
+    serve.add_argument(
+        "--sumo-memory-mb", dest="sumo_memory_mb", help="each SUMO's address space (4096)"
+    )
+    serve.add_argument(
+        "--sumo-max-file-mb", dest="sumo_max_file_mb", help="largest file a SUMO writes (2048)"
+    )
+    serve.add_argument(
+        "--sumo-max-open-files", dest="sumo_max_open_files", help="open files per SUMO (1024)"
+    )
+    serve.add_argument(
+        "--allow-unconfined",
+        dest="allow_unconfined",
+        action="store_true",
+        default=None,
+        help="serve a non-loopback host even where the kernel cannot sandbox SUMO fully",
+    )
+
+
+def _database_flags(parser: Any) -> None:
+    """Where the state and the database are: `serve` and `token` take the same."""
+    parser.add_argument(
+        "--state-dir",
+        dest="state_dir",
+        help="state directory (default ./state or $STATE_DIRECTORY)",
+    )
+    parser.add_argument(
+        "--database-url",
+        dest="database_url",
+        help="PostgreSQL URL (default: an embedded server in the state dir)",
+    )
+    parser.add_argument("--config", dest="config_file", help="TOML config file")
 
 
 def _command(sub: Any, name: str, help: str) -> argparse.ArgumentParser:
@@ -95,12 +137,15 @@ def _parser() -> argparse.ArgumentParser:
     )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     _serve_parser(sub)
+    tokens_cli.add_parsers(sub, _database_flags)
     _client_parsers(sub)
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
+    if args.command == "token":
+        return tokens_cli.run(args, dict(os.environ))
     if args.command != "serve":
         from supervisor.commands_cli import run_command
 

@@ -23,6 +23,7 @@ class Client:
     def __init__(self, url: str | None = None, token: str | None = None) -> None:
         self.url = (url or os.environ.get("SUMO_SUPERVISOR_URL") or DEFAULT_URL).rstrip("/")
         token = token or os.environ.get("SUMO_SUPERVISOR_TOKEN")
+        self._has_token = bool(token)
         headers = {"Authorization": f"Bearer {token}"} if token else {}
         self._http = httpx.Client(base_url=self.url, headers=headers, timeout=60)
 
@@ -50,8 +51,20 @@ class Client:
             body = None
         if response.status_code >= 400:
             message = body.get("error") if isinstance(body, dict) else response.text[:200]
-            raise CliError(f"{message} (HTTP {response.status_code})")
+            raise CliError(self._explain(response.status_code, str(message)))
         return body
+
+    def _explain(self, status: int, message: str) -> str:
+        if status == 401 and not self._has_token:
+            return (
+                f"the daemon at {self.url} needs a token: set SUMO_SUPERVISOR_TOKEN (make one with"
+                " `sumo-supervisor token create NAME --role operator`)"
+            )
+        if status == 401:
+            return f"the daemon at {self.url} refused SUMO_SUPERVISOR_TOKEN: {message}"
+        if status == 403:
+            return f"not allowed: {message}"
+        return f"{message} (HTTP {status})"
 
     def get(self, path: str, **params: Any) -> Any:
         with self._errors():

@@ -13,13 +13,16 @@ from typing import Any
 
 import sumolib.options
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
 from supervisor.client import Client, CliError
 
-out = Console(highlight=False)
-err = Console(stderr=True, highlight=False)
+# What the daemon says is printed as it is: an error text with [brackets] is not rich markup.
+out = Console(highlight=False, markup=False)
+# An error is one line however long: scripts and people grep it.
+err = Console(stderr=True, highlight=False, soft_wrap=True)
 
 
 def run_command(args: argparse.Namespace) -> int:
@@ -28,7 +31,7 @@ def run_command(args: argparse.Namespace) -> int:
     try:
         return int(COMMANDS[name](client, args) or 0)
     except CliError as exc:
-        err.print(f"[red]error:[/red] {exc}")
+        err.print(f"[red]error:[/red] {escape(str(exc))}")
         return 1
     except KeyboardInterrupt:
         return 130
@@ -137,7 +140,8 @@ def run(client: Client, args: argparse.Namespace) -> int:
     if args.json:
         _json(final)
     if final["status"] != "completed":
-        err.print(f"[red]{final['status']}[/red]: {final.get('error') or final.get('cause')}")
+        reason = escape(str(final.get("error") or final.get("cause")))
+        err.print(f"[red]{final['status']}[/red]: {reason}")
         return 1
     if not args.json:
         out.print(f"{final['id']} completed at sim time {final['sim_time']}")
@@ -243,7 +247,7 @@ def get(client: Client, args: argparse.Namespace) -> int:
     if args.json:
         _json({"file": str(args.output), "bytes": size})
     else:
-        err.print(f"wrote {size} bytes to {args.output}")
+        err.print(f"wrote {size} bytes to {escape(str(args.output))}")
     return 0
 
 

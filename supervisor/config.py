@@ -55,6 +55,12 @@ class Config:
     # Uploads: the whole multipart body, and how many files one template may have.
     max_upload_bytes: int = 256 * 1024 * 1024
     max_template_files: int = 1000
+    # Checking an upload: each file's size once inflated (counted while it inflates: SUMO inflates
+    # gzip and zlib content whatever the file's name), how many uploads are checked at once, and
+    # how long another waits for its turn before it gets 503.
+    max_inflated_bytes: int = 256 * 1024 * 1024
+    upload_checks: int = 2
+    upload_check_wait_s: float = 2.0
     # How long a stopping session gets to end by itself before its process group is killed.
     stop_grace_s: float = 2.0
     # SUMO's CPU priority below the daemon's (a nice increment, 0-19): when simulations fill
@@ -62,6 +68,15 @@ class Config:
     sumo_nice: int = 10
     # How long SUMO may take to open its TraCI port.
     connect_timeout_s: float = 60.0
+    # SUMO's sandbox (actors/sandbox.py): false runs SUMO unconfined, as a baseline to measure
+    # against. Its caps, per SUMO: address space (its binary and libraries take ~200 MB of
+    # it), the largest file it may write, and how many files it may have open.
+    sandbox: bool = True
+    sumo_memory_mb: int = 4096
+    sumo_max_file_mb: int = 2048
+    sumo_max_open_files: int = 1024
+    # Serve a non-loopback host even when the kernel cannot enforce all of the sandbox.
+    allow_unconfined: bool = False
     # How long one database statement may take (an export: as long as its client needs).
     db_command_timeout_s: float = 60.0
     # How long an export waits for its client to take more data before cutting it off.
@@ -71,6 +86,23 @@ class Config:
     writer_batch_rows: int = 5000
     writer_flush_s: float = 0.25
     writer_queue_rows: int = 20_000
+    # Who may reach the API (see README "Security"). The daemon's own names (loopback names, the
+    # bind address, IP literals) are always accepted as Host; these add names a proxy or DNS uses.
+    allowed_hosts: tuple[str, ...] = ()
+    # Origins whose pages may call the API (CORS); none by default.
+    allowed_origins: tuple[str, ...] = ()
+    # The URL clients reach the daemon at (behind a proxy, or with TLS); used for the links it
+    # gives out, and its host is an allowed Host.
+    public_url: str | None = None
+    tls_cert: Path | None = None
+    tls_key: Path | None = None
+    # A fair share for each client (each token, or each address when tokenless): a token bucket
+    # of rate_limit_per_s requests a second with bursts of rate_burst, and caps on what one
+    # client may hold open at once.
+    rate_limit_per_s: float = 20.0
+    rate_burst: int = 40
+    max_streams_per_client: int = 4
+    max_exports_per_client: int = 2
     config_file: Path | None = None
 
     @property
@@ -89,6 +121,10 @@ def _coerce(name: str, raw: Any, source: str) -> Any:
     try:
         if name == "traci_ports":
             return raw if isinstance(raw, PortRange) else PortRange.parse(str(raw))
+        if kind.startswith("tuple"):
+            # A list in TOML; a comma-separated string in a flag or the environment.
+            items = raw if isinstance(raw, list | tuple) else str(raw).split(",")
+            return tuple(str(i).strip() for i in items if str(i).strip())
         if "Path" in kind:
             return Path(str(raw)) if raw not in (None, "") else None
         if kind.startswith("str | None"):
@@ -99,11 +135,25 @@ def _coerce(name: str, raw: Any, source: str) -> Any:
             return int(raw)
         if kind == "float":
             return float(raw)
+        if kind == "bool":
+            return _bool(raw)
         return str(raw)
     except ConfigError as exc:
         raise ConfigError(f"{exc} (from {source})") from None
     except (TypeError, ValueError):
         raise ConfigError(f"{name}: invalid value {raw!r} (from {source})") from None
+
+
+def _bool(raw: Any) -> bool:
+    """A TOML boolean, or the words people write in a flag or the environment."""
+    if isinstance(raw, bool):
+        return raw
+    word = str(raw).strip().lower()
+    if word in ("true", "1", "yes", "on"):
+        return True
+    if word in ("false", "0", "no", "off"):
+        return False
+    raise ValueError(word)
 
 
 def _validate(cfg: Config) -> None:
@@ -113,6 +163,15 @@ def _validate(cfg: Config) -> None:
         raise ConfigError(f"max_running: must be at least 1, got {cfg.max_running}")
     if not 0 <= cfg.sumo_nice <= 19:
         raise ConfigError(f"sumo_nice: must be 0..19, got {cfg.sumo_nice}")
+    # SUMO's own binary and libraries take ~200 MB of address space before it reads anything.
+    if cfg.sumo_memory_mb < 256:
+        raise ConfigError(f"sumo_memory_mb: must be at least 256, got {cfg.sumo_memory_mb}")
+    if cfg.sumo_max_file_mb < 1:
+        raise ConfigError(f"sumo_max_file_mb: must be at least 1, got {cfg.sumo_max_file_mb}")
+    if cfg.sumo_max_open_files < 16:
+        raise ConfigError(
+            f"sumo_max_open_files: must be at least 16, got {cfg.sumo_max_open_files}"
+        )
     if cfg.max_queued < 1:
         raise ConfigError(f"max_queued: must be at least 1, got {cfg.max_queued}")
     if cfg.log_level not in ("debug", "info", "warning", "error"):
@@ -122,6 +181,8 @@ def _validate(cfg: Config) -> None:
     for name in (
         "max_upload_bytes",
         "max_template_files",
+        "max_inflated_bytes",
+        "upload_checks",
         "writer_batch_rows",
         "writer_queue_rows",
     ):
@@ -137,6 +198,25 @@ def _validate(cfg: Config) -> None:
     ):
         if getattr(cfg, name) <= 0:
             raise ConfigError(f"{name}: must be positive, got {getattr(cfg, name)}")
+    for name in ("rate_burst", "max_streams_per_client", "max_exports_per_client"):
+        if getattr(cfg, name) < 1:
+            raise ConfigError(f"{name}: must be positive, got {getattr(cfg, name)}")
+    if cfg.rate_limit_per_s <= 0:
+        raise ConfigError(f"rate_limit_per_s: must be positive, got {cfg.rate_limit_per_s}")
+    if (cfg.tls_cert is None) != (cfg.tls_key is None):
+        raise ConfigError("tls_cert and tls_key: give both, or neither")
+    if cfg.public_url is not None and not cfg.public_url.startswith(("http://", "https://")):
+        raise ConfigError(
+            f"public_url: must start with http:// or https://, got {cfg.public_url!r}"
+        )
+    for origin in cfg.allowed_origins:
+        # No wildcard: a page allowed in must be named.
+        if not origin.startswith(("http://", "https://")) or origin.count("/") != 2:
+            raise ConfigError(
+                f"allowed_origins: {origin!r} is not an origin (scheme://host[:port])"
+            )
+    if cfg.upload_check_wait_s < 0:
+        raise ConfigError(f"upload_check_wait_s: must be 0 or more, got {cfg.upload_check_wait_s}")
     if cfg.database_url is not None and not cfg.database_url.startswith(
         ("postgres://", "postgresql://")
     ):

@@ -700,3 +700,118 @@ async def export_csv(
         await conn.copy_from_query(
             EXPORTS[kind], session_id, output=sink, format="csv", header=True, timeout=EXPORT_MAX_S
         )
+
+
+# ---- API tokens --------------------------------------------------------------------------------
+
+TOKEN_CHANNEL = "api_tokens"
+_TOKEN_FIELDS = "name, role, created_at, last_used_at, expires_at, revoked_at"
+
+
+class TokenNameTaken(Exception):
+    """A token that is not revoked already has this name."""
+
+
+async def insert_token(
+    pool: asyncpg.Pool, name: str, role: str, digest: bytes, expires_in_s: float | None
+) -> dict[str, Any]:
+    try:
+        row = await pool.fetchrow(
+            "INSERT INTO api_tokens (name, role, hash, expires_at) VALUES ($1, $2, $3,"
+            " now() + make_interval(secs => $4::float8)) RETURNING " + _TOKEN_FIELDS,
+            name,
+            role,
+            digest,
+            expires_in_s,
+        )
+    except asyncpg.UniqueViolationError:
+        raise TokenNameTaken(name) from None
+    assert row is not None
+    return dict(row)
+
+
+async def list_tokens(pool: asyncpg.Pool, *, revoked: bool) -> list[dict[str, Any]]:
+    rows = await pool.fetch(
+        f"SELECT {_TOKEN_FIELDS} FROM api_tokens WHERE $1 OR revoked_at IS NULL ORDER BY id",
+        revoked,
+    )
+    return [dict(r) for r in rows]
+
+
+async def revoke_token(pool: asyncpg.Pool, name: str) -> dict[str, Any] | None:
+    row = await pool.fetchrow(
+        "UPDATE api_tokens SET revoked_at = now() WHERE name = $1 AND revoked_at IS NULL"
+        " RETURNING " + _TOKEN_FIELDS,
+        name,
+    )
+    return dict(row) if row else None
+
+
+async def live_token_hashes(pool: asyncpg.Pool) -> list[dict[str, Any]]:
+    """Every token not revoked, with its hash: what the daemon checks requests against.
+    `expires_in_s` is measured on the database's clock (None: never expires)."""
+    rows = await pool.fetch(
+        "SELECT name, role, hash,"
+        " extract(epoch FROM expires_at - now())::float8 AS expires_in_s"
+        " FROM api_tokens WHERE revoked_at IS NULL"
+    )
+    return [dict(r) for r in rows]
+
+
+async def touch_tokens(pool: asyncpg.Pool, last_used: dict[str, float]) -> None:
+    """Write the tokens' last use (unix times), all in one statement."""
+    names, times = list(last_used), list(last_used.values())
+    await pool.execute(
+        "UPDATE api_tokens t SET last_used_at = to_timestamp(u.at)"
+        " FROM unnest($1::text[], $2::float8[]) AS u(name, at)"
+        " WHERE t.name = u.name AND t.revoked_at IS NULL"
+        " AND (t.last_used_at IS NULL OR t.last_used_at < to_timestamp(u.at))",
+        names,
+        times,
+    )
+
+
+# ---- template deletion -------------------------------------------------------------------------
+
+
+class TemplateInUse(Exception):
+    """Sessions still use the template: `active` of them have not ended, `total` in all."""
+
+    def __init__(self, total: int, active: int) -> None:
+        super().__init__(f"{total} sessions ({active} not ended)")
+        self.total, self.active = total, active
+
+
+async def delete_template(pool: asyncpg.Pool, name: str, *, with_sessions: bool) -> int | None:
+    """Delete a template with its versions, and with its ended sessions if `with_sessions`;
+    returns how many sessions went with it, or None if there is no such template. Raises
+    TemplateInUse while any session of it has not ended (or any exists, without
+    `with_sessions`)."""
+    async with pool.acquire() as conn, conn.transaction():
+        # The row lock orders this against uploads; a session submitted meanwhile still makes
+        # the final DELETE fail on the sessions' foreign key instead of vanishing.
+        if await conn.fetchval("SELECT 1 FROM templates WHERE name = $1 FOR UPDATE", name) is None:
+            return None
+        counts = await conn.fetchrow(
+            "SELECT count(*) AS total, count(*) FILTER (WHERE status <> ALL($2::text[])) AS active"
+            " FROM sessions WHERE template_name = $1",
+            name,
+            list(FINAL_STATUSES),
+        )
+        assert counts is not None
+        total, active = int(counts["total"]), int(counts["active"])
+        if active or (total and not with_sessions):
+            raise TemplateInUse(total, active)
+        ids = [
+            r["id"]
+            for r in await conn.fetch("SELECT id FROM sessions WHERE template_name = $1", name)
+        ]
+        for session_id in ids:
+            for table in RECORD_TABLES.values():
+                await conn.execute(f'DROP TABLE IF EXISTS "{partition_name(table, session_id)}"')
+        await conn.execute("DELETE FROM sessions WHERE id = ANY($1::text[])", ids)
+        try:
+            await conn.execute("DELETE FROM templates WHERE name = $1", name)
+        except asyncpg.ForeignKeyViolationError:
+            raise TemplateInUse(total + 1, active + 1) from None
+        return len(ids)

@@ -10,14 +10,43 @@ class SupervisorError(Exception):
 
     status = 400
 
-    def __init__(self, message: str, **detail: Any) -> None:
+    def __init__(
+        self, message: str, *, headers: dict[str, str] | None = None, **detail: Any
+    ) -> None:
         super().__init__(message)
         self.message = message
         self.detail = detail
+        self.headers = headers or {}
 
 
 class InvalidRequest(SupervisorError):
     status = 400
+
+
+class Unauthorized(SupervisorError):
+    """No token, or one that is unknown, expired or revoked."""
+
+    status = 401
+
+
+class Forbidden(SupervisorError):
+    """A token whose role is too small, or a request from a web page not allowed in."""
+
+    status = 403
+
+
+class MisdirectedRequest(SupervisorError):
+    """A Host that is not one of the daemon's names (a DNS rebinding page, a wrong proxy)."""
+
+    status = 421
+
+
+class UnsupportedMediaType(SupervisorError):
+    status = 415
+
+
+class TooManyRequests(SupervisorError):
+    status = 429
 
 
 class InvalidTemplate(SupervisorError):
@@ -33,6 +62,10 @@ class SessionNotFound(SupervisorError):
 
 
 class SweepNotFound(SupervisorError):
+    status = 404
+
+
+class TokenNotFound(SupervisorError):
     status = 404
 
 

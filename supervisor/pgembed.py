@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import warnings
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -37,3 +39,17 @@ async def start(pgdata: Path) -> EmbeddedPostgres:
     url = server.get_uri()
     log.info("embedded_postgres_ready", pgdata=str(pgdata))
     return EmbeddedPostgres(url, server)
+
+
+@asynccontextmanager
+async def database(url: str | None, pgdata: Path) -> AsyncIterator[str]:
+    """The configured database's URL, or the embedded server's (started, or joined if another
+    process of this state dir runs it, and left when done)."""
+    if url is not None:
+        yield url
+        return
+    embedded = await start(pgdata)
+    try:
+        yield embedded.url
+    finally:
+        await embedded.stop()

@@ -357,6 +357,10 @@ class DaemonFactory:
         if database_url is not None:
             cmd += ["--database-url", database_url]
         full_env = {k: v for k, v in os.environ.items() if not k.startswith("SUMO_SUPERVISOR_")}
+        # Tests poll as fast as they like (several sessions at 20 requests a second each): the
+        # fair-share limit is out of their way unless a test sets its own (test_access does).
+        full_env["SUMO_SUPERVISOR_RATE_LIMIT_PER_S"] = "100000"
+        full_env["SUMO_SUPERVISOR_RATE_BURST"] = "100000"
         full_env.update(env or {})
         proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=full_env)
         daemon = Daemon(proc, state_dir, ports)
@@ -414,6 +418,20 @@ async def daemons(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterat
 async def http() -> AsyncIterator[aiohttp.ClientSession]:
     async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=60)) as client:
         yield client
+
+
+async def make_token(database_url: str, name: str, role: str, *extra: str) -> str:
+    """A token made with the CLI, straight in the database (the daemon need not run)."""
+    made = await asyncio.to_thread(
+        subprocess.run,
+        [sys.executable, "-m", "supervisor", "token", "create", name, "--role", role,
+         "--database-url", database_url, *extra],
+        capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert made.returncode == 0, made.stderr
+    token = made.stdout.strip()
+    assert token.startswith("sst_") and "\n" not in token, made.stdout
+    return token
 
 
 # ---- API helpers -------------------------------------------------------------------------------

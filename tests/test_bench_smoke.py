@@ -15,7 +15,16 @@ BENCH = Path(__file__).resolve().parent.parent / "bench"
 
 @pytest.mark.parametrize(
     "script",
-    ["record.py", "start_latency.py", "throughput.py", "idle.py", "api_load.py", "writer.py"],
+    [
+        "record.py",
+        "start_latency.py",
+        "throughput.py",
+        "idle.py",
+        "api_load.py",
+        "writer.py",
+        "auth_cost.py",
+        "sandbox.py",
+    ],
 )
 def test_benchmark_runs_on_a_tiny_case(script, pg_admin_url):
     args = [sys.executable, script, "--small"] if script != "record.py" else [

@@ -4,26 +4,43 @@ from __future__ import annotations
 
 import asyncio
 import csv
+import functools
 import json
+import os
 import subprocess
 import sys
 
-from conftest import wait_status
+import aiohttp
+from conftest import make_token, wait_status
+
+
+def _env(token: str | None) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if k != "SUMO_SUPERVISOR_TOKEN"}
+    return env | ({"SUMO_SUPERVISOR_TOKEN": token} if token else {})
 
 
 async def cli(
-    *args: str, url: str | None = None, timeout: float = 120
+    *args: str, url: str | None = None, token: str | None = None, timeout: float = 120
 ) -> subprocess.CompletedProcess[str]:
     cmd = [sys.executable, "-m", "supervisor", *args]
     if url is not None:
         cmd += ["--url", url]
     return await asyncio.to_thread(
-        subprocess.run, cmd, capture_output=True, text=True, timeout=timeout
+        subprocess.run, cmd, capture_output=True, text=True, timeout=timeout, env=_env(token)
     )
 
 
-async def test_template_add_run_wait_and_results(daemons, db_url, http, scenarios, tmp_path):
+async def test_template_add_run_wait_and_results(daemons, db_url, scenarios, tmp_path):
+    # Every command here runs with SUMO_SUPERVISOR_TOKEN against a daemon that needs one.
+    token = await make_token(db_url, "cli", "operator")
     daemon = await daemons.start(db_url)
+    async with aiohttp.ClientSession(headers={"Authorization": f"Bearer {token}"}) as http:
+        with_token = functools.partial(cli, token=token)
+        await _add_run_wait_and_results(daemon, with_token, http, scenarios, tmp_path)
+    assert not [line for line in daemon.raw if token in line]
+
+
+async def _add_run_wait_and_results(daemon, cli, http, scenarios, tmp_path):
     nested = scenarios["nested"]
     # The config names files in sibling folders (../net, ../demand, ../add) and a .gz net.
     added = await cli(
@@ -90,18 +107,21 @@ async def test_run_wait_fails_for_a_scenario_sumo_refuses(daemons, db_url, scena
     assert "Traceback" not in ran.stderr
 
 
-async def test_watch_and_stop(daemons, db_url, http, scenarios):
+async def test_watch_and_stop(daemons, db_url, scenarios):
+    token = await make_token(db_url, "cli", "operator")
     daemon = await daemons.start(db_url)
     long = scenarios["long"]
-    await cli("template", "add", "long", str(long.root / long.config), url=daemon.url)
-    started = json.loads((await cli("run", "long", "--json", url=daemon.url)).stdout)
+    await cli("template", "add", "long", str(long.root / long.config), url=daemon.url, token=token)
+    started = json.loads((await cli("run", "long", "--json", url=daemon.url, token=token)).stdout)
     watcher = subprocess.Popen(
         [sys.executable, "-m", "supervisor", "watch", started["id"], "--url", daemon.url],
         stdout=subprocess.PIPE,
         text=True,
+        env=_env(token),
     )
-    await wait_status(http, daemon, started["id"], "running")
-    stopped = await cli("stop", started["id"], url=daemon.url)
+    async with aiohttp.ClientSession(headers={"Authorization": f"Bearer {token}"}) as http:
+        await wait_status(http, daemon, started["id"], "running")
+    stopped = await cli("stop", started["id"], url=daemon.url, token=token)
     assert stopped.returncode == 0
     output, _ = await asyncio.to_thread(watcher.communicate, timeout=60)
     lines = output.splitlines()
@@ -124,3 +144,41 @@ async def test_errors_are_one_clear_line(daemons, db_url, tmp_path):
     assert down.returncode == 1
     assert "no daemon answers at http://127.0.0.1:9" in down.stderr
     assert "Traceback" not in down.stderr + missing.stderr + bad.stderr + absent.stderr
+
+
+async def test_a_missing_or_wrong_token_is_one_clear_line(daemons, db_url):
+    token = await make_token(db_url, "someone", "reader")
+    daemon = await daemons.start(db_url)
+    missing = await cli("ps", url=daemon.url)
+    assert missing.returncode == 1
+    assert missing.stderr.strip() == (
+        f"error: the daemon at {daemon.url} needs a token: set SUMO_SUPERVISOR_TOKEN (make one"
+        " with `sumo-supervisor token create NAME --role operator`)"
+    )
+    wrong = await cli("ps", url=daemon.url, token="sst_wrong")
+    assert wrong.returncode == 1
+    assert wrong.stderr.strip() == (
+        f"error: the daemon at {daemon.url} refused SUMO_SUPERVISOR_TOKEN: the token is unknown"
+        " or revoked"
+    )
+    small = await cli("run", "x", url=daemon.url, token=token)
+    assert small.returncode == 1
+    assert small.stderr.strip() == (
+        "error: not allowed: token 'someone' has the role reader; this needs operator"
+    )
+    assert (await cli("ps", url=daemon.url, token=token)).returncode == 0
+    for result in (missing, wrong, small):
+        assert "Traceback" not in result.stderr and token not in result.stderr
+
+
+async def test_error_text_with_brackets_prints_literally(daemons, db_url, scenarios, tmp_path):
+    """Rich would read '[/such]' as a closing markup tag and crash; it is printed as it is."""
+    broken = scenarios["broken"]
+    for name, data in broken.files().items():
+        (tmp_path / name).write_bytes(data.replace(b"no_such_edge", b"no[/such]edge"))
+    daemon = await daemons.start(db_url)
+    added = await cli("template", "add", "brackets", str(tmp_path / broken.config), url=daemon.url)
+    assert added.returncode == 0, added.stderr
+    ran = await cli("run", "brackets", "--wait", url=daemon.url)
+    assert ran.returncode == 1
+    assert "no[/such]edge" in ran.stderr and "Traceback" not in ran.stderr, ran.stderr

@@ -227,6 +227,9 @@ async def test_export_streams_without_loading_into_memory(daemons, db_url, http,
         env={
             "SUMO_SUPERVISOR_DB_COMMAND_TIMEOUT_S": str(timeout_s),
             "SUMO_SUPERVISOR_EXPORT_STALL_S": str(stall_s),
+            # Every client here is 127.0.0.1: the per-client cap is out of the way of the
+            # daemon-wide one tested below.
+            "SUMO_SUPERVISOR_MAX_EXPORTS_PER_CLIENT": "10",
         },
     )
     await upload(http, daemon, "grid3", scenarios["grid3"])
