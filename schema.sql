@@ -156,6 +156,14 @@ CREATE TABLE IF NOT EXISTS ingest_marks (
     PRIMARY KEY (session_id, target)
 );
 
+-- SUMO's own end-of-run statistics (its --statistic-output, read when SUMO has exited): each
+-- element (vehicles, teleports, safety, persons, vehicleTripStatistics, ...) with its attributes.
+-- The summary's figures are these; a session whose SUMO wrote none (killed) has no row.
+CREATE TABLE IF NOT EXISTS session_statistics (
+    session_id  text PRIMARY KEY REFERENCES sessions (id) ON DELETE CASCADE,
+    statistics  jsonb NOT NULL
+);
+
 -- Per-edge aggregates per interval (SUMO's edgeData output).
 CREATE TABLE IF NOT EXISTS edge_data (
     session_id      text NOT NULL,

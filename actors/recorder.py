@@ -160,7 +160,8 @@ class Recorder:
             tails.append(_Tail(out / "fcd.csv", part["trajectories"], _FCD, "vehicle", fast=True))
         if "trips" in record:
             args += ["--tripinfo-output", f"{OUT_DIR}/trips.csv"]
-            tails.append(_Tail(out / "trips.csv", part["trips"], _TRIPS, "vehicle"))
+            # SUMO's CSV puts a person's personinfo (no vType) in the tripinfo columns: not a trip.
+            tails.append(_Tail(out / "trips.csv", part["trips"], _TRIPS, "vtype"))
         if "edges" in record:
             (out / "edges.add.xml").write_text(
                 "<additional>\n"
@@ -231,10 +232,14 @@ class Recorder:
 def _project(
     header: list[str], mapping: Mapping_, key: str, columns: tuple[str, ...], data: bytes
 ) -> list[tuple[Any, ...]]:
-    """The mapped columns of CSV lines, converted, in `columns` order; rows without `key` go."""
+    """The mapped columns of CSV lines, converted, in `columns` order; rows without `key` go
+    (before any conversion: their other columns may hold anything)."""
     picks = [(i, *mapping[h]) for i, h in enumerate(header) if h in mapping]
+    keys = [i for i, col, _conv in picks if col == key]
     out = []
     for fields in csv.reader(io.StringIO(data.decode(errors="replace")), delimiter=";"):
+        if not any(i < len(fields) and fields[i] for i in keys):
+            continue
         row = {col: conv(fields[i]) if i < len(fields) else None for i, col, conv in picks}
         if row.get(key) is not None:
             out.append(tuple(row.get(c) for c in columns))

@@ -36,7 +36,7 @@ import traci.constants as tc
 from traci.connection import Connection
 from traci.exceptions import FatalTraCIError, TraCIException
 
-from actors import commands, handover
+from actors import commands, handover, statistics
 from actors.recorder import Recorder
 from actors.sandbox import SandboxPlan
 from actors.summary import MAX_STEPS_UNREAD, Cut, SummaryFeed, SummaryLost
@@ -287,6 +287,7 @@ class SessionActor:
             await asyncio.wait_for(self._writer.flush(), timeout=60)
         except TimeoutError:
             self._log.error("flush_timeout")
+        await self._store_statistics()
         await asyncio.to_thread(shutil.rmtree, self._workdir, ignore_errors=True)
         # The one write never given up: a session's end waits for the database to come back
         # (a daemon stopped meanwhile leaves it to the next start's recovery).
@@ -310,6 +311,20 @@ class SessionActor:
             exit_code=outcome.exit_code,
             sim_time=outcome.sim_time,
         )
+
+    async def _store_statistics(self) -> None:
+        """SUMO's own statistics of the run, stored before the final status is visible."""
+        try:
+            figures = await asyncio.to_thread(statistics.read, self._workdir)
+        except (OSError, ValueError, SyntaxError) as exc:  # ParseError is a SyntaxError
+            self._log.warning("statistics_unreadable", error=repr(exc))
+            return
+        if figures is None:
+            return
+        try:
+            await db.store_session_statistics(self._pool, self.spec.id, figures)
+        except Exception as exc:
+            self._log.error("statistics_not_stored", error=repr(exc))
 
     async def _run(self) -> Outcome:
         try:
@@ -367,6 +382,7 @@ class SessionActor:
             "true",
             *self.spec.request.sumo_args(),
             *self._recorder.sumo_args(),
+            *statistics.SUMO_ARGS,
             *summary,
         ]
 
@@ -374,6 +390,8 @@ class SessionActor:
         self._stderr_tail.clear()
         # A fresh feed per SUMO process: a retry on another port starts from nothing.
         summary = SummaryFeed(self.spec.id)
+        # An earlier SUMO's statistics are not this one's.
+        await asyncio.to_thread(statistics.discard, self._workdir)
         try:
             return await self._run_sumo(port, summary)
         finally:

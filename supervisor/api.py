@@ -43,6 +43,8 @@ from supervisor.logbuffer import SESSION_LOGS
 from supervisor.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from supervisor.metrics import Metrics, count_sumo_children
 from supervisor.session_request import SessionRequest, parse_session_request
+from supervisor.summary import FIGURES as SUMMARY_FIGURES
+from supervisor.summary import build as build_summary
 
 log = structlog.get_logger(component="api")
 
@@ -521,13 +523,7 @@ async def delete_session(request: web.Request) -> web.Response:
 
 
 def _summary_json(session: dict[str, Any], figures: dict[str, Any]) -> dict[str, Any]:
-    figures = dict(figures)
-    last = figures.pop("last_time") or 0.0
-    begin = float(session["request"].get("sumo_options", {}).get("begin", 0.0))
-    figures["sim_seconds"] = max(0.0, last - begin)
-    hours = figures["sim_seconds"] / 3600
-    figures["throughput_per_hour"] = figures["arrived"] / hours if hours > 0 else None
-    return {"id": session["id"], "status": session["status"], "label": session["label"], **figures}
+    return build_summary(session, figures)
 
 
 async def session_summary(request: web.Request) -> web.Response:
@@ -548,14 +544,13 @@ async def compare_sessions(request: web.Request) -> web.Response:
             raise SessionNotFound(f"no session {session_id!r}", session=session_id)
         summaries.append(_summary_json(row, await db.session_summary(pool, session_id)))
     base = summaries[0]
-    numeric = [k for k, v in base.items() if isinstance(v, int | float) and k != "label"]
     differences = [
         {
             "id": s["id"],
             "against": base["id"],
             **{
                 k: (s[k] - base[k]) if s[k] is not None and base[k] is not None else None
-                for k in numeric
+                for k in SUMMARY_FIGURES
             },
         }
         for s in summaries[1:]

@@ -252,9 +252,11 @@ def get(client: Client, args: argparse.Namespace) -> int:
 
 
 FIGURES = [
-    "status", "inserted", "arrived", "running", "teleports", "trips", "mean_duration",
-    "p95_duration", "mean_waiting_time", "mean_time_loss", "mean_speed", "total_distance",
-    "throughput_per_hour", "sim_seconds",
+    "status", "source", "loaded", "inserted", "waiting", "arrived", "running", "teleports",
+    "trips", "mean_duration", "p95_duration", "mean_waiting_time", "mean_time_loss",
+    "mean_route_length", "mean_speed", "mean_depart_delay", "total_travel_time",
+    "total_distance", "collisions", "persons_loaded", "persons_running", "throughput_per_hour",
+    "sim_seconds",
 ]  # fmt: skip
 
 

@@ -541,6 +541,7 @@ async def clear_session_rows(pool: asyncpg.Pool, session_id: str) -> None:
         async with pool.acquire() as conn, conn.transaction():
             await conn.execute("DELETE FROM samples WHERE session_id = $1", session_id)
             await conn.execute("DELETE FROM ingest_marks WHERE session_id = $1", session_id)
+            await conn.execute("DELETE FROM session_statistics WHERE session_id = $1", session_id)
             for table in RECORD_TABLES.values():
                 await conn.execute(f'DROP TABLE IF EXISTS "{partition_name(table, session_id)}"')
 
@@ -627,6 +628,8 @@ WITH s AS (
 ), last AS (
     SELECT vehicles FROM samples WHERE session_id = $1 ORDER BY sim_time DESC LIMIT 1
 ), t AS (
+    -- The trips SUMO's own averages take: of vehicles that departed (with write-unfinished,
+    -- also those still running at the end); a row of write-undeparted has depart -1.
     SELECT count(*) AS trips,
            avg(duration) AS mean_duration,
            percentile_cont(0.95) WITHIN GROUP (ORDER BY duration) AS p95_duration,
@@ -636,18 +639,35 @@ WITH s AS (
            sum(route_length) AS total_distance,
            avg(route_length / nullif(duration, 0)) AS mean_speed,
            avg(depart_delay) AS mean_depart_delay
-      FROM trips WHERE session_id = $1
+      FROM trips WHERE session_id = $1 AND depart >= 0
 )
 SELECT s.inserted, s.arrived, coalesce((SELECT vehicles FROM last), 0) AS running, s.teleports,
-       s.last_time, t.*
+       s.last_time, t.*,
+       (SELECT statistics FROM session_statistics WHERE session_id = $1) AS statistics
   FROM s, t
 """
 
 
 async def session_summary(pool: asyncpg.Pool, session_id: str) -> dict[str, Any]:
+    """The samples' and recorded trips' figures, and SUMO's own statistics (None when SUMO
+    wrote none: a session killed, or ended before statistics were kept)."""
     row = await pool.fetchrow(SUMMARY_SQL, session_id)
     assert row is not None
     return dict(row)
+
+
+async def store_session_statistics(
+    pool: asyncpg.Pool, session_id: str, statistics: dict[str, Any]
+) -> None:
+    async def op() -> None:
+        await pool.execute(
+            "INSERT INTO session_statistics (session_id, statistics) VALUES ($1, $2)"
+            " ON CONFLICT (session_id) DO UPDATE SET statistics = EXCLUDED.statistics",
+            session_id,
+            statistics,
+        )
+
+    await with_retry(op, what="store_session_statistics")
 
 
 # What GET /v1/sessions/{id}/<kind>.csv exports, in order.

@@ -11,23 +11,11 @@ from typing import Any
 
 from supervisor.errors import InvalidRequest
 from supervisor.session_request import SUMO_OPTIONS, SessionRequest, parse_session_request
+from supervisor.summary import FIGURES
 
 MAX_SESSIONS = 1000
 # Request fields a sweep may vary besides SUMO options.
 VARIABLE_FIELDS = ("end", "sample_every", "trajectory_period", "edge_period", "max_wall_s")
-FIGURES = (
-    "inserted",
-    "arrived",
-    "running",
-    "teleports",
-    "mean_duration",
-    "p95_duration",
-    "mean_waiting_time",
-    "mean_time_loss",
-    "mean_speed",
-    "total_distance",
-    "throughput_per_hour",
-)
 
 
 def expand(body: Any) -> list[tuple[dict[str, Any], SessionRequest]]:
