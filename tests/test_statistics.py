@@ -116,17 +116,31 @@ def stat_scenarios(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Scenar
         "--persontrips", "--trip-attributes", 'modes="car"', "--prefix", "r",
     )  # fmt: skip
     _config(r / "s.sumocfg", "cars.rou.xml,walks.rou.xml,rides.rou.xml", 250)
+    # One car, gone after half a minute, and persons walking for minutes after it: the run (no
+    # end reached) lasts until the last person has arrived, as SUMO's own does.
+    r = root("walkers_last")
+    (r / "net.net.xml").write_bytes((base / "persons" / "net.net.xml").read_bytes())
+    (r / "car.rou.xml").write_text(
+        '<routes><trip id="c0" depart="0" from="A0A1" to="A1A2"/></routes>\n'
+    )
+    _random_trips(
+        r / "net.net.xml", r / "walks.rou.xml", "-e", "50", "-p", "2.0", "--seed", "27",
+        "--persontrips", "--prefix", "w",
+    )  # fmt: skip
+    _config(r / "s.sumocfg", "car.rou.xml,walks.rou.xml", 5000)
     return out
 
 
-def bare_statistics(scenario: Scenario, workdir: Path, *, seed: int) -> dict[str, dict[str, str]]:
+def bare_statistics(
+    scenario: Scenario, workdir: Path, *, seed: int, end: float | None = None
+) -> dict[str, dict[str, str]]:
     """SUMO alone on the scenario: its statistic output, as SUMO printed it (strings)."""
     shutil.copytree(scenario.root, workdir)
     subprocess.run(
         [
             SUMO_BIN / "sumo", "-c", scenario.config, "--seed", str(seed),
             "--tripinfo-output", "trips.csv", "--statistic-output", "stats.xml",
-            "--duration-log.statistics", "true",
+            "--duration-log.statistics", "true", *(["--end", str(end)] if end else []),
         ],
         cwd=workdir, check=True, capture_output=True, timeout=300,
     )  # fmt: skip
@@ -169,6 +183,7 @@ FEATURE = {
     "unfinished": lambda s: s["running"] > 50 and s["trips"] > s["arrived"],
     "teleports": lambda s: s["teleports"] > 10 and s["teleports_jam"] > 0,
     "persons": lambda s: s["persons_loaded"] > 100 and s["walks"] > 5 and s["rides"] > 5,
+    "walkers_last": lambda s: s["trips"] == 1 and s["walks"] > 10 and s["persons_running"] == 0,
 }
 
 
@@ -240,6 +255,32 @@ async def test_summary_is_sumo_statistic_output(
     assert math.isclose(
         summary["throughput_per_hour"], summary["arrived"] / (summary["sim_seconds"] / 3600)
     )
+
+
+async def test_a_stopped_session_has_sumo_statistics_up_to_its_stop(
+    daemons, db_url, http, stat_scenarios, tmp_path
+):
+    daemon = await daemons.start(db_url)
+    await upload(http, daemon, "teleports", stat_scenarios["teleports"])
+    session = await create_session(http, daemon, template="teleports", seed=SEED, mode="stepped")
+    await wait_status(http, daemon, session["id"], "running")
+    url = f"{daemon.url}/v1/sessions/{session['id']}"
+    async with http.post(f"{url}/step", json={"seconds": 150}) as r:
+        assert r.status == 200, await r.text()
+    async with http.post(f"{url}/stop") as r:
+        assert r.status == 202
+    stopped = await wait_status(http, daemon, session["id"], "stopped")
+    assert stopped["sim_time"] == 150
+    summary = await get_json(http, f"{url}/summary")
+    bare = await asyncio.to_thread(
+        bare_statistics, stat_scenarios["teleports"], tmp_path / "bare", seed=SEED, end=150
+    )
+    assert summary["source"] == "sumo_statistics"
+    assert summary["running"] > 0
+    for element, attributes in bare.items():
+        for attribute, text in attributes.items():
+            got = summary["statistics"][element][attribute]
+            assert printed(got, text) == text, (element, attribute, got, text)
 
 
 async def test_compare_and_sweep_use_sumo_statistics(
