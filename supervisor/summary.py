@@ -1,12 +1,11 @@
 """A session's summary: SUMO's own end-of-run statistics (`--statistic-output`), under the names
 the API has always used, plus what SUMO does not give (p95 duration, throughput).
 
-SUMO's figures are taken as SUMO printed them, not recomputed: its definitions (only arrived
-departed vehicles in the trip averages, persons apart, person rows of the tripinfo CSV
-not trips) then hold
-on every scenario, whether or not the session recorded trips. A session without them (its SUMO was
-killed, or it ended before they were kept) falls back to the samples and the recorded trips
-(of departed vehicles), and says so in `source`.
+SUMO's figures are taken as SUMO printed them, not recomputed: its definitions (the trip
+averages over departed vehicles only, unfinished ones when SUMO writes them, persons apart) then
+hold on every scenario, whether or not the session recorded trips. A session without them (its
+SUMO was killed, or it ended before they were kept) falls back to the samples and the recorded
+trips (of departed vehicles), and says so in `source`.
 """
 
 from __future__ import annotations
