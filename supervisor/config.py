@@ -59,6 +59,8 @@ class Config:
     # gzip and zlib content whatever the file's name), how many uploads are checked at once, and
     # how long another waits for its turn before it gets 503.
     max_inflated_bytes: int = 256 * 1024 * 1024
+    # Storage quota (0: none): the files of all templates' versions together.
+    max_template_bytes: int = 10 * 1024**3
     upload_checks: int = 2
     upload_check_wait_s: float = 2.0
     # How long a stopping session gets to end by itself before its process group is killed.
@@ -188,6 +190,9 @@ def _validate(cfg: Config) -> None:
     ):
         if getattr(cfg, name) < 1:
             raise ConfigError(f"{name}: must be positive, got {getattr(cfg, name)}")
+    for name in ("max_template_bytes",):
+        if getattr(cfg, name) < 0:
+            raise ConfigError(f"{name}: must be 0 (no quota) or positive, got {getattr(cfg, name)}")
     for name in (
         "stop_grace_s",
         "connect_timeout_s",
