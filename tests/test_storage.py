@@ -134,3 +134,22 @@ async def _samples(http: aiohttp.ClientSession, daemon: Any, session_id: str) ->
         if not page["samples"]:
             return rows
         rows += page["samples"]
+
+
+async def test_session_row_quota(daemons, db_url, http, scenarios):
+    """A session that would store more rows than max_session_rows (samples and recorded rows
+    together) fails `row_quota` and keeps exactly the quota's worth; another session under the
+    quota completes."""
+    daemon = await daemons.start(db_url, env={"SUMO_SUPERVISOR_MAX_SESSION_ROWS": "150"})
+    await upload(http, daemon, "g", scenarios["grid3"])
+    over = await create_session(http, daemon, template="g", end=300, record=["trajectories"])
+    under = await create_session(http, daemon, template="g", end=300, sample_every=100)
+    ended = await wait_status(http, daemon, over["id"], "failed")
+    assert ended["cause"] == "row_quota", ended
+    assert "max_session_rows" in ended["error"], ended
+    await wait_status(http, daemon, under["id"], "completed")
+    _, report = await _ask(http, "GET", f"{daemon.url}/v1/storage")
+    rows = {s["id"]: s["rows"] for s in report["sessions"]}
+    # What went in before the quota ran out is kept (which of the two filled it is a race).
+    assert 0 < sum(rows[over["id"]].values()) <= 150, rows
+    assert rows[over["id"]]["trajectories"] > 0, rows
