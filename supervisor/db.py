@@ -215,7 +215,10 @@ async def insert_template_version(
         # Row lock: concurrent uploads of one name get consecutive versions, not a clash.
         await conn.execute("SELECT 1 FROM templates WHERE name = $1 FOR UPDATE", name)
         version: int = await conn.fetchval(
-            "SELECT coalesce(max(version), 0) + 1 FROM template_versions WHERE name = $1", name
+            "UPDATE templates SET last_version = 1 + greatest(last_version,"
+            " (SELECT coalesce(max(version), 0) FROM template_versions WHERE name = $1))"
+            " WHERE name = $1 RETURNING last_version",
+            name,
         )
         await conn.execute(
             "INSERT INTO template_versions (name, version, config_path, sha256, total_bytes)"

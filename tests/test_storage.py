@@ -48,6 +48,10 @@ async def test_delete_one_version(daemons, db_url, http, scenarios):
     assert (await _ask(http, "GET", f"{daemon.url}/v1/sessions/{done['id']}"))[0] == 404
     status, template = await _ask(http, "GET", f"{daemon.url}/v1/templates/t")
     assert [v["version"] for v in template["versions"]] == [1]
+    # A number once given is never given again while the template exists: a deleted version's
+    # number named other content.
+    assert (await upload(http, daemon, "t", scenarios["grid3"]))["version"] == 4
+    assert (await _ask(http, "DELETE", f"{base}/4"))[0] == 200
     # The session on version 1 is untouched by all this; once it ends, the last version goes
     # and takes the template with it.
     assert (await get_session(http, daemon, running["id"]))["status"] == "running"
