@@ -206,7 +206,11 @@ async def insert_template_version(
         if max_total_bytes:
             # One upload at a time past this point, so two cannot both fit in the same room.
             await conn.execute("SELECT pg_advisory_xact_lock($1)", TEMPLATE_QUOTA_LOCK)
-            used = await conn.fetchval("SELECT coalesce(sum(size), 0) FROM template_files")
+            # total_bytes is each version's sum of template_files.size, kept beside it so this
+            # reads one small row per version, not every file's row.
+            used = await conn.fetchval(
+                "SELECT coalesce(sum(total_bytes), 0) FROM template_versions"
+            )
             if used + size > max_total_bytes:
                 raise QuotaExceeded("max_template_bytes", max_total_bytes, int(used), size)
         await conn.execute(
@@ -901,12 +905,12 @@ async def _count_rows(conn: asyncpg.Connection, table: str, session_id: str) -> 
 async def storage_report(
     pool: asyncpg.Pool, *, limit: int, offset: int, order: str
 ) -> dict[str, Any]:
-    """Bytes per template (the sizes of its files) and bytes and rows per session, a page of
-    `limit` sessions ordered by `order` (a key of STORAGE_ORDERS)."""
+    """Bytes per template (the sizes of its versions' files) and bytes and rows per session, a
+    page of `limit` sessions ordered by `order` (a key of STORAGE_ORDERS)."""
     async with pool.acquire() as conn, conn.transaction(isolation="repeatable_read"):
         templates = await conn.fetch(
-            "SELECT name, count(DISTINCT version) AS versions, sum(size)::bigint AS bytes"
-            " FROM template_files GROUP BY name ORDER BY bytes DESC, name"
+            "SELECT name, count(*) AS versions, sum(total_bytes)::bigint AS bytes"
+            " FROM template_versions GROUP BY name ORDER BY bytes DESC, name"
         )
         total = await conn.fetchval("SELECT count(*) FROM sessions")
         rows = await conn.fetch(
