@@ -39,13 +39,14 @@ class EmbeddedPostgres:
 
 
 def _postgres_of(pgdata: Path) -> list[psutil.Process]:
-    """Postmasters serving `pgdata` (started by pg_ctl with `-D <pgdata>` on their command line)."""
-    found = []
-    for proc in psutil.process_iter(attrs=["name", "cmdline"]):
+    """Postmasters serving `pgdata` (started by pg_ctl with `-D <pgdata>` on their command line;
+    a child just forked shows the same until it renames itself, and is left out)."""
+    found = {}
+    for proc in psutil.process_iter(attrs=["name", "cmdline", "ppid"]):
         cmdline = proc.info["cmdline"] or []
         if proc.info["name"] == "postgres" and "-D" in cmdline and str(pgdata) in cmdline:
-            found.append(proc)
-    return found
+            found[proc.pid] = proc
+    return [p for p in found.values() if p.info["ppid"] not in found]
 
 
 def _live_handles(pgdata: Path) -> list[int]:

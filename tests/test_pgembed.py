@@ -16,13 +16,15 @@ from conftest import pid_alive, wait_until
 
 
 def postgres_of(pgdata: Path) -> list[psutil.Process]:
-    """The postgres processes serving `pgdata` (the postmaster names its data dir with -D)."""
-    found = []
-    for proc in psutil.process_iter(attrs=["name", "cmdline"]):
+    """The postmasters serving `pgdata` (named with -D on their command line). A child the
+    postmaster has just forked shows the same command line until it renames itself: it is not
+    one more server."""
+    found = {}
+    for proc in psutil.process_iter(attrs=["name", "cmdline", "ppid"]):
         cmdline = proc.info["cmdline"] or []
         if proc.info["name"] == "postgres" and str(pgdata) in cmdline:
-            found.append(proc)
-    return found
+            found[proc.pid] = proc
+    return [p for p in found.values() if p.info["ppid"] not in found]
 
 
 def postmaster_pid(pgdata: Path) -> int:
