@@ -6,6 +6,9 @@ CREATE TABLE IF NOT EXISTS templates (
     name        text PRIMARY KEY CHECK (name ~ '^[a-z0-9][a-z0-9_.-]{0,62}$'),
     created_at  timestamptz NOT NULL DEFAULT now()
 );
+-- The highest version number ever given: a deleted version's number is never given again to
+-- other content while the template exists.
+ALTER TABLE templates ADD COLUMN IF NOT EXISTS last_version integer NOT NULL DEFAULT 0;
 
 -- One upload of a template. Never changed after insert; a new upload of the same name is a new
 -- version. `sha256` hashes the config path and every (path, file hash) pair, so equal content

@@ -22,6 +22,7 @@ from typing import Any
 
 import structlog
 
+from actors.quota import RowQuota
 from actors.writer import CsvChunk, Mark, WriterActor
 from supervisor import db, templates
 from supervisor.session_request import SessionRequest
@@ -118,8 +119,14 @@ class _Tail:
 
 class Recorder:
     def __init__(
-        self, session_id: str, request: SessionRequest, workdir: Path, writer: WriterActor
+        self,
+        session_id: str,
+        request: SessionRequest,
+        workdir: Path,
+        writer: WriterActor,
+        quota: RowQuota | None = None,
     ) -> None:
+        self._quota = quota or RowQuota(0)
         self._id = session_id
         self._request = request
         self._workdir = workdir
@@ -214,6 +221,12 @@ class Recorder:
             # The fast path: PostgreSQL parses SUMO's CSV itself, the partition adds session_id.
             columns = tuple(mapping[h][0] for h in tail.header)
             n = data.count(b"\n")
+            allowed = self._quota.take(n)
+            if allowed < n:
+                data = data[: _after_lines(data, allowed)]
+                n = allowed
+            if not n:
+                return
             tail.lines += n
             await self._writer.write_csv(
                 CsvChunk(tail.table, columns, data, n, f"{tail.key} IS NOT NULL", self._mark())
@@ -221,12 +234,21 @@ class Recorder:
             return
         columns = tuple(dict.fromkeys(col for col, _ in mapping.values()))
         rows = await asyncio.to_thread(_project, tail.header, mapping, tail.key, columns, data)
+        rows = rows[: self._quota.take(len(rows))]
         tail.lines += len(rows)
         await self._writer.write_records(tail.table, columns, rows, self._mark())
 
     def _mark(self) -> Mark:
         self._seq += 1
         return Mark(self._id, self._seq)
+
+
+def _after_lines(data: bytes, n: int) -> int:
+    """The offset just past the first `n` lines of `data`."""
+    cut = 0
+    for _ in range(n):
+        cut = data.index(b"\n", cut) + 1
+    return cut
 
 
 def _project(

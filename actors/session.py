@@ -37,6 +37,7 @@ from traci.connection import Connection
 from traci.exceptions import FatalTraCIError, TraCIException
 
 from actors import commands, handover, statistics
+from actors.quota import RowQuota
 from actors.recorder import Recorder
 from actors.sandbox import SandboxPlan
 from actors.summary import MAX_STEPS_UNREAD, Cut, SummaryFeed, SummaryLost
@@ -165,7 +166,8 @@ class _Drive:
     """Result of driving one SUMO process, before its exit status is known."""
 
     def __init__(self, kind: str, detail: str = "") -> None:
-        self.kind = kind  # completed | stop | exited_early | traci_lost | connect_timeout
+        # completed | stop | exited_early | traci_lost | connect_timeout | idle | row_quota
+        self.kind = kind
         self.detail = detail
 
 
@@ -202,6 +204,7 @@ class SessionActor:
         connect_timeout_s: float,
         sumo_nice: int = 0,
         sandbox: SandboxPlan | None = None,
+        max_rows: int = 0,
     ) -> None:
         self.spec = spec
         self._pool = pool
@@ -225,7 +228,9 @@ class SessionActor:
         self._interrupt = threading.Event()
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"traci-{spec.id}")
         self._log = structlog.get_logger(component="session").bind(session_id=spec.id)
-        self._recorder = Recorder(spec.id, spec.request, workdir, writer)
+        # Over it, the TraCI thread ends its slice and the session fails `row_quota`.
+        self._quota = RowQuota(max_rows, on_exceeded=self._interrupt.set)
+        self._recorder = Recorder(spec.id, spec.request, workdir, writer, self._quota)
 
     # ---- messages ------------------------------------------------------------------------------
 
@@ -492,6 +497,18 @@ class SessionActor:
                 exit_code=returncode,
                 sim_time=self._sim_time,
             )
+        if self._quota.exceeded:
+            # Before "completed": rows past the quota were not stored, so the run is not whole
+            # (the recorder's last rows may have gone over it after SUMO ended).
+            return Outcome(
+                "failed",
+                "the session went over its row quota",
+                cause="row_quota",
+                error=f"max_session_rows ({self._quota.limit}) reached: the rows stored up to"
+                " it are kept, none after",
+                exit_code=returncode,
+                sim_time=self._sim_time,
+            )
         if drive.kind == "idle":
             return Outcome(
                 "timed_out",
@@ -688,6 +705,8 @@ class SessionActor:
             self._drain_inbox()
             if self._stop is not None:
                 return _Drive("stop")
+            if self._quota.exceeded:
+                return _Drive("row_quota")
             while self._control:
                 msg = self._control.popleft()
                 idle_since = loop.time()
@@ -739,7 +758,8 @@ class SessionActor:
         jump, _ = await self._in_thread(_advance, drive, self._sim_time, target)
         self._sim_time = jump.sim_time
         row = drive.summary.cut(jump.sim_time)
-        await self._writer.write(row)
+        if self._quota.take(1):
+            await self._writer.write(row)
         self._samples += 1
         sample = dict(zip(db.SAMPLE_COLUMNS[1:], row[1:], strict=True))
         return sample, drive.finished(jump)
@@ -751,6 +771,7 @@ class SessionActor:
         )
         self._sim_time = last.sim_time
         self._samples += len(rows)
+        rows = rows[: self._quota.take(len(rows))]
         await self._writer.write_records("samples", db.SAMPLE_COLUMNS, rows)
         return drive.finished(last)
 

@@ -184,6 +184,8 @@ class SupervisorSettings:
     sumo_nice: int = 0
     # How each SUMO is confined (actors/sandbox.py); None runs it unconfined.
     sandbox: SandboxPlan | None = None
+    # Rows one session may store (samples and recorded rows); 0: no quota.
+    max_session_rows: int = 0
 
 
 class SupervisorActor:
@@ -406,6 +408,7 @@ class SupervisorActor:
                 connect_timeout_s=self._settings.connect_timeout_s,
                 sumo_nice=self._settings.sumo_nice,
                 sandbox=self._settings.sandbox,
+                max_rows=self._settings.max_session_rows,
             )
             wall = spec.request.max_wall_s
             task = tg.create_task(self._session_main(actor), name=f"session-{spec.id}")

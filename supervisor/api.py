@@ -251,7 +251,24 @@ async def create_template(request: web.Request) -> web.Response:
         )
 
     sha256, stored = await s.upload_checks.run(check)
-    version = await db.insert_template_version(s.pool, name, fields["config"], sha256, stored)
+    try:
+        version = await db.insert_template_version(
+            s.pool,
+            name,
+            fields["config"],
+            sha256,
+            stored,
+            max_total_bytes=s.config.max_template_bytes,
+        )
+    except db.QuotaExceeded as exc:
+        raise PayloadTooLarge(
+            f"{exc.quota}: templates take {exc.used} bytes of {exc.limit}, and this upload"
+            f" {exc.adding} more; delete templates or versions to make room",
+            quota=exc.quota,
+            limit=exc.limit,
+            used=exc.used,
+            upload=exc.adding,
+        ) from None
     log.info("template_created", template=name, version=version, files=len(stored), bytes=used)
     return _json(
         {
@@ -704,21 +721,66 @@ async def revoke_token(request: web.Request) -> web.Response:
 
 async def delete_template(request: web.Request) -> web.Response:
     name = request.match_info["name"]
+    deleted = await _delete_template(request, name, None)
+    log.info("template_deleted", template=name, sessions_deleted=deleted.sessions)
+    return _json({"name": name, "deleted": True, "sessions_deleted": deleted.sessions})
+
+
+async def delete_template_version(request: web.Request) -> web.Response:
+    name, text = request.match_info["name"], request.match_info["version"]
+    if not text.isdigit() or not 1 <= int(text) < 2**31:
+        raise TemplateNotFound(f"no version {text!r} of {name!r}", template=name)
+    version = int(text)
+    deleted = await _delete_template(request, name, version)
+    log.info(
+        "template_version_deleted",
+        template=name,
+        version=version,
+        sessions_deleted=deleted.sessions,
+        template_deleted=deleted.template,
+    )
+    return _json(
+        {
+            "name": name,
+            "version": version,
+            "deleted": True,
+            "sessions_deleted": deleted.sessions,
+            "template_deleted": deleted.template,
+        }
+    )
+
+
+async def _delete_template(request: web.Request, name: str, version: int | None) -> db.Deleted:
+    what = repr(name) if version is None else f"version {version} of {name!r}"
     with_sessions = request.query.get("sessions") == "delete"
     try:
-        gone = await db.delete_template(
-            request.app[SERVICES].pool, name, with_sessions=with_sessions
+        deleted = await db.delete_template(
+            request.app[SERVICES].pool, name, version=version, with_sessions=with_sessions
         )
     except db.TemplateInUse as exc:
         if exc.active:
-            message = f"{exc.active} sessions of {name!r} have not ended: stop them first"
+            message = f"{exc.active} sessions of {what} have not ended: stop them first"
         else:
-            message = f"{exc.total} sessions use {name!r}: add ?sessions=delete to delete them too"
+            message = f"{exc.total} sessions use {what}: add ?sessions=delete to delete them too"
         raise SessionConflict(message, sessions=exc.total, active=exc.active) from None
-    if gone is None:
-        raise TemplateNotFound(f"no template named {name!r}", template=name)
-    log.info("template_deleted", template=name, sessions_deleted=gone)
-    return _json({"name": name, "deleted": True, "sessions_deleted": gone})
+    if deleted is None:
+        raise TemplateNotFound(f"no template {what}", template=name)
+    return deleted
+
+
+async def storage(request: web.Request) -> web.Response:
+    order = request.query.get("order", "bytes")
+    if order not in db.STORAGE_ORDERS:
+        raise InvalidRequest(
+            f"order must be one of {', '.join(db.STORAGE_ORDERS)}", field="order", value=order
+        )
+    report = await db.storage_report(
+        request.app[SERVICES].pool,
+        limit=_query_int(request, "limit", 100, 1, 1000),
+        offset=_query_int(request, "offset", 0, 0, 2**31 - 1),
+        order=order,
+    )
+    return _json(report)
 
 
 R = tokens.Role
@@ -730,6 +792,7 @@ ROUTES: list[Route] = [
     Route("GET", "/v1/templates", list_templates, R.reader),
     Route("GET", "/v1/templates/{name}", get_template, R.reader),
     Route("DELETE", "/v1/templates/{name}", delete_template, R.admin),
+    Route("DELETE", "/v1/templates/{name}/versions/{version}", delete_template_version, R.admin),
     Route("POST", "/v1/sessions", create_session, R.operator, "json"),
     Route("GET", "/v1/sessions", list_sessions, R.reader),
     Route("GET", "/v1/sessions/{id}", get_session, R.reader),
@@ -748,6 +811,7 @@ ROUTES: list[Route] = [
     Route("GET", "/v1/sessions/{id}/stream", session_stream, R.reader),
     Route("GET", "/v1/sessions/{id}/{kind}.csv", session_export, R.reader),
     Route("GET", "/v1/compare", compare_sessions, R.reader),
+    Route("GET", "/v1/storage", storage, R.reader),
     Route("POST", "/v1/sweeps", create_sweep, R.operator, "json"),
     Route("GET", "/v1/sweeps/{id}", get_sweep, R.reader),
     Route("POST", "/v1/tokens", create_token, R.admin, "json"),

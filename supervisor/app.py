@@ -170,6 +170,7 @@ async def _run(
             connect_timeout_s=cfg.connect_timeout_s,
             sumo_nice=cfg.sumo_nice,
             sandbox=sandbox_plan,
+            max_session_rows=cfg.max_session_rows,
         ),
         pool=pool,
         writer=writer,

@@ -128,6 +128,10 @@ def _client_parsers(sub: Any) -> None:
     get.add_argument("what", choices=["samples", "trips", "trajectories", "edges"])
     get.add_argument("-o", "--output", type=Path, help="file to write (default: stdout)")
     _command(sub, "compare", "summaries of sessions side by side").add_argument("ids", nargs="+")
+    storage = _command(sub, "storage", "what templates and sessions take in the database")
+    storage.add_argument("--limit", type=int, default=20, help="sessions shown (biggest first)")
+    storage.add_argument("--offset", type=int, default=0)
+    storage.add_argument("--order", choices=["bytes", "created"], default="bytes")
 
 
 def _parser() -> argparse.ArgumentParser:

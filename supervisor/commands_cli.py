@@ -295,6 +295,46 @@ def compare(client: Client, args: argparse.Namespace) -> int:
     return 0
 
 
+def _size(n: int) -> str:
+    if n < 1024:
+        return f"{n} B"
+    value = n / 1024
+    for unit in ("KiB", "MiB"):
+        if value < 1024:
+            return f"{value:.1f} {unit}"
+        value /= 1024
+    return f"{value:.1f} GiB"
+
+
+def storage(client: Client, args: argparse.Namespace) -> int:
+    report = client.get("/v1/storage", limit=args.limit, offset=args.offset, order=args.order)
+    if args.json:
+        _json(report)
+        return 0
+    _table(
+        [t | {"size": _size(t["bytes"])} for t in report["templates"]],
+        ["name", "versions", "size", "bytes"],
+        title=f"templates: {_size(report['template_bytes'])}",
+    )
+    sessions = report["sessions"]
+    _table(
+        [s | {"size": _size(s["bytes"])} | {k: v for k, v in s["rows"].items()} for s in sessions],
+        [
+            "id",
+            "template",
+            "version",
+            "status",
+            "size",
+            "samples",
+            "trajectories",
+            "trips",
+            "edges",
+        ],
+        title=f"{len(sessions)} of {report['sessions_total']} sessions, by {args.order}",
+    )
+    return 0
+
+
 COMMANDS: dict[str, Callable[[Client, argparse.Namespace], int]] = {
     "template_add": template_add,
     "template_list": template_list,
@@ -308,4 +348,5 @@ COMMANDS: dict[str, Callable[[Client, argparse.Namespace], int]] = {
     "get": get,
     "summary": summary,
     "compare": compare,
+    "storage": storage,
 }

@@ -59,6 +59,10 @@ class Config:
     # gzip and zlib content whatever the file's name), how many uploads are checked at once, and
     # how long another waits for its turn before it gets 503.
     max_inflated_bytes: int = 256 * 1024 * 1024
+    # Storage quotas (0: none): the files of all templates' versions together, and the rows one
+    # session may store (samples and recorded rows together; over it, it fails `row_quota`).
+    max_template_bytes: int = 10 * 1024**3
+    max_session_rows: int = 100_000_000
     upload_checks: int = 2
     upload_check_wait_s: float = 2.0
     # How long a stopping session gets to end by itself before its process group is killed.
@@ -188,6 +192,9 @@ def _validate(cfg: Config) -> None:
     ):
         if getattr(cfg, name) < 1:
             raise ConfigError(f"{name}: must be positive, got {getattr(cfg, name)}")
+    for name in ("max_template_bytes", "max_session_rows"):
+        if getattr(cfg, name) < 0:
+            raise ConfigError(f"{name}: must be 0 (no quota) or positive, got {getattr(cfg, name)}")
     for name in (
         "stop_grace_s",
         "connect_timeout_s",

@@ -177,22 +177,52 @@ class TemplateFile:
     content: bytes
 
 
+# pg_advisory_xact_lock key serializing uploads while a template quota is checked.
+TEMPLATE_QUOTA_LOCK = 0x53554D4F
+
+
+class QuotaExceeded(Exception):
+    """Storing `adding` more would take `quota`'s total past `limit` (`used` is taken)."""
+
+    def __init__(self, quota: str, limit: int, used: int, adding: int) -> None:
+        super().__init__(f"{quota}: {used} + {adding} > {limit}")
+        self.quota, self.limit, self.used, self.adding = quota, limit, used, adding
+
+
 async def insert_template_version(
     pool: asyncpg.Pool,
     name: str,
     config_path: str,
     sha256: str,
     files: Sequence[TemplateFile],
+    *,
+    max_total_bytes: int = 0,
 ) -> int:
-    """Store a new immutable version of `name`; returns its version number."""
+    """Store a new immutable version of `name`; returns its version number. Raises
+    QuotaExceeded when all templates' files would take more than `max_total_bytes` (0: no
+    quota)."""
+    size = sum(len(f.content) for f in files)
     async with pool.acquire() as conn, while_connected(conn), conn.transaction():
+        if max_total_bytes:
+            # One upload at a time past this point, so two cannot both fit in the same room.
+            await conn.execute("SELECT pg_advisory_xact_lock($1)", TEMPLATE_QUOTA_LOCK)
+            # total_bytes is each version's sum of template_files.size, kept beside it so this
+            # reads one small row per version, not every file's row.
+            used = await conn.fetchval(
+                "SELECT coalesce(sum(total_bytes), 0) FROM template_versions"
+            )
+            if used + size > max_total_bytes:
+                raise QuotaExceeded("max_template_bytes", max_total_bytes, int(used), size)
         await conn.execute(
             "INSERT INTO templates (name) VALUES ($1) ON CONFLICT (name) DO NOTHING", name
         )
         # Row lock: concurrent uploads of one name get consecutive versions, not a clash.
         await conn.execute("SELECT 1 FROM templates WHERE name = $1 FOR UPDATE", name)
         version: int = await conn.fetchval(
-            "SELECT coalesce(max(version), 0) + 1 FROM template_versions WHERE name = $1", name
+            "UPDATE templates SET last_version = 1 + greatest(last_version,"
+            " (SELECT coalesce(max(version), 0) FROM template_versions WHERE name = $1))"
+            " WHERE name = $1 RETURNING last_version",
+            name,
         )
         await conn.execute(
             "INSERT INTO template_versions (name, version, config_path, sha256, total_bytes)"
@@ -201,7 +231,7 @@ async def insert_template_version(
             version,
             config_path,
             sha256,
-            sum(len(f.content) for f in files),
+            size,
         )
         await conn.copy_records_to_table(
             "template_files",
@@ -802,20 +832,35 @@ class TemplateInUse(Exception):
         self.total, self.active = total, active
 
 
-async def delete_template(pool: asyncpg.Pool, name: str, *, with_sessions: bool) -> int | None:
-    """Delete a template with its versions, and with its ended sessions if `with_sessions`;
-    returns how many sessions went with it, or None if there is no such template. Raises
-    TemplateInUse while any session of it has not ended (or any exists, without
-    `with_sessions`)."""
+@dataclass(frozen=True)
+class Deleted:
+    sessions: int  # ended sessions deleted with it
+    template: bool  # the template itself went (its last version was deleted)
+
+
+async def delete_template(
+    pool: asyncpg.Pool, name: str, *, version: int | None = None, with_sessions: bool
+) -> Deleted | None:
+    """Delete a template with its versions (or only `version`; the template goes with its last
+    version), and with their ended sessions if `with_sessions`; None if there is no such
+    template or version. Raises TemplateInUse while any of their sessions has not ended (or any
+    exists, without `with_sessions`)."""
     async with pool.acquire() as conn, conn.transaction():
         # The row lock orders this against uploads; a session submitted meanwhile still makes
         # the final DELETE fail on the sessions' foreign key instead of vanishing.
         if await conn.fetchval("SELECT 1 FROM templates WHERE name = $1 FOR UPDATE", name) is None:
             return None
+        if version is not None and not await conn.fetchval(
+            "SELECT 1 FROM template_versions WHERE name = $1 AND version = $2", name, version
+        ):
+            return None
+        # $2 NULL: every version.
+        of_it = "template_name = $1 AND ($2::int IS NULL OR template_version = $2)"
         counts = await conn.fetchrow(
-            "SELECT count(*) AS total, count(*) FILTER (WHERE status <> ALL($2::text[])) AS active"
-            " FROM sessions WHERE template_name = $1",
+            "SELECT count(*) AS total, count(*) FILTER (WHERE status <> ALL($3::text[])) AS active"
+            f" FROM sessions WHERE {of_it}",
             name,
+            version,
             list(FINAL_STATUSES),
         )
         assert counts is not None
@@ -824,14 +869,94 @@ async def delete_template(pool: asyncpg.Pool, name: str, *, with_sessions: bool)
             raise TemplateInUse(total, active)
         ids = [
             r["id"]
-            for r in await conn.fetch("SELECT id FROM sessions WHERE template_name = $1", name)
+            for r in await conn.fetch(f"SELECT id FROM sessions WHERE {of_it}", name, version)
         ]
         for session_id in ids:
             for table in RECORD_TABLES.values():
                 await conn.execute(f'DROP TABLE IF EXISTS "{partition_name(table, session_id)}"')
         await conn.execute("DELETE FROM sessions WHERE id = ANY($1::text[])", ids)
         try:
-            await conn.execute("DELETE FROM templates WHERE name = $1", name)
+            await conn.execute(
+                "DELETE FROM template_versions"
+                " WHERE name = $1 AND ($2::int IS NULL OR version = $2)",
+                name,
+                version,
+            )
+            left = await conn.fetchval(
+                "SELECT count(*) FROM template_versions WHERE name = $1", name
+            )
+            if not left:
+                await conn.execute("DELETE FROM templates WHERE name = $1", name)
         except asyncpg.ForeignKeyViolationError:
             raise TemplateInUse(total + 1, active + 1) from None
-        return len(ids)
+        return Deleted(len(ids), template=not left)
+
+
+# What each session's rows take: its samples (their share of the samples table, which is not
+# partitioned) and its partitions of the record tables (RECORD_TABLES; named as partition_name
+# names them). Sizes come from the catalog, so ordering every session by size reads no rows.
+STORAGE_SESSIONS_SQL = """
+WITH samples_per AS (
+    SELECT session_id, count(*) AS n FROM samples GROUP BY session_id
+), sample_row AS (
+    SELECT pg_total_relation_size('samples')::float8
+           / greatest((SELECT sum(n) FROM samples_per), 1) AS bytes
+), sized AS (
+    SELECT s.id, s.template_name, s.template_version, s.status, s.created_at,
+           coalesce(p.n, 0) AS samples,
+           round(coalesce(p.n, 0) * (SELECT bytes FROM sample_row))::bigint
+           + coalesce((SELECT sum(pg_total_relation_size(
+                                      to_regclass(t || '__' || replace(s.id, '-', '_'))))
+                       FROM unnest($3::text[]) AS t), 0)::bigint AS bytes
+    FROM sessions s LEFT JOIN samples_per p ON p.session_id = s.id
+)
+SELECT * FROM sized ORDER BY {order} LIMIT $1 OFFSET $2
+"""
+STORAGE_ORDERS = {"bytes": "bytes DESC, id", "created": "id DESC"}
+
+
+async def _count_rows(conn: asyncpg.Connection, table: str, session_id: str) -> int:
+    name = partition_name(table, session_id)
+    if await conn.fetchval("SELECT to_regclass($1)", name) is None:
+        return 0
+    return int(await conn.fetchval(f'SELECT count(*) FROM "{name}"'))
+
+
+async def storage_report(
+    pool: asyncpg.Pool, *, limit: int, offset: int, order: str
+) -> dict[str, Any]:
+    """Bytes per template (the sizes of its versions' files) and bytes and rows per session, a
+    page of `limit` sessions ordered by `order` (a key of STORAGE_ORDERS)."""
+    async with pool.acquire() as conn, conn.transaction(isolation="repeatable_read"):
+        templates = await conn.fetch(
+            "SELECT name, count(*) AS versions, sum(total_bytes)::bigint AS bytes"
+            " FROM template_versions GROUP BY name ORDER BY bytes DESC, name"
+        )
+        total = await conn.fetchval("SELECT count(*) FROM sessions")
+        rows = await conn.fetch(
+            STORAGE_SESSIONS_SQL.format(order=STORAGE_ORDERS[order]),
+            limit,
+            offset,
+            list(RECORD_TABLES.values()),
+        )
+        sessions = []
+        for r in rows:
+            counts = {"samples": int(r["samples"])}
+            for kind, table in RECORD_TABLES.items():
+                counts[kind] = await _count_rows(conn, table, r["id"])
+            sessions.append(
+                {
+                    "id": r["id"],
+                    "template": r["template_name"],
+                    "version": r["template_version"],
+                    "status": r["status"],
+                    "bytes": int(r["bytes"]),
+                    "rows": counts,
+                }
+            )
+    return {
+        "template_bytes": sum(int(t["bytes"]) for t in templates),
+        "templates": [dict(t) for t in templates],
+        "sessions_total": int(total),
+        "sessions": sessions,
+    }

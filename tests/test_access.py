@@ -38,6 +38,7 @@ EXPECTED: dict[tuple[str, str], str | None] = {
     ("GET", "/v1/templates"): "reader",
     ("GET", "/v1/templates/{name}"): "reader",
     ("DELETE", "/v1/templates/{name}"): "admin",
+    ("DELETE", "/v1/templates/{name}/versions/{version}"): "admin",
     ("POST", "/v1/sessions"): "operator",
     ("GET", "/v1/sessions"): "reader",
     ("GET", "/v1/sessions/{id}"): "reader",
@@ -56,6 +57,7 @@ EXPECTED: dict[tuple[str, str], str | None] = {
     ("GET", "/v1/sessions/{id}/stream"): "reader",
     ("GET", "/v1/sessions/{id}/{kind}.csv"): "reader",
     ("GET", "/v1/compare"): "reader",
+    ("GET", "/v1/storage"): "reader",
     ("POST", "/v1/sweeps"): "operator",
     ("GET", "/v1/sweeps/{id}"): "reader",
     ("POST", "/v1/tokens"): "admin",
@@ -66,9 +68,12 @@ ROLES = ("reader", "operator", "admin")
 
 
 def _concrete(path: str) -> str:
-    return (path.replace("{name}", "nope").replace("{id}", "nope").replace("{kind}", "trips")) + (
-        "?sessions=a,b" if path == "/v1/compare" else ""
-    )
+    return (
+        path.replace("{name}", "nope")
+        .replace("{id}", "nope")
+        .replace("{kind}", "trips")
+        .replace("{version}", "1")
+    ) + ("?sessions=a,b" if path == "/v1/compare" else "")
 
 
 def _bearer(token: str) -> dict[str, str]:

@@ -11,7 +11,7 @@ import subprocess
 import sys
 
 import aiohttp
-from conftest import make_token, wait_status
+from conftest import create_session, make_token, upload, wait_status
 
 
 def _env(token: str | None) -> dict[str, str]:
@@ -182,3 +182,20 @@ async def test_error_text_with_brackets_prints_literally(daemons, db_url, scenar
     ran = await cli("run", "brackets", "--wait", url=daemon.url)
     assert ran.returncode == 1
     assert "no[/such]edge" in ran.stderr and "Traceback" not in ran.stderr, ran.stderr
+
+
+async def test_storage(daemons, db_url, scenarios, http):
+    daemon = await daemons.start(db_url)
+    await upload(http, daemon, "grid3", scenarios["grid3"])
+    done = await create_session(http, daemon, template="grid3", end=50)
+    await wait_status(http, daemon, done["id"], "completed")
+    shown = await cli("storage", "--json", url=daemon.url)
+    assert shown.returncode == 0, shown.stderr
+    report = json.loads(shown.stdout)
+    assert [t["name"] for t in report["templates"]] == ["grid3"]
+    assert [s["id"] for s in report["sessions"]] == [done["id"]]
+    assert report["sessions"][0]["rows"]["samples"] > 0
+    table = await cli("storage", "--limit", "5", url=daemon.url)
+    assert table.returncode == 0, table.stderr
+    assert "grid3" in table.stdout and done["id"] in table.stdout
+    assert "1 of 1 sessions" in table.stdout

@@ -58,6 +58,8 @@ def test_config_is_frozen():
         ({}, {"SUMO_SUPERVISOR_SUMO_NICE": "20"}, "sumo_nice: must be 0..19"),
         ({}, {"SUMO_SUPERVISOR_EXPORT_STALL_S": "0"}, "export_stall_s: must be positive"),
         ({}, {"SUMO_SUPERVISOR_DB_COMMAND_TIMEOUT_S": "-1"}, "db_command_timeout_s: must be"),
+        ({}, {"SUMO_SUPERVISOR_MAX_SESSION_ROWS": "-1"}, "max_session_rows: must be 0 (no quota)"),
+        ({}, {"SUMO_SUPERVISOR_MAX_TEMPLATE_BYTES": "-5"}, "max_template_bytes: must be 0"),
         ({"database_url": "mysql://x"}, {}, "database_url: must start with postgresql://"),
         ({"config_file": "/nonexistent.toml"}, {}, "config file /nonexistent.toml"),
     ],
