@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import functools
 import math
 import os
@@ -277,16 +278,26 @@ class SessionActor:
             for msg in self._control:
                 _reply_error(msg.reply, SessionConflict("the session has ended"))
             self._executor.shutdown(wait=False, cancel_futures=True)
-            await asyncio.shield(self._finish(outcome))
+            outcome = await asyncio.shield(self._finish(outcome))
         return outcome
 
-    async def _finish(self, outcome: Outcome) -> None:
+    async def _finish(self, outcome: Outcome) -> Outcome:
         try:
             # Every sample is committed before the final status is visible: readers who see
             # 'completed' see all of its rows.
             await asyncio.wait_for(self._writer.flush(), timeout=60)
         except TimeoutError:
             self._log.error("flush_timeout")
+        refused = self._writer.take_failure(self.spec.id)
+        if refused is not None and outcome.status != "failed":
+            # Its rows are not all there: whatever SUMO did, the session did not succeed.
+            outcome = dataclasses.replace(
+                outcome,
+                status="failed",
+                reason=f"the database refused its rows ({outcome.reason})",
+                cause="write_failed",
+                error=refused,
+            )
         await asyncio.to_thread(shutil.rmtree, self._workdir, ignore_errors=True)
         # The one write never given up: a session's end waits for the database to come back
         # (a daemon stopped meanwhile leaves it to the next start's recovery).
@@ -310,6 +321,7 @@ class SessionActor:
             exit_code=outcome.exit_code,
             sim_time=outcome.sim_time,
         )
+        return outcome
 
     async def _run(self) -> Outcome:
         try:
