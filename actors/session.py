@@ -133,6 +133,17 @@ Message = StopSession | Control
 INBOX_SIZE = 64
 
 
+# The format the daemon reads SUMO's outputs in (its summary stream, the recorder's CSV). On the
+# command line they win over a config's own choice (a ',' separator, no header, h:m:s times made
+# sessions end `completed` with no recorded rows, or crash on the first sample); the config's own
+# outputs are written in this format too.
+OUTPUT_FORMAT_ARGS = (
+    "--output.column-separator", ";",
+    "--output.column-header", "tag",
+    "--human-readable-time", "false",
+)  # fmt: skip
+
+
 @dataclass(frozen=True)
 class Outcome:
     status: str
@@ -377,6 +388,7 @@ class SessionActor:
             str(port),
             "--no-step-log",
             "true",
+            *OUTPUT_FORMAT_ARGS,
             *self.spec.request.sumo_args(),
             *self._recorder.sumo_args(),
             *summary,

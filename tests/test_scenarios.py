@@ -1,0 +1,57 @@
+"""Scenarios as people bring them: configs saved from sumo-gui, configs with outputs and output
+formats of their own. Real daemon, real SUMO, real PostgreSQL."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+from conftest import Scenario, create_session, samples, upload, wait_status
+
+
+def variant(scenario: Scenario, root: Path, extra: str) -> Scenario:
+    """The scenario with `extra` option elements added to its config."""
+    shutil.copytree(scenario.root, root)
+    config = root / scenario.config
+    text = config.read_text()
+    config.write_text(text.replace("</configuration>", f"{extra}\n</configuration>"))
+    return Scenario(root, scenario.config)
+
+
+async def row_counts(http, daemon, session_id: str) -> dict[str, int]:
+    counts = {}
+    for kind in ("trajectories", "trips"):
+        async with http.get(f"{daemon.url}/v1/sessions/{session_id}/{kind}.csv") as r:
+            assert r.status == 200
+            counts[kind] = (await r.text()).count("\n") - 1
+    return counts
+
+
+async def test_a_config_that_changes_sumos_csv_format_records_the_same_rows(
+    daemons, db_url, http, scenarios, tmp_path
+):
+    """A config that sets the CSV separator, drops the column header and writes times as
+    h:m:s records exactly what the plain scenario records: the daemon's format is SUMO's
+    command line, which wins over the config."""
+    own_format = variant(
+        scenarios["grid3"],
+        tmp_path / "own_format",
+        "  <output>"
+        '<output.column-separator value=","/>'
+        '<output.column-header value="none"/>'
+        '<human-readable-time value="true"/>'
+        "</output>",
+    )
+    daemon = await daemons.start(db_url)
+    await upload(http, daemon, "plain", scenarios["grid3"])
+    await upload(http, daemon, "own_format", own_format)
+    record = ["samples", "trajectories", "trips"]
+    counts, stored = [], []
+    for name in ("plain", "own_format"):
+        session = await create_session(http, daemon, template=name, seed=11, record=record)
+        await wait_status(http, daemon, session["id"], "completed", timeout=120)
+        counts.append(await row_counts(http, daemon, session["id"]))
+        stored.append(await samples(http, daemon, session["id"]))
+    assert counts[0]["trajectories"] > 0 and counts[0]["trips"] > 0, counts
+    assert counts[1] == counts[0]
+    assert stored[1] == stored[0]
