@@ -143,6 +143,11 @@ OUTPUT_FORMAT_ARGS = (
     "--human-readable-time", "false",
 )  # fmt: skip
 
+# SUMO runs headless: sumo-gui's file options are cleared, their files never opened.
+_GUI_ONLY_ARGS = tuple(
+    arg for option in templates.GUI_ONLY_FILE_OPTIONS for arg in (f"--{option}", "")
+)
+
 
 @dataclass(frozen=True)
 class Outcome:
@@ -389,6 +394,7 @@ class SessionActor:
             "--no-step-log",
             "true",
             *OUTPUT_FORMAT_ARGS,
+            *_GUI_ONLY_ARGS,
             *self.spec.request.sumo_args(),
             *self._recorder.sumo_args(),
             *summary,

@@ -60,7 +60,18 @@ _NET_OPTIONS = frozenset({"net-file", "n", "net"})
 _INPUT_OPTIONS = _NET_OPTIONS | {
     "route-files", "r", "routes", "additional-files", "a", "additional",
     "weight-files", "w", "weights", "load-state",
+    # Read from other sections: each stops SUMO at start (or at its first use) when missing.
+    "fcd-output.filter-edges.input-file", "device.ssm.filter-edges.input-file",
+    "astar.all-distances", "astar.landmark-distances", "device.fcd-replay.files",
 }  # fmt: skip
+# sumo-gui's own file options (its <gui_only> section). Plain SUMO reads some of them too (a
+# missing gui-settings-file or alternative-net-file stops it at start), but nothing a headless
+# run needs: SUMO's command line clears them (the command line wins over the config), so an
+# upload needs none of their files.
+GUI_ONLY_FILE_OPTIONS = (
+    "gui-settings-file", "alternative-net-file", "edgedata-files", "selection-file",
+    "gui-testing.setting-output",
+)  # fmt: skip
 _INPUT_SECTION = "input"
 # Options and attributes naming files SUMO writes. Only used to refuse a network address
 # (below); whether a value stays inside the template is checked for every option and attribute.

@@ -55,3 +55,26 @@ async def test_a_config_that_changes_sumos_csv_format_records_the_same_rows(
     assert counts[0]["trajectories"] > 0 and counts[0]["trips"] > 0, counts
     assert counts[1] == counts[0]
     assert stored[1] == stored[0]
+
+
+async def test_a_config_saved_from_sumo_gui_runs_without_its_gui_files(
+    daemons, db_url, http, scenarios, tmp_path
+):
+    """sumo-gui saves its own options (a settings file, a second net, a selection) in the
+    config; the daemon runs SUMO headless, so it needs none of their files."""
+    from_gui = variant(
+        scenarios["grid3"],
+        tmp_path / "from_gui",
+        "  <gui_only>"
+        '<gui-settings-file value="gui.view.xml"/>'
+        '<alternative-net-file value="other.net.xml"/>'
+        '<selection-file value="chosen.txt"/>'
+        '<edgedata-files value="colours.xml"/>'
+        '<start value="true"/><quit-on-end value="true"/><delay value="100"/>'
+        "</gui_only>",
+    )
+    daemon = await daemons.start(db_url)
+    await upload(http, daemon, "from_gui", from_gui)
+    session = await create_session(http, daemon, template="from_gui", seed=11)
+    done = await wait_status(http, daemon, session["id"], "completed", timeout=120)
+    assert done["sim_time"] > 0

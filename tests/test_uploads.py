@@ -421,6 +421,27 @@ def test_option_values_that_reach_outside_are_refused(grid, option, message):
     assert message in error.message and error.message.startswith("a.sumocfg: ")
 
 
+@pytest.mark.parametrize(
+    ("option", "missing"),
+    [
+        ('<output><fcd-output.filter-edges.input-file value="edges.txt"/></output>', "edges.txt"),
+        ('<ssm><device.ssm.filter-edges.input-file v="sub/e.txt"/></ssm>', "sub/e.txt"),
+        ('<routing><astar.landmark-distances value="lm.csv"/></routing>', "lm.csv"),
+        ('<routing><astar.all-distances value="all.csv"/></routing>', "all.csv"),
+        ('<replay><device.fcd-replay.files value="fcd.xml"/></replay>', "fcd.xml"),
+        ("<input><load-state>state.xml</load-state></input>", "state.xml"),
+    ],
+)
+def test_an_input_the_upload_lacks_is_refused_naming_it(grid, option, missing):
+    """SUMO reads these files (each stops bare SUMO at start when missing), whichever section
+    the option is in: a template without them could never start."""
+    cfg = grid["a.sumocfg"].replace(b"</configuration>", option.encode() + b"</configuration>")
+    error = _refusal({**grid, "a.sumocfg": cfg})
+    assert isinstance(error, InvalidTemplate)
+    assert f"{missing!r}, which is not in the upload" in error.message, error.message
+    templates.check_upload("a.sumocfg", {**grid, "a.sumocfg": cfg, missing: b"<x/>"})
+
+
 def test_harmless_values_pass(grid):
     cfg = grid["a.sumocfg"].replace(
         b"</configuration>",
