@@ -243,6 +243,8 @@ class SessionActor:
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"traci-{spec.id}")
         self._log = structlog.get_logger(component="session").bind(session_id=spec.id)
         self._recorder = Recorder(spec.id, spec.request, workdir, writer)
+        # The config's own summary-output, written from the stream the samples come from.
+        self._own_summary: Path | None = None
 
     # ---- messages ------------------------------------------------------------------------------
 
@@ -378,6 +380,9 @@ class SessionActor:
         self._workdir.mkdir(parents=True, exist_ok=False)
         templates.materialize(files, self._workdir)
         self._recorder.prepare(self.spec.config_path)
+        config = (self._workdir / self.spec.config_path).read_bytes()
+        own = templates.config_output(config, self.spec.config_path, ("summary-output", "summary"))
+        self._own_summary = None if own is None else self._workdir / own
 
     # ---- one SUMO process ----------------------------------------------------------------------
 
@@ -403,7 +408,7 @@ class SessionActor:
     async def _run_on_port(self, port: int) -> Outcome:
         self._stderr_tail.clear()
         # A fresh feed per SUMO process: a retry on another port starts from nothing.
-        summary = SummaryFeed(self.spec.id)
+        summary = SummaryFeed(self.spec.id, self._own_summary)
         try:
             return await self._run_sumo(port, summary)
         finally:

@@ -404,6 +404,17 @@ def sumocfg_options(
     return scan.options
 
 
+def config_output(config: bytes, config_path: str, names: Iterable[str]) -> str | None:
+    """Where the config sends the output named by any of `names` (SUMO's synonyms), as a path
+    relative to the template's root; None when it names none, `/dev/null`, or a name SUMO
+    completes while it runs (${PID}...). The last occurrence counts, as in SUMO."""
+    wanted = set(names)
+    values = [v for _s, option, v in sumocfg_options(config, config_path) if option in wanted]
+    if not values or not (value := values[-1].strip()) or value == "/dev/null" or "${" in value:
+        return None
+    return posixpath.normpath(posixpath.join(posixpath.dirname(config_path), value))
+
+
 def _check_inputs(config_path: str, options: Iterable[Option], files: Mapping[str, bytes]) -> None:
     """Every file the config reads is in the upload, and it names a net."""
     base = posixpath.dirname(config_path)

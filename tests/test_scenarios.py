@@ -78,3 +78,37 @@ async def test_a_config_saved_from_sumo_gui_runs_without_its_gui_files(
     session = await create_session(http, daemon, template="from_gui", seed=11)
     done = await wait_status(http, daemon, session["id"], "completed", timeout=120)
     assert done["sim_time"] > 0
+
+
+async def test_a_configs_own_summary_output_is_written_beside_the_daemons_samples(
+    daemons, db_url, http, scenarios, tmp_path
+):
+    """The daemon takes SUMO's summary output for its samples (on the command line, which wins
+    over the config); a config that names its own summary-output still gets its file, with the
+    same steps the samples are made of."""
+    own_summary = variant(
+        scenarios["grid3"],
+        tmp_path / "own_summary",
+        '  <output><summary-output value="own.summary.xml"/></output>',
+    )
+    daemon = await daemons.start(db_url)
+    await upload(http, daemon, "own_summary", own_summary)
+    session = await create_session(http, daemon, template="own_summary", mode="stepped")
+    await wait_status(http, daemon, session["id"], "running")
+    url = f"{daemon.url}/v1/sessions/{session['id']}"
+    async with http.post(f"{url}/step", json={"seconds": 100}) as r:
+        assert r.status == 200, await r.text()
+        sample = (await r.json())["sample"]
+    assert sample["sim_time"] == 100
+    own = daemon.state_dir / "sessions" / session["id"] / "own.summary.xml"
+    steps = {
+        float(line.split('time="')[1].split('"')[0]): line
+        for line in own.read_text().splitlines()
+        if "<step " in line
+    }
+    # The sample at 100 s is SUMO's summary of its step at 99 s.
+    assert 99.0 in steps, sorted(steps)[-3:]
+    assert f'running="{sample["vehicles"]}"' in steps[99.0]
+    async with http.post(f"{url}/stop") as r:
+        assert r.status == 202
+    await wait_status(http, daemon, session["id"], "stopped")
