@@ -18,9 +18,11 @@ def variant(scenario: Scenario, root: Path, extra: str) -> Scenario:
     return Scenario(root, scenario.config)
 
 
-async def row_counts(http, daemon, session_id: str) -> dict[str, int]:
+async def row_counts(
+    http, daemon, session_id: str, kinds: tuple[str, ...] = ("trajectories", "trips")
+) -> dict[str, int]:
     counts = {}
-    for kind in ("trajectories", "trips"):
+    for kind in kinds:
         async with http.get(f"{daemon.url}/v1/sessions/{session_id}/{kind}.csv") as r:
             assert r.status == 200
             counts[kind] = (await r.text()).count("\n") - 1
@@ -112,3 +114,40 @@ async def test_a_configs_own_summary_output_is_written_beside_the_daemons_sample
     async with http.post(f"{url}/stop") as r:
         assert r.status == 202
     await wait_status(http, daemon, session["id"], "stopped")
+
+
+async def test_a_configs_own_tripinfo_output_is_kept_and_recorded(
+    daemons, db_url, http, scenarios, tmp_path
+):
+    """SUMO writes one tripinfo output. A recording session of a config that names its own
+    keeps the config's file (written by SUMO where the config says, as XML) and records the
+    same trips as the plain scenario, from that file."""
+    own_trips = variant(
+        scenarios["grid4"],
+        tmp_path / "own_trips",
+        '  <output><tripinfo-output value="own.trips.xml"/></output>',
+    )
+    daemon = await daemons.start(db_url)
+    await upload(http, daemon, "plain", scenarios["grid4"])
+    await upload(http, daemon, "own_trips", own_trips)
+    plain = await create_session(http, daemon, template="plain", seed=7, record=["trips"])
+    await wait_status(http, daemon, plain["id"], "completed", timeout=120)
+    session = await create_session(
+        http, daemon, template="own_trips", seed=7, record=["trips"], mode="stepped"
+    )
+    await wait_status(http, daemon, session["id"], "running")
+    url = f"{daemon.url}/v1/sessions/{session['id']}"
+    async with http.post(f"{url}/step", json={"seconds": 700}) as r:
+        assert r.status == 200, await r.text()
+    own = daemon.state_dir / "sessions" / session["id"] / "own.trips.xml"
+    # SUMO buffers the file: most of its trips are there while it runs, all once it ends.
+    written = own.read_text().count("<tripinfo ")
+    async with http.post(f"{url}/step", json={"seconds": 300}) as r:
+        assert r.status == 200, await r.text()
+    await wait_status(http, daemon, session["id"], "completed")
+    counts = [
+        (await row_counts(http, daemon, s["id"], ("trips",)))["trips"] for s in (plain, session)
+    ]
+    assert counts[0] > 100, counts
+    assert counts[1] == counts[0]
+    assert 0 < written <= counts[0]
