@@ -133,14 +133,16 @@ Message = StopSession | Control
 INBOX_SIZE = 64
 
 
-# The format the daemon reads SUMO's outputs in (its summary stream, the recorder's CSV). On the
-# command line they win over a config's own choice (a ',' separator, no header, h:m:s times made
-# sessions end `completed` with no recorded rows, or crash on the first sample); the config's own
-# outputs are written in this format too.
+# The format and names the daemon reads SUMO's outputs in (its summary stream, the recorder's
+# CSV). On the command line they win over a config's own choice (a ',' separator, no header, or a
+# prefix on every output's name made sessions end `completed` with no recorded rows, h:m:s times
+# crashed them on the first sample); the config's own outputs are written this way too.
 OUTPUT_FORMAT_ARGS = (
     "--output.column-separator", ";",
     "--output.column-header", "tag",
     "--human-readable-time", "false",
+    "--output-prefix", "",
+    "--output-suffix", "",
 )  # fmt: skip
 
 # SUMO runs headless: sumo-gui's file options are cleared, their files never opened.

@@ -59,6 +59,31 @@ async def test_a_config_that_changes_sumos_csv_format_records_the_same_rows(
     assert stored[1] == stored[0]
 
 
+async def test_a_config_with_an_output_prefix_records_the_same_rows(
+    daemons, db_url, http, scenarios, tmp_path
+):
+    """SUMO puts output-prefix and output-suffix into the name of every output, the daemon's
+    too: they are cleared on the command line, or the recorder would follow files that never
+    come and the session would end `completed` with no recorded rows."""
+    prefixed = variant(
+        scenarios["grid3"],
+        tmp_path / "prefixed",
+        '  <output><output-prefix value="run1_"/><output-suffix value=".x"/></output>',
+    )
+    daemon = await daemons.start(db_url)
+    await upload(http, daemon, "plain", scenarios["grid3"])
+    await upload(http, daemon, "prefixed", prefixed)
+    counts = []
+    for name in ("plain", "prefixed"):
+        session = await create_session(
+            http, daemon, template=name, seed=11, record=["trajectories", "trips"]
+        )
+        await wait_status(http, daemon, session["id"], "completed", timeout=120)
+        counts.append(await row_counts(http, daemon, session["id"]))
+    assert counts[0]["trajectories"] > 0 and counts[0]["trips"] > 0, counts
+    assert counts[1] == counts[0]
+
+
 async def test_a_config_saved_from_sumo_gui_runs_without_its_gui_files(
     daemons, db_url, http, scenarios, tmp_path
 ):
