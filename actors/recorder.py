@@ -28,7 +28,7 @@ from actors.writer import CsvChunk, Mark, WriterActor
 from supervisor import db, templates
 from supervisor.session_request import SessionRequest
 
-OUT_DIR = "_supervisor"
+OUT_DIR = templates.RECORDING_DIR
 POLL_S = 0.2
 READ_CHUNK = 4 * 1024 * 1024
 FCD_ATTRIBUTES = "x,y,speed,angle,lane"

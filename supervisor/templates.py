@@ -152,6 +152,15 @@ def _path_problem(base: str, piece: str) -> str | None:
     return None
 
 
+# Where the daemon's recorder has SUMO write its own outputs in a session dir (emptied at start):
+# no uploaded file and no output of the config's may be there.
+RECORDING_DIR = "_supervisor"
+
+
+def _in_recording_dir(path: str) -> bool:
+    return path == RECORDING_DIR or path.startswith(RECORDING_DIR + "/")
+
+
 def _is_address(piece: str) -> bool:
     # SUMO's FileHelpers::isSocket: an output named host:port is a TCP connection, not a file.
     colon = piece.find(":")
@@ -165,6 +174,12 @@ def _check_value(
         why = _path_problem(base, piece)
         if why is None and output and _is_address(piece):
             why = "names a network address (host:port), where SUMO would send its output"
+        if (
+            why is None
+            and output
+            and _in_recording_dir(posixpath.normpath(posixpath.join(base, piece)))
+        ):
+            why = f"is in {RECORDING_DIR}/, where the daemon records the session"
         if why is not None:
             shown = piece[:200]
             raise InvalidTemplate(
@@ -457,6 +472,11 @@ def check_upload(
             path=config_path,
             uploaded=sorted(files),
         )
+    for path in files:
+        if _in_recording_dir(path):
+            raise InvalidTemplate(
+                f"{path}: {RECORDING_DIR}/ is where the daemon records the session", path=path
+            )
     options = sumocfg_options(files[config_path], config_path, max_inflated_bytes)
     _check_inputs(config_path, options, files)
     for path, data in files.items():

@@ -442,6 +442,29 @@ def test_an_input_the_upload_lacks_is_refused_naming_it(grid, option, missing):
     templates.check_upload("a.sumocfg", {**grid, "a.sumocfg": cfg, missing: b"<x/>"})
 
 
+@pytest.mark.parametrize(
+    "change",
+    [
+        {"a.sumocfg": b'<output><tripinfo-output value="_supervisor/trips.csv"/></output>'},
+        {"a.sumocfg": b'<output><fcd-output value="x/../_supervisor/fcd.csv"/></output>'},
+        {"d.add.xml": b'<additional><edgeData id="e" file="_supervisor/edges.csv"/></additional>'},
+        {"_supervisor/own.xml": b"<x/>"},
+    ],
+)
+def test_the_daemons_recording_dir_is_not_the_configs(grid, change):
+    """The daemon's recordings go to _supervisor/ in the session dir: a config's output there
+    would be a second writer on one file, and an uploaded file there is removed at start."""
+    files = dict(grid)
+    for path, data in change.items():
+        if path == "a.sumocfg":
+            files[path] = grid[path].replace(b"</configuration>", data + b"</configuration>")
+        else:
+            files[path] = data
+    error = _refusal(files)
+    assert isinstance(error, InvalidTemplate)
+    assert "_supervisor" in error.message, error.message
+
+
 def test_harmless_values_pass(grid):
     cfg = grid["a.sumocfg"].replace(
         b"</configuration>",
