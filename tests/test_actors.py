@@ -327,10 +327,10 @@ def test_port_pool_skips_ports_held_elsewhere_and_rotates():
 async def test_one_sessions_refused_row_keeps_the_others_rows_and_fails_only_that_session(
     pool, scenarios, tmp_path: Path
 ):
-    """Two sessions' samples share a COPY; the database refuses one row of one of them (a CHECK
-    made for the test: the refusal is PostgreSQL's own). The other session's rows are all
-    committed; the session whose rows were refused ends `failed` with `cause: write_failed` and the
-    error, rather than `completed` with rows missing."""
+    """A real session whose sample rows the database refuses (a CHECK made for the test: the
+    refusal is PostgreSQL's own) ends `failed` with `cause: write_failed` and the error, rather
+    than `completed` with rows missing; another session's rows written meanwhile are all kept
+    (the rows of several sessions in one COPY: the next test)."""
     good = await store_template(pool, "grid3", scenarios["grid3"])
     bad = await store_template(pool, "grid3", scenarios["grid3"])
     await db.insert_sessions(pool, [good.db_row()])
@@ -343,7 +343,7 @@ async def test_one_sessions_refused_row_keeps_the_others_rows_and_fails_only_tha
         tg.create_task(writer.run())
         tg.create_task(supervisor.run())
         await supervisor.submit(bad)
-        # Interleaved in one batch with the failing session's rows.
+        # Another session's rows, written while the refused session runs.
         for t in range(200):
             await writer.write((good.id, float(t), 1, 1, 0, 1.0, 0, 0.0, 0))
         await writer.flush()
