@@ -15,10 +15,12 @@ import asyncio
 import csv
 import io
 import posixpath
+import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+from xml.sax.saxutils import unescape
 
 import structlog
 
@@ -27,7 +29,7 @@ from actors.writer import CsvChunk, Mark, WriterActor
 from supervisor import db, templates
 from supervisor.session_request import SessionRequest
 
-OUT_DIR = "_supervisor"
+OUT_DIR = templates.RECORDING_DIR
 POLL_S = 0.2
 READ_CHUNK = 4 * 1024 * 1024
 FCD_ATTRIBUTES = "x,y,speed,angle,lane"
@@ -97,6 +99,9 @@ class _Tail:
     lines: int = 0
     # True: COPY SUMO's lines as they are when every column maps (the big FCD output).
     fast: bool = False
+    # The config's own XML output, followed in place of a CSV of the daemon's: its elements
+    # of this name, one start tag a line as SUMO writes them, are the rows.
+    element: str | None = None
 
     def read(self) -> bytes:
         """New whole lines since the last read (blocking: run in a thread)."""
@@ -111,7 +116,7 @@ class _Tail:
         cut = data.rfind(b"\n") + 1
         self.pending = data[cut:]
         data = data[:cut]
-        if self.header is None and data:
+        if self.header is None and data and self.element is None:
             first, _, data = data.partition(b"\n")
             self.header = first.decode().strip().split(";")
         return data
@@ -166,9 +171,7 @@ class Recorder:
             ]  # fmt: skip
             tails.append(_Tail(out / "fcd.csv", part["trajectories"], _FCD, "vehicle", fast=True))
         if "trips" in record:
-            args += ["--tripinfo-output", f"{OUT_DIR}/trips.csv"]
-            # SUMO's CSV puts a person's personinfo (no vType) in the tripinfo columns: not a trip.
-            tails.append(_Tail(out / "trips.csv", part["trips"], _TRIPS, "vtype"))
+            args += self._trips(config_path, part["trips"], tails)
         if "edges" in record:
             (out / "edges.add.xml").write_text(
                 "<additional>\n"
@@ -190,6 +193,23 @@ class Recorder:
             tails.append(_Tail(out / "edges.csv", part["edge_data"], _EDGES, "edge"))
         self._extra_args = args
         self._tails = tails
+
+    def _trips(self, config_path: str, partition: str, tails: list[_Tail]) -> list[str]:
+        """SUMO writes one tripinfo output: the config's own when it names one SUMO writes as
+        plain XML or CSV (the recorder follows it there, and the config keeps its file), else
+        the daemon's CSV."""
+        config = (self._workdir / config_path).read_bytes()
+        own = templates.config_output(config, config_path, ("tripinfo-output",))
+        if own is not None and own.endswith((".xml", ".csv")):
+            path = self._workdir / own
+            if path.parent.is_dir():
+                path.unlink(missing_ok=True)  # a retry on another port starts it again
+                element = "tripinfo" if own.endswith(".xml") else None
+                tails.append(_Tail(path, partition, _TRIPS, "vtype", element=element))
+                return ["--tripinfo-output", own]
+        # SUMO's CSV puts a person's personinfo (no vType) in the tripinfo columns: not a trip.
+        tails.append(_Tail(self._workdir / OUT_DIR / "trips.csv", partition, _TRIPS, "vtype"))
+        return ["--tripinfo-output", f"{OUT_DIR}/trips.csv"]
 
     async def follow(self, sumo_done: asyncio.Event) -> None:
         """Ingest the files while SUMO runs, then whatever it wrote last."""
@@ -215,8 +235,16 @@ class Recorder:
         return got
 
     async def _ingest(self, tail: _Tail, data: bytes) -> None:
-        assert tail.header is not None
         mapping = tail.mapping
+        if tail.element is not None:
+            columns = tuple(dict.fromkeys(col for col, _ in mapping.values()))
+            rows = await asyncio.to_thread(
+                _project_xml, tail.element, mapping, tail.key, columns, data
+            )
+            tail.lines += len(rows)
+            await self._writer.write_records(tail.table, columns, rows, self._mark())
+            return
+        assert tail.header is not None
         if tail.fast and all(h in mapping for h in tail.header):
             # The fast path: PostgreSQL parses SUMO's CSV itself, the partition adds session_id.
             columns = tuple(mapping[h][0] for h in tail.header)
@@ -263,6 +291,28 @@ def _project(
         if not any(i < len(fields) and fields[i] for i in keys):
             continue
         row = {col: conv(fields[i]) if i < len(fields) else None for i, col, conv in picks}
+        if row.get(key) is not None:
+            out.append(tuple(row.get(c) for c in columns))
+    return out
+
+
+_ATTRIBUTE_RE = re.compile(r'([\w:.-]+)="([^"]*)"')
+
+
+def _project_xml(
+    element: str, mapping: Mapping_, key: str, columns: tuple[str, ...], data: bytes
+) -> list[tuple[Any, ...]]:
+    """Like `_project`, from SUMO's XML: each `<element ...>` start tag (SUMO writes one a line)
+    is a row, its attributes named as SUMO's CSV names them (`tripinfo_duration`)."""
+    start = f"<{element} "
+    out = []
+    for line in data.decode(errors="replace").splitlines():
+        line = line.lstrip()
+        if not line.startswith(start):
+            continue
+        attrs = {f"{element}_{k}": unescape(v, {"&quot;": '"', "&apos;": "'"})
+                 for k, v in _ATTRIBUTE_RE.findall(line)}  # fmt: skip
+        row = {col: conv(attrs.get(name, "")) for name, (col, conv) in mapping.items()}
         if row.get(key) is not None:
             out.append(tuple(row.get(c) for c in columns))
     return out

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import functools
 import math
 import os
@@ -133,6 +134,24 @@ Message = StopSession | Control
 INBOX_SIZE = 64
 
 
+# The format and names the daemon reads SUMO's outputs in (its summary stream, the recorder's
+# CSV). On the command line they win over a config's own choice (a ',' separator, no header, or a
+# prefix on every output's name made sessions end `completed` with no recorded rows, h:m:s times
+# crashed them on the first sample); the config's own outputs are written this way too.
+OUTPUT_FORMAT_ARGS = (
+    "--output.column-separator", ";",
+    "--output.column-header", "tag",
+    "--human-readable-time", "false",
+    "--output-prefix", "",
+    "--output-suffix", "",
+)  # fmt: skip
+
+# SUMO runs headless: sumo-gui's file options are cleared, their files never opened.
+_GUI_ONLY_ARGS = tuple(
+    arg for option in templates.GUI_ONLY_FILE_OPTIONS for arg in (f"--{option}", "")
+)
+
+
 @dataclass(frozen=True)
 class Outcome:
     status: str
@@ -231,6 +250,8 @@ class SessionActor:
         # Over it, the TraCI thread ends its slice and the session fails `row_quota`.
         self._quota = RowQuota(max_rows, on_exceeded=self._interrupt.set)
         self._recorder = Recorder(spec.id, spec.request, workdir, writer, self._quota)
+        # The config's own summary-output, written from the stream the samples come from.
+        self._own_summary: Path | None = None
 
     # ---- messages ------------------------------------------------------------------------------
 
@@ -282,10 +303,10 @@ class SessionActor:
             for msg in self._control:
                 _reply_error(msg.reply, SessionConflict("the session has ended"))
             self._executor.shutdown(wait=False, cancel_futures=True)
-            await asyncio.shield(self._finish(outcome))
+            outcome = await asyncio.shield(self._finish(outcome))
         return outcome
 
-    async def _finish(self, outcome: Outcome) -> None:
+    async def _finish(self, outcome: Outcome) -> Outcome:
         try:
             # Every sample is committed before the final status is visible: readers who see
             # 'completed' see all of its rows.
@@ -293,6 +314,16 @@ class SessionActor:
         except TimeoutError:
             self._log.error("flush_timeout")
         await self._store_statistics()
+        refused = self._writer.take_failure(self.spec.id)
+        if refused is not None and outcome.status != "failed":
+            # Its rows are not all there: whatever SUMO did, the session did not succeed.
+            outcome = dataclasses.replace(
+                outcome,
+                status="failed",
+                reason=f"the database refused its rows ({outcome.reason})",
+                cause="write_failed",
+                error=refused,
+            )
         await asyncio.to_thread(shutil.rmtree, self._workdir, ignore_errors=True)
         # The one write never given up: a session's end waits for the database to come back
         # (a daemon stopped meanwhile leaves it to the next start's recovery).
@@ -316,6 +347,7 @@ class SessionActor:
             exit_code=outcome.exit_code,
             sim_time=outcome.sim_time,
         )
+        return outcome
 
     async def _store_statistics(self) -> None:
         """SUMO's own statistics of the run, stored before the final status is visible."""
@@ -370,6 +402,9 @@ class SessionActor:
         self._workdir.mkdir(parents=True, exist_ok=False)
         templates.materialize(files, self._workdir)
         self._recorder.prepare(self.spec.config_path)
+        config = (self._workdir / self.spec.config_path).read_bytes()
+        own = templates.config_output(config, self.spec.config_path, ("summary-output", "summary"))
+        self._own_summary = None if own is None else self._workdir / own
 
     # ---- one SUMO process ----------------------------------------------------------------------
 
@@ -385,6 +420,8 @@ class SessionActor:
             str(port),
             "--no-step-log",
             "true",
+            *OUTPUT_FORMAT_ARGS,
+            *_GUI_ONLY_ARGS,
             *self.spec.request.sumo_args(),
             *self._recorder.sumo_args(),
             *statistics.SUMO_ARGS,
@@ -394,7 +431,7 @@ class SessionActor:
     async def _run_on_port(self, port: int) -> Outcome:
         self._stderr_tail.clear()
         # A fresh feed per SUMO process: a retry on another port starts from nothing.
-        summary = SummaryFeed(self.spec.id)
+        summary = SummaryFeed(self.spec.id, self._own_summary)
         # An earlier SUMO's statistics are not this one's.
         await asyncio.to_thread(statistics.discard, self._workdir)
         try:

@@ -15,8 +15,10 @@ SUMO's send while the session waits for SUMO's answer).
 
 from __future__ import annotations
 
+import os
 import socket
 from collections import deque
+from pathlib import Path
 from typing import Any
 
 # A step row is ~300 bytes: 256 of them fit easily in a loopback socket's default buffers.
@@ -40,8 +42,12 @@ class SummaryFeed:
     """One SUMO's summary stream, folded into sample rows. All but `open` and `close` block:
     they run on the session's TraCI thread."""
 
-    def __init__(self, session_id: str) -> None:
+    def __init__(self, session_id: str, copy_to: Path | None = None) -> None:
         self._session_id = session_id
+        # The config's own summary-output: SUMO's stream goes to the daemon, which writes the
+        # config's file from the same bytes (SUMO can send the summary to one place only).
+        self._copy_to = copy_to
+        self._copy: int | None = None
         self._listener: socket.socket | None = None
         self._conn: socket.socket | None = None
         self._pending = b""
@@ -89,6 +95,14 @@ class SummaryFeed:
         conn.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, RECV_BUFFER)
         conn.settimeout(READ_TIMEOUT_S)
         self._conn = conn
+        if self._copy_to is not None:
+            try:
+                # SUMO writes only inside the session dir, but never through a link it made.
+                self._copy = os.open(
+                    self._copy_to, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o640
+                )
+            except OSError:
+                self._copy = None  # where SUMO itself could not have written it either
 
     def read_until(self, time: float, cuts: deque[float] | None = None) -> list[Cut]:
         """Read rows until the one of step `time` has been folded in. Each of `cuts` (sample
@@ -102,6 +116,8 @@ class SummaryFeed:
                 raise SummaryLost(f"no summary row for step {time} in {READ_TIMEOUT_S} s") from None
             if not data:
                 raise SummaryLost(f"SUMO's summary stream ended at step {self.last_time}")
+            if self._copy is not None:
+                _write_all(self._copy, data)
             data = self._pending + data
             cut = data.rfind(b"\n") + 1
             self._pending = data[cut:]
@@ -155,3 +171,12 @@ class SummaryFeed:
         for sock in (self._listener, self._conn):
             if sock is not None:
                 sock.close()
+        if self._copy is not None:
+            os.close(self._copy)
+            self._copy = None
+
+
+def _write_all(fd: int, data: bytes) -> None:
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view) :]

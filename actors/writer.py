@@ -2,8 +2,10 @@
 SUMO's own CSV output; it batches them by count and time and COPYs them into PostgreSQL.
 
 Its inbox is bounded (in items, and CSV data also in bytes): when the database is slow or down,
-`write`/`write_csv` block and so the sessions slow down. Batches are retried, never dropped, and
-everything queued is written before `run` returns.
+`write`/`write_csv` block and so the sessions slow down. Batches are retried while the database
+is away, and everything queued is written before `run` returns. Rows the database refuses (a
+non-transient error) fail the session that owns them (`take_failure`); a COPY that holds several
+sessions' rows is retried per session, so one session's bad row never costs another its rows.
 """
 
 from __future__ import annotations
@@ -21,6 +23,12 @@ import structlog
 from supervisor import db
 
 Row = tuple[Any, ...]
+
+# Refusals that mean the owning session was deleted while its rows were queued.
+_SESSION_GONE = (
+    asyncpg.exceptions.ForeignKeyViolationError,
+    asyncpg.exceptions.UndefinedTableError,
+)
 
 
 @dataclass(frozen=True)
@@ -96,6 +104,8 @@ class WriterActor:
         self._space = asyncio.Condition()
         self._log = structlog.get_logger(component="writer")
         self.stats = WriterStats()
+        # Per session, the first error that made the database refuse its rows.
+        self._failures: dict[str, str] = {}
 
     @property
     def queued(self) -> int:
@@ -194,32 +204,96 @@ class WriterActor:
         for (target, columns, where), items in groups.items():
             started = time.perf_counter()
             freed = 0
-            op: Callable[[asyncpg.Connection], Awaitable[None]]
             if isinstance(items[0], Records):
                 records = [r for i in items if isinstance(i, Records) for r in i.rows]
-                written = len(records)
-                op = partial(self._copy_records, table=target, columns=columns, rows=records)
+                await self._commit_records(target, columns, records, items)
             else:
                 chunks = [i for i in items if isinstance(i, CsvChunk)]
                 data = b"".join(c.data for c in chunks)
-                written = sum(c.lines for c in chunks)
                 freed = len(data)
                 op = partial(db.copy_csv, partition=target, columns=columns, data=data, where=where)
-            marks = [i.mark for i in items if i.mark is not None]
-            if marks:
-                # A target's chunks all come from one session's recorder, in order.
-                op = partial(
-                    self._copy_once, op=op, session_id=marks[0].session_id, target=target,
-                    seq=max(m.seq for m in marks),
-                )  # fmt: skip
-            committed = await self._commit(target, op)
+                await self._commit_owned(target, op, items, sum(c.lines for c in chunks))
             if freed:
                 async with self._space:
                     self._queued_bytes -= freed
                     self._space.notify_all()
-            if committed:
-                self.stats.rows_written += written
             self._on_batch(time.perf_counter() - started)
+
+    async def _commit_records(
+        self,
+        target: str,
+        columns: tuple[str, ...],
+        records: list[Row],
+        items: list[Records | CsvChunk],
+    ) -> None:
+        if any(i.mark is not None for i in items):
+            op = partial(self._copy_records, table=target, columns=columns, rows=records)
+            await self._commit_owned(target, op, items, len(records))
+            return
+        # Unmarked rows (samples) carry their session first, and one COPY holds many sessions'.
+        error = await self._commit(
+            target, partial(self._copy_records, table=target, columns=columns, rows=records)
+        )
+        if error is None:
+            self.stats.rows_written += len(records)
+            return
+        by_session: dict[str, list[Row]] = {}
+        for row in records:
+            by_session.setdefault(str(row[0]), []).append(row)
+        if len(by_session) == 1:
+            self._refused(target, next(iter(by_session)), error)
+            return
+        # One session's refused row must not cost the others theirs: each on its own.
+        for session_id, rows in by_session.items():
+            op = partial(self._copy_records, table=target, columns=columns, rows=rows)
+            error = await self._commit(target, op)
+            if error is None:
+                self.stats.rows_written += len(rows)
+            else:
+                self._refused(target, session_id, error)
+
+    async def _commit_owned(
+        self,
+        target: str,
+        op: Callable[[asyncpg.Connection], Awaitable[None]],
+        items: list[Records | CsvChunk],
+        written: int,
+    ) -> None:
+        """Commit one session's recorded chunks (a partition of its own), at most once."""
+        marks = [i.mark for i in items if i.mark is not None]
+        if not marks:
+            error = await self._commit(target, op)
+            if error is None:
+                self.stats.rows_written += written
+            else:
+                self._log.error("batch_rejected", target=target, error=repr(error))
+            return
+        # A target's chunks all come from one session's recorder, in order.
+        session_id = marks[0].session_id
+        once = partial(
+            self._copy_once, op=op, session_id=session_id, target=target,
+            seq=max(m.seq for m in marks),
+        )  # fmt: skip
+        error = await self._commit(target, once)
+        if error is None:
+            self.stats.rows_written += written
+        else:
+            self._refused(target, session_id, error)
+
+    def _refused(self, target: str, session_id: str, error: Exception) -> None:
+        if isinstance(error, _SESSION_GONE):
+            # The session was deleted while its rows were queued: nothing to keep them for.
+            self._log.warning("batch_discarded_deleted_session", target=target)
+            return
+        # Data the database (or the driver) refuses will be refused again: the session that
+        # owns it fails with the error, and writing goes on for every other session.
+        self._log.error("batch_rejected", target=target, session_id=session_id, error=repr(error))
+        self._failures.setdefault(session_id, f"{type(error).__name__}: {error}")
+
+    def take_failure(self, session_id: str) -> str | None:
+        """Why rows of this session were refused, if any were (and forget it): the session ends
+        `failed` with it once everything it queued is flushed."""
+        return self._failures.pop(session_id, None)
 
     @staticmethod
     async def _copy_once(
@@ -248,27 +322,17 @@ class WriterActor:
             # A rerun wrote some of these before; keep the rest.
             await db.insert_samples_skipping_duplicates(conn, rows)
 
-    async def _commit(self, target: str, op: Any) -> bool:
-        """Commit `op`, retrying while the database is away; False when its rows were dropped."""
+    async def _commit(self, target: str, op: Any) -> Exception | None:
+        """Commit `op`, retrying while the database is away; the error that refused it, if any."""
         delay = 0.1
         while True:
             try:
                 async with self._pool.acquire(timeout=10) as conn, db.while_connected(conn):
                     await op(conn)
-                return True
-            except (
-                asyncpg.exceptions.ForeignKeyViolationError,
-                asyncpg.exceptions.UndefinedTableError,
-            ):
-                # The session was deleted while its rows were queued: nothing to keep them for.
-                self._log.warning("batch_discarded_deleted_session", target=target)
-                return False
+                return None
             except Exception as exc:
                 if not db.is_transient(exc):
-                    # Data the database (or the driver) refuses will be refused again: say so
-                    # and go on, rather than stop writing for every other session.
-                    self._log.exception("batch_rejected", target=target)
-                    return False
+                    return exc
                 self.stats.retries += 1
                 self._log.warning("batch_retry", target=target, error=repr(exc), delay_s=delay)
                 await asyncio.sleep(delay)

@@ -60,7 +60,18 @@ _NET_OPTIONS = frozenset({"net-file", "n", "net"})
 _INPUT_OPTIONS = _NET_OPTIONS | {
     "route-files", "r", "routes", "additional-files", "a", "additional",
     "weight-files", "w", "weights", "load-state",
+    # Read from other sections: each stops SUMO at start (or at its first use) when missing.
+    "fcd-output.filter-edges.input-file", "device.ssm.filter-edges.input-file",
+    "astar.all-distances", "astar.landmark-distances", "device.fcd-replay.files",
 }  # fmt: skip
+# sumo-gui's own file options (its <gui_only> section). Plain SUMO reads some of them too (a
+# missing gui-settings-file or alternative-net-file stops it at start), but nothing a headless
+# run needs: SUMO's command line clears them (the command line wins over the config), so an
+# upload needs none of their files.
+GUI_ONLY_FILE_OPTIONS = (
+    "gui-settings-file", "alternative-net-file", "edgedata-files", "selection-file",
+    "gui-testing.setting-output",
+)  # fmt: skip
 _INPUT_SECTION = "input"
 # Options and attributes naming files SUMO writes. Only used to refuse a network address
 # (below); whether a value stays inside the template is checked for every option and attribute.
@@ -141,6 +152,15 @@ def _path_problem(base: str, piece: str) -> str | None:
     return None
 
 
+# Where the daemon's recorder has SUMO write its own outputs in a session dir (emptied at start):
+# no uploaded file and no output of the config's may be there.
+RECORDING_DIR = "_supervisor"
+
+
+def _in_recording_dir(path: str) -> bool:
+    return path == RECORDING_DIR or path.startswith(RECORDING_DIR + "/")
+
+
 def _is_address(piece: str) -> bool:
     # SUMO's FileHelpers::isSocket: an output named host:port is a TCP connection, not a file.
     colon = piece.find(":")
@@ -154,6 +174,12 @@ def _check_value(
         why = _path_problem(base, piece)
         if why is None and output and _is_address(piece):
             why = "names a network address (host:port), where SUMO would send its output"
+        if (
+            why is None
+            and output
+            and _in_recording_dir(posixpath.normpath(posixpath.join(base, piece)))
+        ):
+            why = f"is in {RECORDING_DIR}/, where the daemon records the session"
         if why is not None:
             shown = piece[:200]
             raise InvalidTemplate(
@@ -393,6 +419,23 @@ def sumocfg_options(
     return scan.options
 
 
+def config_output(config: bytes, config_path: str, names: Iterable[str]) -> str | None:
+    """Where the config sends the output named by any of `names` (SUMO's synonyms), as a path
+    relative to the template's root; None when it names none, `/dev/null`, or a name SUMO
+    completes while it runs (${PID}...), or when the config would not pass the upload checks
+    (a template stored before them: SUMO, in its sandbox, decides). The last occurrence counts,
+    as in SUMO."""
+    wanted = set(names)
+    try:
+        options = sumocfg_options(config, config_path)
+    except InvalidTemplate:
+        return None
+    values = [v for _s, option, v in options if option in wanted]
+    if not values or not (value := values[-1].strip()) or value == "/dev/null" or "${" in value:
+        return None
+    return posixpath.normpath(posixpath.join(posixpath.dirname(config_path), value))
+
+
 def _check_inputs(config_path: str, options: Iterable[Option], files: Mapping[str, bytes]) -> None:
     """Every file the config reads is in the upload, and it names a net."""
     base = posixpath.dirname(config_path)
@@ -429,6 +472,11 @@ def check_upload(
             path=config_path,
             uploaded=sorted(files),
         )
+    for path in files:
+        if _in_recording_dir(path):
+            raise InvalidTemplate(
+                f"{path}: {RECORDING_DIR}/ is where the daemon records the session", path=path
+            )
     options = sumocfg_options(files[config_path], config_path, max_inflated_bytes)
     _check_inputs(config_path, options, files)
     for path, data in files.items():

@@ -322,3 +322,62 @@ def test_port_pool_skips_ports_held_elsewhere_and_rotates():
         assert pool.lease() == leased
     finally:
         holder.close()
+
+
+async def test_one_sessions_refused_row_keeps_the_others_rows_and_fails_only_that_session(
+    pool, scenarios, tmp_path: Path
+):
+    """A real session whose sample rows the database refuses (a CHECK made for the test: the
+    refusal is PostgreSQL's own) ends `failed` with `cause: write_failed` and the error, rather
+    than `completed` with rows missing; another session's rows written meanwhile are all kept
+    (the rows of several sessions in one COPY: the next test)."""
+    good = await store_template(pool, "grid3", scenarios["grid3"])
+    bad = await store_template(pool, "grid3", scenarios["grid3"])
+    await db.insert_sessions(pool, [good.db_row()])
+    await pool.execute(
+        f"ALTER TABLE samples ADD CONSTRAINT test_refuses CHECK (session_id <> '{bad.id}')"
+    )
+    writer = WriterActor(pool, batch_rows=1000, flush_s=0.05, queue_rows=1000)
+    supervisor = make_supervisor(pool, writer, PortPool(range(23430, 23440)), tmp_path, 2)
+    async with asyncio.TaskGroup() as tg:
+        tg.create_task(writer.run())
+        tg.create_task(supervisor.run())
+        await supervisor.submit(bad)
+        # Another session's rows, written while the refused session runs.
+        for t in range(200):
+            await writer.write((good.id, float(t), 1, 1, 0, 1.0, 0, 0.0, 0))
+        await writer.flush()
+        row = await wait_final(pool, bad.id)
+        await supervisor.shutdown("test over")
+        await writer.close()
+    assert len(await db.get_samples(pool, good.id, None, 10_000)) == 200
+    assert row["status"] == "failed", row
+    assert row["cause"] == "write_failed", row
+    assert "test_refuses" in (row["error"] or ""), row
+
+
+async def test_writer_fails_the_owner_of_a_refused_batch_and_keeps_the_rest_of_the_batch(
+    pool, scenarios
+):
+    """Rows of three sessions in one COPY, one row of one session refused by PostgreSQL: the
+    other two sessions' rows are committed; the writer reports the failure for that session."""
+    specs = [await store_template(pool, "grid3", scenarios["grid3"]) for _ in range(3)]
+    await db.insert_sessions(pool, [s.db_row() for s in specs])
+    await pool.execute("ALTER TABLE samples ADD CONSTRAINT test_refuses CHECK (vehicles >= 0)")
+    writer = WriterActor(pool, batch_rows=10_000, flush_s=0.05, queue_rows=10_000)
+    task = asyncio.create_task(writer.run())
+    try:
+        for t in range(100):
+            for i, spec in enumerate(specs):
+                vehicles = -1 if (i == 1 and t == 50) else 1
+                await writer.write((spec.id, float(t), vehicles, 1, 0, 1.0, 0, 0.0, 0))
+        await writer.flush()
+        await writer.close()
+        await asyncio.wait_for(task, 30)
+    finally:
+        task.cancel()
+    counts = [len(await db.get_samples(pool, s.id, None, 10_000)) for s in specs]
+    assert counts[0] == counts[2] == 100, counts
+    assert writer.take_failure(specs[0].id) is None
+    assert writer.take_failure(specs[2].id) is None
+    assert "test_refuses" in (writer.take_failure(specs[1].id) or "")

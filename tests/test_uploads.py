@@ -421,6 +421,50 @@ def test_option_values_that_reach_outside_are_refused(grid, option, message):
     assert message in error.message and error.message.startswith("a.sumocfg: ")
 
 
+@pytest.mark.parametrize(
+    ("option", "missing"),
+    [
+        ('<output><fcd-output.filter-edges.input-file value="edges.txt"/></output>', "edges.txt"),
+        ('<ssm><device.ssm.filter-edges.input-file v="sub/e.txt"/></ssm>', "sub/e.txt"),
+        ('<routing><astar.landmark-distances value="lm.csv"/></routing>', "lm.csv"),
+        ('<routing><astar.all-distances value="all.csv"/></routing>', "all.csv"),
+        ('<replay><device.fcd-replay.files value="fcd.xml"/></replay>', "fcd.xml"),
+        ("<input><load-state>state.xml</load-state></input>", "state.xml"),
+    ],
+)
+def test_an_input_the_upload_lacks_is_refused_naming_it(grid, option, missing):
+    """SUMO reads these files (each stops bare SUMO at start when missing), whichever section
+    the option is in: a template without them could never start."""
+    cfg = grid["a.sumocfg"].replace(b"</configuration>", option.encode() + b"</configuration>")
+    error = _refusal({**grid, "a.sumocfg": cfg})
+    assert isinstance(error, InvalidTemplate)
+    assert f"{missing!r}, which is not in the upload" in error.message, error.message
+    templates.check_upload("a.sumocfg", {**grid, "a.sumocfg": cfg, missing: b"<x/>"})
+
+
+@pytest.mark.parametrize(
+    "change",
+    [
+        {"a.sumocfg": b'<output><tripinfo-output value="_supervisor/trips.csv"/></output>'},
+        {"a.sumocfg": b'<output><fcd-output value="x/../_supervisor/fcd.csv"/></output>'},
+        {"d.add.xml": b'<additional><edgeData id="e" file="_supervisor/edges.csv"/></additional>'},
+        {"_supervisor/own.xml": b"<x/>"},
+    ],
+)
+def test_the_daemons_recording_dir_is_not_the_configs(grid, change):
+    """The daemon's recordings go to _supervisor/ in the session dir: a config's output there
+    would be a second writer on one file, and an uploaded file there is removed at start."""
+    files = dict(grid)
+    for path, data in change.items():
+        if path == "a.sumocfg":
+            files[path] = grid[path].replace(b"</configuration>", data + b"</configuration>")
+        else:
+            files[path] = data
+    error = _refusal(files)
+    assert isinstance(error, InvalidTemplate)
+    assert "_supervisor" in error.message, error.message
+
+
 def test_harmless_values_pass(grid):
     cfg = grid["a.sumocfg"].replace(
         b"</configuration>",
