@@ -441,12 +441,13 @@ async def insert_samples_skipping_duplicates(
 async def get_samples(
     pool: asyncpg.Pool, session_id: str, after: float | None, limit: int
 ) -> list[dict[str, Any]]:
+    # `sim_time > -inf`, not `$2 IS NULL OR ...`: the prepared statement's generic plan could
+    # not bound its index scan with the latter, and every page scanned from the first sample.
     rows = await pool.fetch(
         f"SELECT {_SAMPLE_FIELDS}"
-        " FROM samples WHERE session_id = $1 AND ($2::float8 IS NULL OR sim_time > $2)"
-        " ORDER BY sim_time LIMIT $3",
+        " FROM samples WHERE session_id = $1 AND sim_time > $2 ORDER BY sim_time LIMIT $3",
         session_id,
-        after,
+        -math.inf if after is None else after,
         limit,
     )
     return [dict(r) for r in rows]
