@@ -20,6 +20,7 @@ import asyncpg
 import structlog
 
 from supervisor import db
+from supervisor.errors import Busy
 
 POLL_S = 0.2
 WATCHER_QUEUE = 2000
@@ -137,9 +138,17 @@ class FeedHub:
         return len(self._feeds)
 
     @contextlib.asynccontextmanager
-    async def watch(self, session_id: str) -> AsyncIterator[Watcher]:
+    async def watch(self, session_id: str, *, cap: int) -> AsyncIterator[Watcher]:
+        """A new watcher of the session, refused (Busy) when it has `cap` watchers already:
+        each holds a queue of events and a socket, and the feed serves them all."""
         watcher = Watcher()
         feed = self._feeds.get(session_id)
+        if feed is not None and len(feed.watchers) >= cap:
+            raise Busy(
+                f"{cap} watchers of session {session_id} already: try again later",
+                headers={"Retry-After": "1"},
+                limit=cap,
+            )
         if feed is None:
             feed = self._feeds[session_id] = _Feed(session_id, self._pool)
         feed.watchers.add(watcher)

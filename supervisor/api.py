@@ -4,8 +4,10 @@ actor; typed errors become JSON 4xx responses in one place, `error_middleware`."
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import time
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from functools import partial
 from typing import Any
@@ -14,10 +16,10 @@ from urllib.parse import unquote
 import asyncpg
 import structlog
 from aiohttp import BodyPartReader, web
-from aiohttp_sse import sse_response
+from aiohttp_sse import EventSourceResponse, sse_response
 
 from actors import commands
-from actors.feeds import EndEvent, FeedHub, LaggedEvent, SampleEvent, StatusEvent
+from actors.feeds import EndEvent, FeedHub, LaggedEvent, SampleEvent, StatusEvent, Watcher
 from actors.session import Commands, Pause, Resume, SessionSpec, Step
 from actors.supervisor import SupervisorActor, new_session_id
 from actors.writer import WriterActor
@@ -111,6 +113,8 @@ def _failure(request: web.Request, exc: Exception) -> web.StreamResponse:
         return web.Response(status=499, reason="Client Closed Request")
     if isinstance(exc, db.ExportStalled):
         log.info("api_client_stalled", path=request.path, error=str(exc))
+    elif isinstance(exc, db.ExportTooSlow):
+        log.info("api_client_too_slow", path=request.path, error=str(exc))
     elif transient:
         log.warning("api_database_unavailable", path=request.path, error=repr(exc))
     else:
@@ -514,14 +518,30 @@ async def session_commands_get(request: web.Request) -> web.Response:
     return _json({"id": row["id"], "commands": history})
 
 
-async def session_samples(request: web.Request) -> web.Response:
+async def session_samples(request: web.Request) -> web.StreamResponse:
+    """The samples after `after`, at most `limit`: read in keyset pages and written piece by
+    piece (chunked), so a million of them cost the daemon one page at a time."""
+    s = request.app[SERVICES]
     row = await _session_row(request)
     after = _query_float(request, "after")
     limit = _query_int(request, "limit", 100_000, 1, 1_000_000)
-    samples = await db.get_samples(request.app[SERVICES].pool, row["id"], after, limit)
-    # Up to a million rows: encoding them would hold the loop for seconds.
-    body = await asyncio.to_thread(_encode, {"id": row["id"], "samples": samples})
-    return web.Response(body=body, content_type="application/json")
+    response = web.StreamResponse(headers={"Content-Type": "application/json"})
+    response.enable_chunked_encoding()
+    await response.prepare(request)
+    pace = db.ExportPace(
+        s.config.export_stall_s, s.config.export_min_rate_bytes_s, s.config.export_rate_window_s
+    )
+    writer = db.PacedWriter(pace, response.write)
+    await writer.write(b'{"id":' + _encode(row["id"]) + b',"samples":[')
+    separator = b""
+    async for page in db.sample_pages(s.pool, row["id"], after, limit):
+        # A page's items without the list's brackets, encoded off the loop.
+        items = (await asyncio.to_thread(_encode, page))[1:-1]
+        await writer.write(separator + items)
+        separator = b","
+    await writer.write(b"]}")
+    await response.write_eof()
+    return response
 
 
 async def delete_session(request: web.Request) -> web.Response:
@@ -575,6 +595,8 @@ async def compare_sessions(request: web.Request) -> web.Response:
     return _json({"sessions": summaries, "differences": differences})
 
 
+# About the chart's width in pixels (9 in at 100 dpi): more points than that draw nothing more.
+PLOT_COLUMNS = 1000
 PLOT_METRICS = ("vehicles", "mean_speed", "halting", "waiting_time", "departed", "arrived")
 
 
@@ -583,11 +605,12 @@ async def session_plot(request: web.Request) -> web.Response:
     metric = request.query.get("metric", "vehicles")
     if metric not in PLOT_METRICS:
         raise InvalidRequest(f"metric must be one of {', '.join(PLOT_METRICS)}", field="metric")
-    samples = await db.get_samples(request.app[SERVICES].pool, row["id"], None, 1_000_000)
+    # Downsampled in SQL: a chart's width in points, whatever the session's size.
+    points = await db.sample_series(request.app[SERVICES].pool, row["id"], metric, PLOT_COLUMNS)
     svg = await asyncio.to_thread(
         plots.time_series,
-        [s["sim_time"] for s in samples],
-        [s[metric] for s in samples],
+        [t for t, _ in points],
+        [v for _, v in points],
         title=f"{row['template_name']} {row['id']}",
         ylabel=metric.replace("_", " "),
     )
@@ -607,32 +630,89 @@ async def session_stream(request: web.Request) -> web.StreamResponse:
         raise InvalidRequest("Last-Event-ID/after must be a sim time", value=after) from None
     async with (
         request.app[ACCESS].hold(request, "streams"),
-        s.feeds.watch(row["id"]) as watcher,
-        sse_response(request) as stream,
+        s.feeds.watch(row["id"], cap=s.config.max_watchers_per_session) as watcher,
+        # An event or a ping that waits longer than this for the client aborts the connection.
+        sse_response(
+            request, send_timeout=s.config.stream_send_timeout_s, response_cls=_EventStream
+        ) as stream,
     ):
-        # Subscribed first, then the backlog: together they miss nothing; repeats are skipped.
-        for sample in await db.get_samples(s.pool, row["id"], last, 1_000_000):
+        try:
+            await _stream_events(request, s, row, last, watcher, stream)
+        except (TimeoutError, ConnectionResetError):
+            # A ping's timeout aborts the connection under a pending send (which then fails
+            # with ConnectionResetError): either way, the client stopped reading.
+            if not stream.timed_out:
+                raise
+            log.info(
+                "api_stream_send_timeout",
+                path=request.path,
+                timeout_s=s.config.stream_send_timeout_s,
+            )
+    return stream
+
+
+# How often a stream with no events checks that its client is still there.
+STREAM_CHECK_S = 1.0
+
+
+class _EventStream(EventSourceResponse):
+    """An SSE response that remembers whether it was cut off for a send timeout."""
+
+    timed_out = False
+
+    def _abort_transport(self) -> None:
+        # aiohttp_sse calls this only when a send or a ping outlived send_timeout.
+        self.timed_out = True
+        super()._abort_transport()
+
+    def _set_tcp_user_timeout(self, request: web.BaseRequest) -> None:
+        # A client gone before the stream starts (aiohttp_sse asserts it is there).
+        if request.transport is None:
+            raise ConnectionResetError("the client left before the stream started")
+        super()._set_tcp_user_timeout(request)
+
+
+async def _stream_events(
+    request: web.Request,
+    s: Services,
+    row: dict[str, Any],
+    last: float | None,
+    watcher: Watcher,
+    stream: EventSourceResponse,
+) -> None:
+    # Subscribed first, then the backlog: together they miss nothing; repeats are skipped. The
+    # backlog is read a page at a time (a slow client holds one page, and no connection).
+    async for page in db.sample_pages(s.pool, row["id"], last, None):
+        for sample in page:
             await stream.send(_dumps(sample), id=repr(sample["sim_time"]), event="sample")
             last = sample["sim_time"]
-        status = row["status"]
-        await stream.send(_dumps(_session_json(row)), event="status")
-        while True:
-            event = await watcher.queue.get()
-            if isinstance(event, SampleEvent):
-                t = event.sample["sim_time"]
-                if last is None or t > last:
-                    await stream.send(_dumps(event.sample), id=repr(t), event="sample")
-                    last = t
-            elif isinstance(event, StatusEvent):
-                if event.status != status:
-                    status = event.status
-                    await stream.send(_dumps(_session_json(event.session)), event="status")
-            elif isinstance(event, LaggedEvent):
-                await stream.send(_dumps({"error": "watcher too slow; reconnect"}), event="error")
-                break
-            elif isinstance(event, EndEvent):
-                break
-    return stream
+    status = row["status"]
+    await stream.send(_dumps(_session_json(row)), event="status")
+    while True:
+        try:
+            async with asyncio.timeout(STREAM_CHECK_S):
+                event = await watcher.queue.get()
+        except TimeoutError:
+            # aiohttp does not cancel a handler whose client has gone, and the ping that finds
+            # it gone only ends itself: a quiet stream looks for itself.
+            transport = request.transport
+            if transport is None or transport.is_closing():
+                return
+            continue
+        if isinstance(event, SampleEvent):
+            t = event.sample["sim_time"]
+            if last is None or t > last:
+                await stream.send(_dumps(event.sample), id=repr(t), event="sample")
+                last = t
+        elif isinstance(event, StatusEvent):
+            if event.status != status:
+                status = event.status
+                await stream.send(_dumps(_session_json(event.session)), event="status")
+        elif isinstance(event, LaggedEvent):
+            await stream.send(_dumps({"error": "watcher too slow; reconnect"}), event="error")
+            break
+        elif isinstance(event, EndEvent):
+            break
 
 
 async def session_export(request: web.Request) -> web.StreamResponse:
@@ -641,9 +721,8 @@ async def session_export(request: web.Request) -> web.StreamResponse:
         raise web.HTTPNotFound(reason=f"no export {kind!r}; choose {', '.join(db.EXPORTS)}")
     row = await _session_row(request)
     services = request.app[SERVICES]
-    if services.exports.locked():
-        raise Busy(f"{EXPORT_SLOTS} exports are running; try again when one has ended")
-    async with request.app[ACCESS].hold(request, "exports"), services.exports:
+    cfg = services.config
+    async with request.app[ACCESS].hold(request, "exports"), _export_slot(services):
         response = web.StreamResponse(
             headers={
                 "Content-Type": "text/csv; charset=utf-8",
@@ -653,11 +732,36 @@ async def session_export(request: web.Request) -> web.StreamResponse:
         response.enable_chunked_encoding()
         await response.prepare(request)
         # Rows go from the database to the client chunk by chunk; a slow client slows the COPY.
-        await db.export_csv(
-            services.pool, kind, row["id"], response.write, stall_s=services.config.export_stall_s
+        pace = db.ExportPace(
+            cfg.export_stall_s, cfg.export_min_rate_bytes_s, cfg.export_rate_window_s
         )
+        await db.export_csv(services.pool, kind, row["id"], response.write, pace=pace)
         await response.write_eof()
         return response
+
+
+@contextlib.asynccontextmanager
+async def _export_slot(services: Services) -> AsyncIterator[None]:
+    """One of the daemon-wide export slots, waited for up to export_slot_wait_s.
+
+    The slots bound how many pool connections exports hold at once (a COPY holds its
+    connection for as long as its client reads). They are not what makes exports fair: a
+    client that goes idle or trickles is cut off within two rate windows (or the stall bound),
+    which is less than the wait here, so idle clients can only delay another export, never
+    lock it out; and one client cannot take every slot, as it holds at most
+    max_exports_per_client (access.py) at once, waiting ones included."""
+    wait_s = services.config.export_slot_wait_s
+    try:
+        async with asyncio.timeout(wait_s):
+            await services.exports.acquire()
+    except TimeoutError:
+        raise Busy(
+            f"{EXPORT_SLOTS} exports are running and none ended within {wait_s} s; try again"
+        ) from None
+    try:
+        yield
+    finally:
+        services.exports.release()
 
 
 async def metrics(request: web.Request) -> web.Response:

@@ -85,6 +85,18 @@ class Config:
     db_command_timeout_s: float = 60.0
     # How long an export waits for its client to take more data before cutting it off.
     export_stall_s: float = 60.0
+    # An export's client must also take at least export_min_rate_bytes_s over every
+    # export_rate_window_s (0: no minimum), else it is cut off: an idle or trickling client
+    # would hold one of the daemon-wide export slots (and its database connection) for hours.
+    export_min_rate_bytes_s: float = 16 * 1024
+    export_rate_window_s: float = 15.0
+    # How long an export waits for a daemon-wide slot before it gets 503: longer than it takes
+    # to cut off an idle holder (two rate windows: the first can be filled by socket buffers).
+    export_slot_wait_s: float = 40.0
+    # How long a live stream (SSE) waits for its client to take an event before cutting it off,
+    # and how many clients may watch one session at once.
+    stream_send_timeout_s: float = 30.0
+    max_watchers_per_session: int = 64
     # Whole-daemon shutdown deadline (sessions stopped, writer flushed).
     shutdown_timeout_s: float = 20.0
     writer_batch_rows: int = 5000
@@ -200,12 +212,22 @@ def _validate(cfg: Config) -> None:
         "connect_timeout_s",
         "db_command_timeout_s",
         "export_stall_s",
+        "export_rate_window_s",
+        "stream_send_timeout_s",
         "shutdown_timeout_s",
         "writer_flush_s",
     ):
         if getattr(cfg, name) <= 0:
             raise ConfigError(f"{name}: must be positive, got {getattr(cfg, name)}")
-    for name in ("rate_burst", "max_streams_per_client", "max_exports_per_client"):
+    for name in ("export_min_rate_bytes_s", "export_slot_wait_s"):
+        if getattr(cfg, name) < 0:
+            raise ConfigError(f"{name}: must be 0 or more, got {getattr(cfg, name)}")
+    for name in (
+        "rate_burst",
+        "max_streams_per_client",
+        "max_exports_per_client",
+        "max_watchers_per_session",
+    ):
         if getattr(cfg, name) < 1:
             raise ConfigError(f"{name}: must be positive, got {getattr(cfg, name)}")
     if cfg.rate_limit_per_s <= 0:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import io
+import math
 import re
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass
@@ -470,15 +471,78 @@ async def insert_samples_skipping_duplicates(
 async def get_samples(
     pool: asyncpg.Pool, session_id: str, after: float | None, limit: int
 ) -> list[dict[str, Any]]:
+    # `sim_time > -inf`, not `$2 IS NULL OR ...`: the prepared statement's generic plan could
+    # not bound its index scan with the latter, and every page scanned from the first sample.
     rows = await pool.fetch(
         f"SELECT {_SAMPLE_FIELDS}"
-        " FROM samples WHERE session_id = $1 AND ($2::float8 IS NULL OR sim_time > $2)"
-        " ORDER BY sim_time LIMIT $3",
+        " FROM samples WHERE session_id = $1 AND sim_time > $2 ORDER BY sim_time LIMIT $3",
         session_id,
-        after,
+        -math.inf if after is None else after,
         limit,
     )
     return [dict(r) for r in rows]
+
+
+# Readers take samples this many at a time (keyset on (session_id, sim_time), the primary key):
+# a page is a few hundred kB in the daemon, whatever the session's size, and no connection is
+# held between pages, so a slow reader holds nothing of the pool.
+SAMPLE_PAGE = 2000
+
+
+async def sample_pages(
+    pool: asyncpg.Pool, session_id: str, after: float | None, limit: int | None
+) -> AsyncIterator[list[dict[str, Any]]]:
+    """The samples after `after` (all of them when None), at most `limit`, page by page."""
+    left = limit
+    while left is None or left > 0:
+        want = SAMPLE_PAGE if left is None else min(SAMPLE_PAGE, left)
+        rows = await get_samples(pool, session_id, after, want)
+        if rows:
+            yield rows
+            after = rows[-1]["sim_time"]
+        if len(rows) < want:
+            return
+        if left is not None:
+            left -= len(rows)
+
+
+async def sample_series(
+    pool: asyncpg.Pool, session_id: str, metric: str, columns: int
+) -> list[tuple[float, float]]:
+    """One metric's (sim_time, value) points for a chart, at most 2 * `columns` of them: up to
+    that many samples as they are, beyond it their minimum and maximum per column (the chart's
+    envelope is exact; only points no pixel could show are left out). Computed in SQL."""
+    if metric not in SAMPLE_COLUMNS[2:]:
+        raise ValueError(f"no sample column {metric!r}")
+    count = await pool.fetchval("SELECT count(*) FROM samples WHERE session_id = $1", session_id)
+    if count <= 2 * columns:
+        rows = await pool.fetch(
+            f"SELECT sim_time, {metric} AS v FROM samples WHERE session_id = $1 ORDER BY sim_time",
+            session_id,
+        )
+        return [(float(r["sim_time"]), float(r["v"])) for r in rows]
+    rows = await pool.fetch(
+        f"""
+        WITH span AS (
+            SELECT min(sim_time) AS lo, greatest(max(sim_time) - min(sim_time), 1e-9) AS width
+              FROM samples WHERE session_id = $1
+        ), binned AS (
+            SELECT least(floor((s.sim_time - span.lo) / span.width * $2)::int, $2 - 1) AS col,
+                   s.sim_time, s.{metric} AS v
+              FROM samples s, span WHERE s.session_id = $1
+        )
+        SELECT col, min(sim_time) AS t0, max(sim_time) AS t1, min(v) AS vmin, max(v) AS vmax,
+               (array_agg(sim_time ORDER BY v, sim_time))[1] AS tmin,
+               (array_agg(sim_time ORDER BY v DESC, sim_time))[1] AS tmax
+          FROM binned GROUP BY col ORDER BY col""",
+        session_id,
+        columns,
+    )
+    points: list[tuple[float, float]] = []
+    for r in rows:
+        low, high = (float(r["tmin"]), float(r["vmin"])), (float(r["tmax"]), float(r["vmax"]))
+        points.extend(sorted({low, high}))
+    return points
 
 
 async def last_sample_time(pool: asyncpg.Pool, session_id: str) -> float | None:
@@ -718,10 +782,84 @@ class ExportStalled(Exception):
     """The export's client made no room for another piece in `stall_s`."""
 
 
+class ExportTooSlow(Exception):
+    """The export's client took less than the minimum rate over a whole window."""
+
+
 # asyncpg bounds a whole COPY by one timeout; an export's lasts as long as its client reads.
 EXPORT_MAX_S = 24 * 3600.0
 # The stall bound is per piece written, not per COPY chunk (which can be megabytes).
 EXPORT_PIECE = 64 * 1024
+
+
+@dataclass(frozen=True)
+class ExportPace:
+    """What an export's client must keep up: some room for the next piece within `stall_s`,
+    and at least `min_rate` bytes a second over every `window_s` (0: no minimum rate)."""
+
+    stall_s: float
+    min_rate: float = 0.0
+    window_s: float = 30.0
+
+
+class PacedWriter:
+    """Writes to a client piece by piece, cutting it off when it stalls or reads below the rate.
+
+    The rate is counted over consecutive windows of `window_s`: each must see at least
+    `min_rate * window_s` bytes taken. A piece must be taken by the end of the first window
+    that has not had its due yet (the current one, or the next when the current one has), so
+    an idle client is cut off within two windows, a trickling one within one. A write is never
+    retried after a timeout (part of it may be on its way already): a timeout ends the export.
+    """
+
+    def __init__(self, pace: ExportPace, output: Callable[[memoryview], Awaitable[None]]) -> None:
+        self._pace = pace
+        self._output = output
+        self._loop = asyncio.get_running_loop()
+        self._window_end = self._loop.time() + pace.window_s
+        self._taken = 0
+
+    async def write(self, data: bytes | memoryview) -> None:
+        view = memoryview(data)
+        for start in range(0, len(view), EXPORT_PIECE):
+            await self._write_piece(view[start : start + EXPORT_PIECE])
+
+    def _too_slow(self) -> ExportTooSlow:
+        pace = self._pace
+        return ExportTooSlow(
+            f"the client took {self._taken} bytes in {pace.window_s} s,"
+            f" below {pace.min_rate:.0f} bytes/s"
+        )
+
+    async def _write_piece(self, piece: memoryview) -> None:
+        pace = self._pace
+        stall_at = self._loop.time() + pace.stall_s
+        rate_at = math.inf
+        if pace.min_rate > 0:
+            due = pace.min_rate * pace.window_s
+            rate_at = self._window_end + (pace.window_s if self._taken >= due else 0.0)
+        try:
+            # A timeout scope, not wait_for: no task per piece of a large export.
+            async with asyncio.timeout_at(min(stall_at, rate_at)):
+                await self._output(piece)
+        except TimeoutError:
+            if rate_at < stall_at:
+                if rate_at > self._window_end:  # the current window had its due; the next not
+                    self._taken = 0
+                raise self._too_slow() from None
+            raise ExportStalled(f"the client took no more data for {pace.stall_s} s") from None
+        if self._loop.time() < self._window_end:
+            self._taken += len(piece)
+            return
+        # Taken in the next window (the current one had its due, or the timeout would have
+        # ended the export): this piece opens its count.
+        if pace.min_rate > 0 and self._taken < pace.min_rate * pace.window_s:
+            raise self._too_slow()
+        self._window_end += pace.window_s
+        self._taken = len(piece)
+        while self._loop.time() >= self._window_end:
+            # Only without a minimum rate can a piece take more than a window.
+            self._window_end += pace.window_s
 
 
 async def export_csv(
@@ -730,25 +868,23 @@ async def export_csv(
     session_id: str,
     output: Callable[[memoryview], Awaitable[None]],
     *,
-    stall_s: float,
+    pace: ExportPace,
 ) -> None:
-    """Stream one of EXPORTS as CSV with a header, chunk by chunk, to `output`. However long
-    the whole takes, a client that makes no room for EXPORT_PIECE more bytes in `stall_s` ends
-    it with ExportStalled (it would hold a pool connection for as long as it liked)."""
-
-    async def sink(chunk: bytes) -> None:
-        view = memoryview(chunk)
-        for start in range(0, len(view), EXPORT_PIECE):
-            try:
-                # A timeout scope, not wait_for: no task per piece of a large export.
-                async with asyncio.timeout(stall_s):
-                    await output(view[start : start + EXPORT_PIECE])
-            except TimeoutError:
-                raise ExportStalled(f"the client took no more data for {stall_s} s") from None
-
+    """Stream one of EXPORTS as CSV with a header, chunk by chunk, to `output`: COPY hands the
+    rows over as the client takes them, so the daemon holds a chunk at a time, whatever the
+    export's size. However long the whole takes, a client that makes no room for
+    EXPORT_PIECE more bytes in `pace.stall_s`, or takes less than `pace.min_rate` over a
+    window, ends it (ExportStalled, ExportTooSlow): it would hold a pool connection for as
+    long as it liked."""
+    writer = PacedWriter(pace, output)
     async with pool.acquire() as conn:
         await conn.copy_from_query(
-            EXPORTS[kind], session_id, output=sink, format="csv", header=True, timeout=EXPORT_MAX_S
+            EXPORTS[kind],
+            session_id,
+            output=writer.write,
+            format="csv",
+            header=True,
+            timeout=EXPORT_MAX_S,
         )
 
 

@@ -230,6 +230,11 @@ async def test_export_streams_without_loading_into_memory(daemons, db_url, http,
             # Every client here is 127.0.0.1: the per-client cap is out of the way of the
             # daemon-wide one tested below.
             "SUMO_SUPERVISOR_MAX_EXPORTS_PER_CLIENT": "10",
+            # A fifth export is refused at once rather than waiting for a slot (that it gets
+            # one once idle holders are cut off is test_readers'), and the minimum rate is out
+            # of the way of the stall bound and of the slow client below.
+            "SUMO_SUPERVISOR_EXPORT_SLOT_WAIT_S": "0",
+            "SUMO_SUPERVISOR_EXPORT_MIN_RATE_BYTES_S": "0",
         },
     )
     await upload(http, daemon, "grid3", scenarios["grid3"])
