@@ -42,7 +42,7 @@ from actors.sandbox import SandboxPlan
 from actors.summary import MAX_STEPS_UNREAD, Cut, SummaryFeed, SummaryLost
 from actors.writer import WriterActor
 from supervisor import db, templates
-from supervisor.errors import SessionConflict, SupervisorError
+from supervisor.errors import CommandFailed, SessionConflict, SupervisorError
 from supervisor.session_request import SessionRequest
 
 T = TypeVar("T")
@@ -130,6 +130,10 @@ class Commands:
 Control = Pause | Resume | Step | Commands
 Message = StopSession | Control
 INBOX_SIZE = 64
+
+# How traci reports a connection SUMO closed (a short read is a struct.error): these end the
+# session as traci_lost; any other error while applying commands fails only those commands.
+_CONNECTION_LOST = (FatalTraCIError, OSError, struct.error)
 
 
 @dataclass(frozen=True)
@@ -711,8 +715,7 @@ class SessionActor:
             while replay and replay[0]["sim_time"] <= (self._sim_time or 0.0) + 1e-9:
                 due.append(replay.popleft()["command"])
             if due:
-                await self._in_thread(commands.apply, conn, due, await self._network())
-                await db.add_session_commands(self._pool, self.spec.id, self._sim_time or 0.0, due)
+                await self._replay(conn, due, log)
             if done is not None:
                 return done
 
@@ -737,6 +740,8 @@ class SessionActor:
         return drive.finished(last)
 
     async def _apply_commands(self, conn: Connection, msg: Commands, log: Any) -> None:
+        """Apply a batch and answer it. Whatever goes wrong fails the batch, not the session;
+        only a lost TraCI connection ends it."""
         try:
             results = await self._in_thread(
                 commands.apply, conn, msg.commands, await self._network()
@@ -744,11 +749,59 @@ class SessionActor:
         except SupervisorError as exc:
             _reply_error(msg.reply, exc)
             return
-        applied = [c for c in msg.commands if commands.changes_state(c)]
-        if applied:
-            await db.add_session_commands(self._pool, self.spec.id, self._sim_time or 0.0, applied)
+        except _CONNECTION_LOST:
+            raise
+        except Exception as exc:
+            log.exception("commands_failed", sim_time=self._sim_time)
+            _reply_error(msg.reply, CommandFailed(f"applying the commands failed: {exc!r}"))
+            return
+        try:
+            await self._store_applied(msg.commands, results)
+        except Exception as exc:
+            log.exception("commands_not_stored", sim_time=self._sim_time)
+            _reply_error(
+                msg.reply,
+                CommandFailed(f"the commands were applied but could not be stored: {exc!r}"),
+            )
+            return
         log.info("commands_applied", count=len(msg.commands), sim_time=self._sim_time)
         _reply(msg.reply, {"sim_time": self._sim_time, "results": results})
+
+    async def _replay(self, conn: Connection, due: list[dict[str, Any]], log: Any) -> None:
+        """Apply a replay's recorded commands one by one: one the replay's simulation cannot
+        take (its vehicle never came, under other options) fails alone, with a warning."""
+        for command in due:
+            try:
+                results = await self._in_thread(
+                    commands.apply, conn, [command], await self._network()
+                )
+            except _CONNECTION_LOST:
+                raise
+            except Exception as exc:
+                error = exc.message if isinstance(exc, SupervisorError) else repr(exc)
+                results = [{"type": command["type"], "ok": False, "error": error}]
+            if not results[0]["ok"]:
+                log.warning(
+                    "replayed_command_failed",
+                    sim_time=self._sim_time,
+                    command=command,
+                    error=results[0]["error"],
+                )
+                continue
+            try:
+                await self._store_applied([command], results)
+            except Exception:
+                log.exception("replayed_command_not_stored", sim_time=self._sim_time)
+
+    async def _store_applied(
+        self, batch: list[dict[str, Any]], results: list[dict[str, Any]]
+    ) -> None:
+        """Store the commands of a batch that changed the simulation, for a replay to apply."""
+        applied = [
+            c for c, r in zip(batch, results, strict=True) if r["ok"] and commands.changes_state(c)
+        ]
+        if applied:
+            await db.add_session_commands(self._pool, self.spec.id, self._sim_time or 0.0, applied)
 
     async def _network(self) -> commands.Network:
         if self._net is None:
