@@ -169,7 +169,8 @@ class _Drive:
     """Result of driving one SUMO process, before its exit status is known."""
 
     def __init__(self, kind: str, detail: str = "") -> None:
-        self.kind = kind  # completed | stop | exited_early | traci_lost | connect_timeout
+        # completed | stop | exited_early | traci_lost | connect_timeout | idle | pause_timeout
+        self.kind = kind
         self.detail = detail
 
 
@@ -206,8 +207,11 @@ class SessionActor:
         connect_timeout_s: float,
         sumo_nice: int = 0,
         sandbox: SandboxPlan | None = None,
+        max_pause_s: float = math.inf,
     ) -> None:
         self.spec = spec
+        # How long it may stay paused in one go: its own, or the daemon's (which bounds it).
+        self._max_pause_s = spec.request.max_pause_s or max_pause_s
         self._pool = pool
         self._writer = writer
         self._broker = broker
@@ -486,6 +490,14 @@ class SessionActor:
                 exit_code=returncode,
                 sim_time=self._sim_time,
             )
+        if drive.kind == "pause_timeout":
+            return Outcome(
+                "timed_out",
+                "max_pause_s exceeded: paused for too long",
+                cause="pause_timeout",
+                exit_code=returncode,
+                sim_time=self._sim_time,
+            )
         if drive.kind == "completed":
             return Outcome("completed", drive.detail, exit_code=returncode, sim_time=self._sim_time)
         tail = "\n".join(self._stderr_tail)
@@ -668,6 +680,7 @@ class SessionActor:
         loop = asyncio.get_running_loop()
         idle_since = loop.time()
         paused = False
+        paused_since = 0.0
         stepped = request.mode == "stepped"
         while True:
             self._interrupt.clear()
@@ -678,6 +691,8 @@ class SessionActor:
                 msg = self._control.popleft()
                 idle_since = loop.time()
                 if isinstance(msg, Pause | Resume):
+                    if isinstance(msg, Pause) and not paused:
+                        paused_since = loop.time()
                     paused = isinstance(msg, Pause)
                     log.info("session_paused" if paused else "session_resumed")
                     if paused:
@@ -701,7 +716,12 @@ class SessionActor:
             if paused or stepped:
                 # Held still: wait for the next message (a stepped session only until idle).
                 wait = 1.0
-                if stepped and not paused:
+                if paused:
+                    # A pause somebody forgot must not hold a run slot (and its port) forever.
+                    wait = paused_since + self._max_pause_s - loop.time()
+                    if wait <= 0:
+                        return _Drive("pause_timeout")
+                elif stepped:
                     wait = idle_since + request.idle_timeout_s - loop.time()
                     if wait <= 0:
                         return _Drive("idle")

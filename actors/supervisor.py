@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import math
 import os
 import secrets
 import shutil
@@ -184,6 +185,10 @@ class SupervisorSettings:
     sumo_nice: int = 0
     # How each SUMO is confined (actors/sandbox.py); None runs it unconfined.
     sandbox: SandboxPlan | None = None
+    # A session's max_wall_s when it asks for none, and how long it may stay paused when it
+    # asks for no max_pause_s.
+    max_wall_s_default: float | None = None
+    max_pause_s: float = math.inf
 
 
 class SupervisorActor:
@@ -406,8 +411,9 @@ class SupervisorActor:
                 connect_timeout_s=self._settings.connect_timeout_s,
                 sumo_nice=self._settings.sumo_nice,
                 sandbox=self._settings.sandbox,
+                max_pause_s=self._settings.max_pause_s,
             )
-            wall = spec.request.max_wall_s
+            wall = spec.request.max_wall_s or self._settings.max_wall_s_default
             task = tg.create_task(self._session_main(actor), name=f"session-{spec.id}")
             self._running[spec.id] = _Running(
                 actor, task, workdir, loop.time() + wall if wall is not None else None

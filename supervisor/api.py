@@ -357,7 +357,7 @@ async def create_session(request: web.Request) -> web.Response:
         base = {k: v for k, v in original["request"].items() if v is not None}
         base.update(mode="run", version=original["template_version"])
         body = base | body
-    req = parse_session_request(body)
+    req = parse_session_request(body, s.config)
     if req.replay_of is not None:
         await _check_replayable(s.pool, req)
     spec = _new_spec(await _template_version(s.pool, req), req)
@@ -414,7 +414,7 @@ async def stop_session(request: web.Request) -> web.Response:
 async def create_sweep(request: web.Request) -> web.Response:
     s = request.app[SERVICES]
     body = await _json_body(request)
-    runs = sweeps.expand(body)
+    runs = sweeps.expand(body, s.config)
     version = await _template_version(s.pool, runs[0][1])
     sweep_id = "sweep-" + new_session_id()
     specs = [_new_spec(version, req, sweep_id) for _params, req in runs]

@@ -170,6 +170,8 @@ async def _run(
             connect_timeout_s=cfg.connect_timeout_s,
             sumo_nice=cfg.sumo_nice,
             sandbox=sandbox_plan,
+            max_wall_s_default=min(cfg.max_wall_s_default, cfg.max_wall_s_limit),
+            max_pause_s=cfg.max_pause_s,
         ),
         pool=pool,
         writer=writer,

@@ -160,3 +160,76 @@ async def test_a_replay_that_cannot_apply_its_commands_is_refused(daemons, db_ur
         http, daemon, replay_of=original["id"], end=60, sumo_options={"begin": 30}
     )
     await wait_status(http, daemon, replay["id"], "completed")
+
+
+# ---- limits ----------------------------------------------------------------------------------
+
+
+async def test_limits_are_settings_and_a_request_past_one_is_refused(
+    daemons, db_url, http, scenarios
+):
+    daemon = await daemons.start(
+        db_url,
+        env={
+            "SUMO_SUPERVISOR_MAX_WALL_S_LIMIT": "100",
+            "SUMO_SUPERVISOR_MAX_PAUSE_S": "50",
+            "SUMO_SUPERVISOR_IDLE_TIMEOUT_S_LIMIT": "60",
+            "SUMO_SUPERVISOR_TRAJECTORY_PERIOD_MIN": "0.5",
+            "SUMO_SUPERVISOR_SCALE_LIMIT": "4",
+            "SUMO_SUPERVISOR_END_LIMIT": "10000",
+        },
+    )
+    await upload(http, daemon, "grid3", scenarios["grid3"])
+    for body, setting in (
+        ({"max_wall_s": 101}, "max_wall_s_limit"),
+        ({"max_pause_s": 51}, "max_pause_s"),
+        ({"mode": "stepped", "idle_timeout_s": 61}, "idle_timeout_s_limit"),
+        ({"trajectory_period": 0.25, "record": ["trajectories"]}, "trajectory_period_min"),
+        ({"sumo_options": {"scale": 5}}, "scale_limit"),
+        ({"end": 10001}, "end_limit"),
+    ):
+        status, answer = await post_raw(
+            http, f"{daemon.url}/v1/sessions", {"template": "grid3", **body}
+        )
+        assert status == 400, (body, answer)
+        assert setting in answer["error"], answer
+        status, answer = await post_raw(
+            http, f"{daemon.url}/v1/sweeps", {"template": "grid3", "runs": 2, **body}
+        )
+        assert status == 400, (body, answer)
+    s = await create_session(
+        http, daemon, template="grid3", max_wall_s=100, max_pause_s=50, end=100,
+        sumo_options={"scale": 4}, trajectory_period=0.5,
+    )  # fmt: skip
+    await wait_status(http, daemon, s["id"], "completed")
+
+
+async def test_a_forgotten_session_ends_by_the_daemon_wide_default_wall_time(
+    daemons, db_url, http, scenarios
+):
+    daemon = await daemons.start(db_url, env={"SUMO_SUPERVISOR_MAX_WALL_S_DEFAULT": "2"})
+    await upload(http, daemon, "long", scenarios["long"])
+    s = await create_session(http, daemon, template="long")
+    ended = await wait_status(http, daemon, s["id"], {"timed_out"}, timeout=60)
+    assert ended["cause"] == "timeout"
+
+
+async def test_a_forgotten_pause_ends_and_frees_the_slot(daemons, db_url, http, scenarios):
+    daemon = await daemons.start(db_url, max_running=1, env={"SUMO_SUPERVISOR_MAX_PAUSE_S": "2"})
+    await upload(http, daemon, "long", scenarios["long"])
+    await upload(http, daemon, "grid3", scenarios["grid3"])
+    # pause_counts false: only max_pause_s can end it.
+    held = await create_session(http, daemon, template="long", pause_counts=False)
+    await wait_status(http, daemon, held["id"], "running")
+    status, body = await post_raw(http, f"{daemon.url}/v1/sessions/{held['id']}/pause", None)
+    assert status == 200, body
+    waiting = await create_session(http, daemon, template="grid3")
+    ended = await wait_status(http, daemon, held["id"], {"timed_out"}, timeout=60)
+    assert ended["cause"] == "pause_timeout", ended
+    await wait_status(http, daemon, waiting["id"], "completed")
+    # A session may ask for less than the daemon's maximum.
+    mine = await create_session(http, daemon, template="long", max_pause_s=0.5)
+    await wait_status(http, daemon, mine["id"], "running")
+    await post_raw(http, f"{daemon.url}/v1/sessions/{mine['id']}/pause", None)
+    ended = await wait_status(http, daemon, mine["id"], {"timed_out"}, timeout=30)
+    assert ended["cause"] == "pause_timeout", ended
