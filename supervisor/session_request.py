@@ -75,7 +75,7 @@ SUMO_OPTIONS: Mapping[str, Callable[[Any], str]] = {
 # What a session can record: `samples` always; the others come from SUMO's own output writers.
 RECORDABLE = ("samples", "trajectories", "trips", "edges")
 
-_LABEL_RE = re.compile(r"^[\w.:@/+-]{1,100}$")
+_LABEL_RE = re.compile(r"[\w.:@/+-]{1,100}")
 MAX_SAMPLE_EVERY = 1_000_000
 
 
@@ -181,7 +181,7 @@ def parse_session_request(body: Any, cfg: Config | None = None) -> SessionReques
     if not isinstance(template, str) or not template:
         raise InvalidRequest("template is required (a template name)", field="template")
     label = body.get("label")
-    if label is not None and (not isinstance(label, str) or not _LABEL_RE.match(label)):
+    if label is not None and (not isinstance(label, str) or not _LABEL_RE.fullmatch(label)):
         raise InvalidRequest(
             "label must be 1-100 characters of letters, digits and ._:@/+-", field="label"
         )
