@@ -225,6 +225,8 @@ class SessionActor:
         self._inbox: asyncio.Queue[Message] = asyncio.Queue(maxsize=INBOX_SIZE)
         self._stop: StopSession | None = None
         self._control: deque[Control] = deque()
+        # The control message being handled, taken from _control.
+        self._in_hand: Control | None = None
         self._net: commands.Network | None = None
         self._stderr_tail: deque[str] = deque(maxlen=STDERR_TAIL_LINES)
         self._sim_time: float | None = None
@@ -282,7 +284,10 @@ class SessionActor:
             outcome = Outcome("failed", "internal error", cause="internal", error=repr(exc))
         finally:
             self._drain_inbox()
-            for msg in self._control:
+            # The message in hand too: a session that ends while applying commands or stepping
+            # answers at once, not after the caller's timeout (a no-op if it was answered).
+            in_hand = [self._in_hand] if self._in_hand is not None else []
+            for msg in [*in_hand, *self._control]:
                 _reply_error(msg.reply, SessionConflict("the session has ended"))
             self._executor.shutdown(wait=False, cancel_futures=True)
             await asyncio.shield(self._finish(outcome))
@@ -688,7 +693,7 @@ class SessionActor:
             if self._stop is not None:
                 return _Drive("stop")
             while self._control:
-                msg = self._control.popleft()
+                msg = self._in_hand = self._control.popleft()
                 idle_since = loop.time()
                 if isinstance(msg, Pause | Resume):
                     if isinstance(msg, Pause) and not paused:

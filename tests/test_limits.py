@@ -4,10 +4,14 @@ with the command, and every time limit has a daemon-wide default, a maximum and 
 
 from __future__ import annotations
 
+import asyncio
+import os
+import signal
 import time
 from typing import Any
 
 import aiohttp
+import psutil
 from conftest import create_session, get_session, upload, wait_status
 
 # Text PostgreSQL cannot store (NUL in text and jsonb) or that is no UTF-8 at all (a lone
@@ -99,6 +103,32 @@ async def test_nul_in_a_url_is_a_400(daemons, db_url, http):
     # A lone surrogate, UTF-8 encoded, cannot be decoded: it stays text the database takes.
     async with http.get(f"{daemon.url}/v1/sessions/%ED%A0%80") as r:
         assert r.status == 404
+
+
+async def test_a_session_that_dies_mid_step_answers_the_step_at_once(
+    daemons, db_url, http, scenarios
+):
+    daemon = await daemons.start(db_url)
+    await upload(http, daemon, "long", scenarios["long"])
+    s = await create_session(http, daemon, template="long", mode="stepped", idle_timeout_s=60)
+    running = await wait_status(http, daemon, s["id"], "running")
+    sumo = psutil.Process(running["pid"])
+    before = sum(sumo.cpu_times()[:2])
+    # A step of a very long time; SUMO dies while it is being taken.
+    step = asyncio.ensure_future(
+        post_raw(http, f"{daemon.url}/v1/sessions/{s['id']}/step", {"seconds": 900_000})
+    )
+    deadline = time.monotonic() + 30
+    while sum(sumo.cpu_times()[:2]) < before + 0.2:  # the step is under way
+        assert time.monotonic() < deadline and not step.done()
+        await asyncio.sleep(0.02)
+    started = time.monotonic()
+    os.kill(running["pid"], signal.SIGKILL)
+    status, body = await step
+    assert status == 409, body
+    assert time.monotonic() - started < 10
+    ended = await wait_status(http, daemon, s["id"], {"failed"})
+    assert ended["cause"] == "sumo_exited", ended
 
 
 async def test_a_replayed_command_that_fails_fails_alone(daemons, db_url, http, scenarios):
