@@ -208,10 +208,12 @@ class SessionActor:
         sumo_nice: int = 0,
         sandbox: SandboxPlan | None = None,
         max_pause_s: float = math.inf,
+        end_limit: float = math.inf,
     ) -> None:
         self.spec = spec
         # How long it may stay paused in one go: its own, or the daemon's (which bounds it).
         self._max_pause_s = spec.request.max_pause_s or max_pause_s
+        self._end_limit = end_limit
         self._pool = pool
         self._writer = writer
         self._broker = broker
@@ -668,6 +670,10 @@ class SessionActor:
         end = request.end
         if end is None and setup.end_time > 0:
             end = setup.end_time
+        # A scenario's own end (or none) is bounded like a requested one.
+        end = min(end if end is not None else math.inf, self._end_limit)
+        if end == math.inf:
+            end = None
         replay: deque[dict[str, Any]] = deque()
         if request.replay_of:
             replay.extend(await db.session_commands(self._pool, request.replay_of))

@@ -189,6 +189,8 @@ class SupervisorSettings:
     # asks for no max_pause_s.
     max_wall_s_default: float | None = None
     max_pause_s: float = math.inf
+    # The latest sim time a session runs to, whatever its scenario says.
+    end_limit: float = math.inf
 
 
 class SupervisorActor:
@@ -412,6 +414,7 @@ class SupervisorActor:
                 sumo_nice=self._settings.sumo_nice,
                 sandbox=self._settings.sandbox,
                 max_pause_s=self._settings.max_pause_s,
+                end_limit=self._settings.end_limit,
             )
             wall = spec.request.max_wall_s or self._settings.max_wall_s_default
             task = tg.create_task(self._session_main(actor), name=f"session-{spec.id}")

@@ -172,6 +172,7 @@ async def _run(
             sandbox=sandbox_plan,
             max_wall_s_default=min(cfg.max_wall_s_default, cfg.max_wall_s_limit),
             max_pause_s=cfg.max_pause_s,
+            end_limit=cfg.end_limit,
         ),
         pool=pool,
         writer=writer,

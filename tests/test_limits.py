@@ -234,6 +234,14 @@ async def test_limits_are_settings_and_a_request_past_one_is_refused(
     await wait_status(http, daemon, s["id"], "completed")
 
 
+async def test_a_scenario_without_an_end_stops_at_end_limit(daemons, db_url, http, scenarios):
+    daemon = await daemons.start(db_url, env={"SUMO_SUPERVISOR_END_LIMIT": "120"})
+    await upload(http, daemon, "long", scenarios["long"])  # its config ends at 1e6 s
+    s = await create_session(http, daemon, template="long")
+    ended = await wait_status(http, daemon, s["id"], "completed", timeout=60)
+    assert ended["sim_time"] == 120.0 and ended["end"] == 120.0, ended
+
+
 async def test_a_forgotten_session_ends_by_the_daemon_wide_default_wall_time(
     daemons, db_url, http, scenarios
 ):
