@@ -44,7 +44,7 @@ from actors.sandbox import SandboxPlan
 from actors.summary import MAX_STEPS_UNREAD, Cut, SummaryFeed, SummaryLost
 from actors.writer import WriterActor
 from supervisor import db, templates
-from supervisor.errors import SessionConflict, SupervisorError
+from supervisor.errors import CommandFailed, SessionConflict, SupervisorError
 from supervisor.session_request import SessionRequest
 
 T = TypeVar("T")
@@ -133,6 +133,10 @@ Control = Pause | Resume | Step | Commands
 Message = StopSession | Control
 INBOX_SIZE = 64
 
+# How traci reports a connection SUMO closed (a short read is a struct.error): these end the
+# session as traci_lost; any other error while applying commands fails only those commands.
+_CONNECTION_LOST = (FatalTraCIError, OSError, struct.error)
+
 
 # The format and names the daemon reads SUMO's outputs in (its summary stream, the recorder's
 # CSV). On the command line they win over a config's own choice (a ',' separator, no header, or a
@@ -186,6 +190,7 @@ class _Drive:
 
     def __init__(self, kind: str, detail: str = "") -> None:
         # completed | stop | exited_early | traci_lost | connect_timeout | idle | row_quota
+        # | pause_timeout
         self.kind = kind
         self.detail = detail
 
@@ -224,8 +229,13 @@ class SessionActor:
         sumo_nice: int = 0,
         sandbox: SandboxPlan | None = None,
         max_rows: int = 0,
+        max_pause_s: float = math.inf,
+        end_limit: float = math.inf,
     ) -> None:
         self.spec = spec
+        # How long it may stay paused in one go: its own, or the daemon's (which bounds it).
+        self._max_pause_s = spec.request.max_pause_s or max_pause_s
+        self._end_limit = end_limit
         self._pool = pool
         self._writer = writer
         self._broker = broker
@@ -239,6 +249,8 @@ class SessionActor:
         self._inbox: asyncio.Queue[Message] = asyncio.Queue(maxsize=INBOX_SIZE)
         self._stop: StopSession | None = None
         self._control: deque[Control] = deque()
+        # The control message being handled, taken from _control.
+        self._in_hand: Control | None = None
         self._net: commands.Network | None = None
         self._stderr_tail: deque[str] = deque(maxlen=STDERR_TAIL_LINES)
         self._sim_time: float | None = None
@@ -300,7 +312,10 @@ class SessionActor:
             outcome = Outcome("failed", "internal error", cause="internal", error=repr(exc))
         finally:
             self._drain_inbox()
-            for msg in self._control:
+            # The message in hand too: a session that ends while applying commands or stepping
+            # answers at once, not after the caller's timeout (a no-op if it was answered).
+            in_hand = [self._in_hand] if self._in_hand is not None else []
+            for msg in [*in_hand, *self._control]:
                 _reply_error(msg.reply, SessionConflict("the session has ended"))
             self._executor.shutdown(wait=False, cancel_futures=True)
             outcome = await asyncio.shield(self._finish(outcome))
@@ -554,6 +569,14 @@ class SessionActor:
                 exit_code=returncode,
                 sim_time=self._sim_time,
             )
+        if drive.kind == "pause_timeout":
+            return Outcome(
+                "timed_out",
+                "max_pause_s exceeded: paused for too long",
+                cause="pause_timeout",
+                exit_code=returncode,
+                sim_time=self._sim_time,
+            )
         if drive.kind == "completed":
             return Outcome("completed", drive.detail, exit_code=returncode, sim_time=self._sim_time)
         tail = "\n".join(self._stderr_tail)
@@ -719,6 +742,10 @@ class SessionActor:
         end = request.end
         if end is None and setup.end_time > 0:
             end = setup.end_time
+        # A scenario's own end (or none) is bounded like a requested one.
+        end = min(end if end is not None else math.inf, self._end_limit)
+        if end == math.inf:
+            end = None
         replay: deque[dict[str, Any]] = deque()
         if request.replay_of:
             replay.extend(await db.session_commands(self._pool, request.replay_of))
@@ -736,6 +763,7 @@ class SessionActor:
         loop = asyncio.get_running_loop()
         idle_since = loop.time()
         paused = False
+        paused_since = 0.0
         stepped = request.mode == "stepped"
         while True:
             self._interrupt.clear()
@@ -745,9 +773,11 @@ class SessionActor:
             if self._quota.exceeded:
                 return _Drive("row_quota")
             while self._control:
-                msg = self._control.popleft()
+                msg = self._in_hand = self._control.popleft()
                 idle_since = loop.time()
                 if isinstance(msg, Pause | Resume):
+                    if isinstance(msg, Pause) and not paused:
+                        paused_since = loop.time()
                     paused = isinstance(msg, Pause)
                     log.info("session_paused" if paused else "session_resumed")
                     if paused:
@@ -771,7 +801,12 @@ class SessionActor:
             if paused or stepped:
                 # Held still: wait for the next message (a stepped session only until idle).
                 wait = 1.0
-                if stepped and not paused:
+                if paused:
+                    # A pause somebody forgot must not hold a run slot (and its port) forever.
+                    wait = paused_since + self._max_pause_s - loop.time()
+                    if wait <= 0:
+                        return _Drive("pause_timeout")
+                elif stepped:
                     wait = idle_since + request.idle_timeout_s - loop.time()
                     if wait <= 0:
                         return _Drive("idle")
@@ -785,8 +820,7 @@ class SessionActor:
             while replay and replay[0]["sim_time"] <= (self._sim_time or 0.0) + 1e-9:
                 due.append(replay.popleft()["command"])
             if due:
-                await self._in_thread(commands.apply, conn, due, await self._network())
-                await db.add_session_commands(self._pool, self.spec.id, self._sim_time or 0.0, due)
+                await self._replay(conn, due, log)
             if done is not None:
                 return done
 
@@ -813,6 +847,8 @@ class SessionActor:
         return drive.finished(last)
 
     async def _apply_commands(self, conn: Connection, msg: Commands, log: Any) -> None:
+        """Apply a batch and answer it. Whatever goes wrong fails the batch, not the session;
+        only a lost TraCI connection ends it."""
         try:
             results = await self._in_thread(
                 commands.apply, conn, msg.commands, await self._network()
@@ -820,11 +856,59 @@ class SessionActor:
         except SupervisorError as exc:
             _reply_error(msg.reply, exc)
             return
-        applied = [c for c in msg.commands if commands.changes_state(c)]
-        if applied:
-            await db.add_session_commands(self._pool, self.spec.id, self._sim_time or 0.0, applied)
+        except _CONNECTION_LOST:
+            raise
+        except Exception as exc:
+            log.exception("commands_failed", sim_time=self._sim_time)
+            _reply_error(msg.reply, CommandFailed(f"applying the commands failed: {exc!r}"))
+            return
+        try:
+            await self._store_applied(msg.commands, results)
+        except Exception as exc:
+            log.exception("commands_not_stored", sim_time=self._sim_time)
+            _reply_error(
+                msg.reply,
+                CommandFailed(f"the commands were applied but could not be stored: {exc!r}"),
+            )
+            return
         log.info("commands_applied", count=len(msg.commands), sim_time=self._sim_time)
         _reply(msg.reply, {"sim_time": self._sim_time, "results": results})
+
+    async def _replay(self, conn: Connection, due: list[dict[str, Any]], log: Any) -> None:
+        """Apply a replay's recorded commands one by one: one the replay's simulation cannot
+        take (its vehicle never came, under other options) fails alone, with a warning."""
+        for command in due:
+            try:
+                results = await self._in_thread(
+                    commands.apply, conn, [command], await self._network()
+                )
+            except _CONNECTION_LOST:
+                raise
+            except Exception as exc:
+                error = exc.message if isinstance(exc, SupervisorError) else repr(exc)
+                results = [{"type": command["type"], "ok": False, "error": error}]
+            if not results[0]["ok"]:
+                log.warning(
+                    "replayed_command_failed",
+                    sim_time=self._sim_time,
+                    command=command,
+                    error=results[0]["error"],
+                )
+                continue
+            try:
+                await self._store_applied([command], results)
+            except Exception:
+                log.exception("replayed_command_not_stored", sim_time=self._sim_time)
+
+    async def _store_applied(
+        self, batch: list[dict[str, Any]], results: list[dict[str, Any]]
+    ) -> None:
+        """Store the commands of a batch that changed the simulation, for a replay to apply."""
+        applied = [
+            c for c, r in zip(batch, results, strict=True) if r["ok"] and commands.changes_state(c)
+        ]
+        if applied:
+            await db.add_session_commands(self._pool, self.spec.id, self._sim_time or 0.0, applied)
 
     async def _network(self) -> commands.Network:
         if self._net is None:

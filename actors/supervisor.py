@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import math
 import os
 import secrets
 import shutil
@@ -186,6 +187,12 @@ class SupervisorSettings:
     sandbox: SandboxPlan | None = None
     # Rows one session may store (samples and recorded rows); 0: no quota.
     max_session_rows: int = 0
+    # A session's max_wall_s when it asks for none, and how long it may stay paused when it
+    # asks for no max_pause_s.
+    max_wall_s_default: float | None = None
+    max_pause_s: float = math.inf
+    # The latest sim time a session runs to, whatever its scenario says.
+    end_limit: float = math.inf
 
 
 class SupervisorActor:
@@ -409,8 +416,10 @@ class SupervisorActor:
                 sumo_nice=self._settings.sumo_nice,
                 sandbox=self._settings.sandbox,
                 max_rows=self._settings.max_session_rows,
+                max_pause_s=self._settings.max_pause_s,
+                end_limit=self._settings.end_limit,
             )
-            wall = spec.request.max_wall_s
+            wall = spec.request.max_wall_s or self._settings.max_wall_s_default
             task = tg.create_task(self._session_main(actor), name=f"session-{spec.id}")
             self._running[spec.id] = _Running(
                 actor, task, workdir, loop.time() + wall if wall is not None else None

@@ -23,7 +23,7 @@ from actors.feeds import EndEvent, FeedHub, LaggedEvent, SampleEvent, StatusEven
 from actors.session import Commands, Pause, Resume, SessionSpec, Step
 from actors.supervisor import SupervisorActor, new_session_id
 from actors.writer import WriterActor
-from supervisor import db, plots, sweeps, templates, tokens
+from supervisor import db, plots, sweeps, templates, text, tokens
 from supervisor.access import AUDIT, Access, Route, error_response
 from supervisor.config import Config
 from supervisor.errors import (
@@ -144,10 +144,19 @@ async def _json_body(request: web.Request) -> Any:
         chunks.append(chunk)
     raw = b"".join(chunks)
     try:
-        return json.loads(raw)
+        body = json.loads(raw, parse_constant=_no_constant)
     except (ValueError, RecursionError) as exc:
         # ValueError covers bad JSON, bad UTF-8 and integers too long to convert.
         raise InvalidRequest(f"request body is not valid JSON: {exc}") from None
+    # Every string of every body at once (commands, sessions, sweeps, tokens): none can carry
+    # a NUL or a lone surrogate into PostgreSQL or SUMO.
+    text.check_json(body)
+    return body
+
+
+def _no_constant(name: str) -> Any:
+    # Python's json takes NaN and Infinity; JSON has neither, and jsonb refuses them.
+    raise ValueError(f"{name} is not a JSON number")
 
 
 def _query_int(request: web.Request, key: str, default: int, lo: int, hi: int) -> int:
@@ -371,13 +380,29 @@ async def create_session(request: web.Request) -> web.Response:
         base = {k: v for k, v in original["request"].items() if v is not None}
         base.update(mode="run", version=original["template_version"])
         body = base | body
-    req = parse_session_request(body)
+    req = parse_session_request(body, s.config)
+    if req.replay_of is not None:
+        await _check_replayable(s.pool, req)
     spec = _new_spec(await _template_version(s.pool, req), req)
     await s.supervisor.submit(spec)
     request[AUDIT]["created"] = spec.id
     row = await db.get_session(s.pool, spec.id)
     assert row is not None
     return _created(request, _session_json(row), f"/v1/sessions/{spec.id}")
+
+
+async def _check_replayable(pool: asyncpg.Pool, req: SessionRequest) -> None:
+    """Refuse a replay whose options make a recorded command impossible: one recorded before
+    the replay's `begin` could never be applied at its time."""
+    assert req.replay_of is not None
+    history = await db.session_commands(pool, req.replay_of)
+    begin = dict(req.sumo_options).get("begin")
+    if history and begin is not None and begin > history[0]["sim_time"] + 1e-9:
+        raise InvalidRequest(
+            f"begin {begin} is after the replayed session's first command, applied at sim time "
+            f"{history[0]['sim_time']}: a replay must begin at or before it",
+            field="sumo_options",
+        )
 
 
 async def list_sessions(request: web.Request) -> web.Response:
@@ -412,7 +437,7 @@ async def stop_session(request: web.Request) -> web.Response:
 async def create_sweep(request: web.Request) -> web.Response:
     s = request.app[SERVICES]
     body = await _json_body(request)
-    runs = sweeps.expand(body)
+    runs = sweeps.expand(body, s.config)
     version = await _template_version(s.pool, runs[0][1])
     sweep_id = "sweep-" + new_session_id()
     specs = [_new_spec(version, req, sweep_id) for _params, req in runs]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
 import tomllib
 from collections.abc import Mapping
@@ -119,6 +120,20 @@ class Config:
     rate_burst: int = 40
     max_streams_per_client: int = 4
     max_exports_per_client: int = 2
+    # Limits on what a session may ask (README "Configuration"): none holds a run slot forever.
+    # A session's wall-clock time (paused time counts unless it asks otherwise): its default
+    # (never more than the limit: setting only the limit lowers both), and the most it may ask
+    # for.
+    max_wall_s_default: float = 86_400.0
+    max_wall_s_limit: float = 604_800.0
+    # How long a session may stay paused in one go: the default, and the most it may ask for.
+    max_pause_s: float = 3600.0
+    # The most a stepped session may wait to be stepped, the shortest trajectory period, the
+    # largest `scale` option and the latest `end` (sim seconds) a session may ask for.
+    idle_timeout_s_limit: float = 86_400.0
+    trajectory_period_min: float = 0.1
+    scale_limit: float = 100.0
+    end_limit: float = 1e7
     config_file: Path | None = None
 
     @property
@@ -244,6 +259,17 @@ def _validate(cfg: Config) -> None:
             raise ConfigError(
                 f"allowed_origins: {origin!r} is not an origin (scheme://host[:port])"
             )
+    for name in (
+        "max_wall_s_default",
+        "max_wall_s_limit",
+        "max_pause_s",
+        "idle_timeout_s_limit",
+        "trajectory_period_min",
+        "scale_limit",
+        "end_limit",
+    ):
+        if not 0 < getattr(cfg, name) < math.inf:
+            raise ConfigError(f"{name}: must be a positive number, got {getattr(cfg, name)}")
     if cfg.upload_check_wait_s < 0:
         raise ConfigError(f"upload_check_wait_s: must be 0 or more, got {cfg.upload_check_wait_s}")
     if cfg.database_url is not None and not cfg.database_url.startswith(

@@ -75,6 +75,12 @@ class SessionConflict(SupervisorError):
     status = 409
 
 
+class CommandFailed(SupervisorError):
+    """A batch of commands could not be applied (or stored); the session goes on."""
+
+    status = 422
+
+
 class PayloadTooLarge(SupervisorError):
     status = 413
 

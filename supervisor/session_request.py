@@ -8,6 +8,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+from supervisor.config import Config
 from supervisor.errors import InvalidRequest
 
 
@@ -74,7 +75,7 @@ SUMO_OPTIONS: Mapping[str, Callable[[Any], str]] = {
 # What a session can record: `samples` always; the others come from SUMO's own output writers.
 RECORDABLE = ("samples", "trajectories", "trips", "edges")
 
-_LABEL_RE = re.compile(r"^[\w.:@/+-]{1,100}$")
+_LABEL_RE = re.compile(r"[\w.:@/+-]{1,100}")
 MAX_SAMPLE_EVERY = 1_000_000
 
 
@@ -97,6 +98,8 @@ class SessionRequest:
     idle_timeout_s: float = 300.0
     # Whether time spent paused counts towards max_wall_s.
     pause_counts: bool = True
+    # How long it may stay paused in one go (None: the daemon's max_pause_s).
+    max_pause_s: float | None = None
     replay_of: str | None = None
     trajectory_period: float = 1.0
     edge_period: float = 60.0
@@ -137,7 +140,18 @@ def _number(body: Mapping[str, Any], key: str, *, integer: bool, lo: float, hi: 
     return value
 
 
-def parse_session_request(body: Any) -> SessionRequest:
+def _within(value: Any, limit: float, key: str, setting: str) -> None:
+    """Refuse a value over one of the daemon's limits, naming the setting that sets it."""
+    if value is not None and value > limit:
+        raise InvalidRequest(
+            f"{key} must be at most {limit:g} (the daemon's {setting})", field=key, value=value
+        )
+
+
+def parse_session_request(body: Any, cfg: Config | None = None) -> SessionRequest:
+    """Check a request against its own rules and the daemon's limits (`cfg`; the defaults when
+    None)."""
+    cfg = cfg or Config()
     if not isinstance(body, dict):
         raise InvalidRequest("request body must be a JSON object")
     known = {
@@ -157,6 +171,7 @@ def parse_session_request(body: Any) -> SessionRequest:
         "mode",
         "idle_timeout_s",
         "pause_counts",
+        "max_pause_s",
         "replay_of",
     }
     unknown = sorted(set(body) - known)
@@ -166,7 +181,7 @@ def parse_session_request(body: Any) -> SessionRequest:
     if not isinstance(template, str) or not template:
         raise InvalidRequest("template is required (a template name)", field="template")
     label = body.get("label")
-    if label is not None and (not isinstance(label, str) or not _LABEL_RE.match(label)):
+    if label is not None and (not isinstance(label, str) or not _LABEL_RE.fullmatch(label)):
         raise InvalidRequest(
             "label must be 1-100 characters of letters, digits and ._:@/+-", field="label"
         )
@@ -192,6 +207,7 @@ def parse_session_request(body: Any) -> SessionRequest:
             raise InvalidRequest(
                 f"SUMO option {option!r} must be {exc}", field="sumo_options", value=value
             ) from None
+    _within(dict(sumo_options).get("scale"), cfg.scale_limit, "scale", "scale_limit")
     sample_every = _number(body, "sample_every", integer=True, lo=1, hi=MAX_SAMPLE_EVERY)
     record = body.get("record", ["samples"])
     if not isinstance(record, list) or not all(isinstance(r, str) for r in record):
@@ -203,6 +219,13 @@ def parse_session_request(body: Any) -> SessionRequest:
             field="record",
         )
     trajectory_period = _number(body, "trajectory_period", integer=False, lo=0.001, hi=1e6)
+    if trajectory_period is not None and trajectory_period < cfg.trajectory_period_min:
+        raise InvalidRequest(
+            f"trajectory_period must be at least {cfg.trajectory_period_min:g}"
+            " (the daemon's trajectory_period_min)",
+            field="trajectory_period",
+            value=trajectory_period,
+        )
     edge_period = _number(body, "edge_period", integer=False, lo=0.001, hi=1e9)
     on_interrupt = body.get("on_interrupt", "rerun")
     if on_interrupt not in ("rerun", "fail"):
@@ -212,6 +235,13 @@ def parse_session_request(body: Any) -> SessionRequest:
     if mode not in ("run", "stepped"):
         raise InvalidRequest("mode must be 'run' or 'stepped'", field="mode")
     idle_timeout_s = _number(body, "idle_timeout_s", integer=False, lo=0.001, hi=1e7)
+    _within(idle_timeout_s, cfg.idle_timeout_s_limit, "idle_timeout_s", "idle_timeout_s_limit")
+    max_pause_s = _number(body, "max_pause_s", integer=False, lo=0.001, hi=1e8)
+    _within(max_pause_s, cfg.max_pause_s, "max_pause_s", "max_pause_s")
+    max_wall_s = _number(body, "max_wall_s", integer=False, lo=0.001, hi=1e8)
+    _within(max_wall_s, cfg.max_wall_s_limit, "max_wall_s", "max_wall_s_limit")
+    end = _number(body, "end", integer=False, lo=0.001, hi=1e9)
+    _within(end, cfg.end_limit, "end", "end_limit")
     pause_counts = body.get("pause_counts", True)
     if not isinstance(pause_counts, bool):
         raise InvalidRequest("pause_counts must be true or false", field="pause_counts")
@@ -223,10 +253,10 @@ def parse_session_request(body: Any) -> SessionRequest:
     return SessionRequest(
         template=template,
         version=_number(body, "version", integer=True, lo=1, hi=2**31 - 1),
-        end=_number(body, "end", integer=False, lo=0.001, hi=1e9),
+        end=end,
         seed=_number(body, "seed", integer=True, lo=0, hi=2**31 - 1),
         sample_every=10 if sample_every is None else sample_every,
-        max_wall_s=_number(body, "max_wall_s", integer=False, lo=0.001, hi=1e8),
+        max_wall_s=max_wall_s,
         label=label,
         sumo_options=tuple(sumo_options),
         record=tuple(r for r in RECORDABLE if r == "samples" or r in record),
@@ -235,7 +265,11 @@ def parse_session_request(body: Any) -> SessionRequest:
         on_interrupt=on_interrupt,
         max_attempts=3 if max_attempts is None else max_attempts,
         mode=mode,
-        idle_timeout_s=300.0 if idle_timeout_s is None else idle_timeout_s,
+        # 300 s unless the daemon allows less.
+        idle_timeout_s=(
+            min(300.0, cfg.idle_timeout_s_limit) if idle_timeout_s is None else idle_timeout_s
+        ),
         pause_counts=pause_counts,
+        max_pause_s=max_pause_s,
         replay_of=replay_of,
     )

@@ -9,6 +9,7 @@ import statistics
 from collections.abc import Mapping
 from typing import Any
 
+from supervisor.config import Config
 from supervisor.errors import InvalidRequest
 from supervisor.session_request import SUMO_OPTIONS, SessionRequest, parse_session_request
 from supervisor.summary import FIGURES
@@ -18,8 +19,9 @@ MAX_SESSIONS = 1000
 VARIABLE_FIELDS = ("end", "sample_every", "trajectory_period", "edge_period", "max_wall_s")
 
 
-def expand(body: Any) -> list[tuple[dict[str, Any], SessionRequest]]:
-    """Every (varied params, session request) of a sweep; all validated before any is made."""
+def expand(body: Any, cfg: Config | None = None) -> list[tuple[dict[str, Any], SessionRequest]]:
+    """Every (varied params, session request) of a sweep; all validated, against the daemon's
+    limits too, before any is made."""
     if not isinstance(body, dict):
         raise InvalidRequest("request body must be a JSON object")
     body = dict(body)
@@ -65,7 +67,7 @@ def expand(body: Any) -> list[tuple[dict[str, Any], SessionRequest]]:
                     one[name] = value
             if options:
                 one["sumo_options"] = options
-            out.append((params, parse_session_request(one)))
+            out.append((params, parse_session_request(one, cfg)))
     return out
 
 

@@ -98,3 +98,36 @@ def test_cli_reports_config_errors_in_one_line():
     assert out.returncode == 2
     assert out.stderr.strip().startswith("sumo-supervisor: configuration error: traci_ports")
     assert "Traceback" not in out.stderr
+
+
+@pytest.mark.parametrize(
+    "name",
+    [
+        "max_wall_s_default",
+        "max_wall_s_limit",
+        "max_pause_s",
+        "idle_timeout_s_limit",
+        "trajectory_period_min",
+        "scale_limit",
+        "end_limit",
+    ],
+)
+@pytest.mark.parametrize("value", ["0", "-1", "nan", "inf"])
+def test_session_limits_must_be_positive_and_finite(name: str, value: str):
+    with pytest.raises(ConfigError, match=name):
+        load_config({}, {"SUMO_SUPERVISOR_" + name.upper(): value})
+
+
+def test_session_limits_bound_requests():
+    from supervisor.errors import InvalidRequest
+    from supervisor.session_request import parse_session_request
+
+    cfg = load_config({}, {"SUMO_SUPERVISOR_MAX_PAUSE_S": "10", "SUMO_SUPERVISOR_END_LIMIT": "50"})
+    assert parse_session_request({"template": "t", "max_pause_s": 10}, cfg).max_pause_s == 10
+    with pytest.raises(InvalidRequest, match="max_pause_s"):
+        parse_session_request({"template": "t", "max_pause_s": 11}, cfg)
+    with pytest.raises(InvalidRequest, match="end_limit"):
+        parse_session_request({"template": "t", "end": 51}, cfg)
+    # The default idle timeout is never past the limit.
+    low = load_config({}, {"SUMO_SUPERVISOR_IDLE_TIMEOUT_S_LIMIT": "30"})
+    assert parse_session_request({"template": "t", "mode": "stepped"}, low).idle_timeout_s == 30
