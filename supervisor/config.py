@@ -216,6 +216,10 @@ def _validate(cfg: Config) -> None:
         "upload_checks",
         "writer_batch_rows",
         "writer_queue_rows",
+        "rate_burst",
+        "max_streams_per_client",
+        "max_exports_per_client",
+        "max_watchers_per_session",
     ):
         if getattr(cfg, name) < 1:
             raise ConfigError(f"{name}: must be positive, got {getattr(cfg, name)}")
@@ -237,14 +241,6 @@ def _validate(cfg: Config) -> None:
     for name in ("export_min_rate_bytes_s", "export_slot_wait_s"):
         if getattr(cfg, name) < 0:
             raise ConfigError(f"{name}: must be 0 or more, got {getattr(cfg, name)}")
-    for name in (
-        "rate_burst",
-        "max_streams_per_client",
-        "max_exports_per_client",
-        "max_watchers_per_session",
-    ):
-        if getattr(cfg, name) < 1:
-            raise ConfigError(f"{name}: must be positive, got {getattr(cfg, name)}")
     if cfg.rate_limit_per_s <= 0:
         raise ConfigError(f"rate_limit_per_s: must be positive, got {cfg.rate_limit_per_s}")
     if (cfg.tls_cert is None) != (cfg.tls_key is None):

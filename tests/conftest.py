@@ -518,6 +518,35 @@ async def read_stream(http: aiohttp.ClientSession, url: str) -> list[tuple[str, 
     return events
 
 
+async def recorded_session(
+    http: aiohttp.ClientSession,
+    daemon: Daemon,
+    db_url: str,
+    scenarios: dict[str, Scenario],
+    rows: int,
+) -> dict[str, Any]:
+    """A completed session with `rows` trajectory rows, made in the database directly (a real
+    run this size takes long)."""
+    from supervisor import db
+
+    await upload(http, daemon, "grid3", scenarios["grid3"])
+    session = await create_session(http, daemon, template="grid3", end=10)
+    await wait_status(http, daemon, session["id"], "completed")
+    pool = await db.create_pool(db_url)
+    try:
+        await db.create_record_partitions(pool, session["id"], ["trajectories"])
+        await pool.execute(
+            "INSERT INTO trajectories (session_id, time, vehicle, x, y, angle, speed, lane)"
+            " SELECT $1, g / 100, 'veh' || (g % 100), g * 0.5, g * 0.25, 90, 13.5, 'edge_0'"
+            " FROM generate_series(0, $2 - 1) g",
+            session["id"],
+            rows,
+        )
+    finally:
+        await pool.close()
+    return session
+
+
 async def samples(
     http: aiohttp.ClientSession, daemon: Daemon, session_id: str
 ) -> list[dict[str, Any]]:

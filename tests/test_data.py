@@ -27,6 +27,7 @@ from conftest import (
     Scenario,
     create_session,
     read_stream,
+    recorded_session,
     samples,
     upload,
     wait_status,
@@ -34,7 +35,6 @@ from conftest import (
 )
 
 from actors import feeds
-from supervisor import db
 
 RECORD_ALL = ["samples", "trajectories", "trips", "edges"]
 
@@ -237,23 +237,8 @@ async def test_export_streams_without_loading_into_memory(daemons, db_url, http,
             "SUMO_SUPERVISOR_EXPORT_MIN_RATE_BYTES_S": "0",
         },
     )
-    await upload(http, daemon, "grid3", scenarios["grid3"])
-    session = await create_session(http, daemon, template="grid3", end=10)
-    await wait_status(http, daemon, session["id"], "completed")
-    # A large recorded session, made in the database directly (a real run this size takes long).
     n = 2_000_000
-    pool = await db.create_pool(db_url)
-    try:
-        await db.create_record_partitions(pool, session["id"], ["trajectories"])
-        await pool.execute(
-            "INSERT INTO trajectories (session_id, time, vehicle, x, y, angle, speed, lane)"
-            " SELECT $1, g / 100, 'veh' || (g % 100), g * 0.5, g * 0.25, 90, 13.5, 'edge_0'"
-            " FROM generate_series(0, $2 - 1) g",
-            session["id"],
-            n,
-        )
-    finally:
-        await pool.close()
+    session = await recorded_session(http, daemon, db_url, scenarios, n)
     daemon_proc = psutil.Process(daemon.proc.pid)
     before = daemon_proc.memory_info().rss
     peak = before

@@ -14,7 +14,15 @@ from typing import Any
 import aiohttp
 import psutil
 import pytest
-from conftest import DEADLINE_S, POLL_S, create_session, upload, wait_status, wait_until
+from conftest import (
+    DEADLINE_S,
+    POLL_S,
+    create_session,
+    recorded_session,
+    upload,
+    wait_status,
+    wait_until,
+)
 
 from supervisor import db
 
@@ -177,21 +185,7 @@ async def test_watchers_capped_per_session(daemons, db_url, http, scenarios):
 
 
 async def _trajectory_export(http, daemon, db_url, scenarios, rows: int) -> str:
-    await upload(http, daemon, "grid3", scenarios["grid3"])
-    session = await create_session(http, daemon, template="grid3", end=10)
-    await wait_status(http, daemon, session["id"], "completed")
-    pool = await db.create_pool(db_url)
-    try:
-        await db.create_record_partitions(pool, session["id"], ["trajectories"])
-        await pool.execute(
-            "INSERT INTO trajectories (session_id, time, vehicle, x, y, angle, speed, lane)"
-            " SELECT $1, g / 100, 'veh' || (g % 100), g * 0.5, g * 0.25, 90, 13.5, 'edge_0'"
-            " FROM generate_series(0, $2 - 1) g",
-            session["id"],
-            rows,
-        )
-    finally:
-        await pool.close()
+    session = await recorded_session(http, daemon, db_url, scenarios, rows)
     return f"{daemon.url}/v1/sessions/{session['id']}/trajectories.csv"
 
 
