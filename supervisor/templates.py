@@ -106,7 +106,7 @@ _DECLARATIONS = (b"<!DOCTYPE", b"<!ENTITY")
 
 
 def validate_name(name: str) -> str:
-    if not NAME_RE.match(name):
+    if not NAME_RE.fullmatch(name):
         raise InvalidRequest(
             "template name must match [a-z0-9][a-z0-9_.-]{0,62}", field="name", value=name[:100]
         )

@@ -58,7 +58,7 @@ def parse_role(text: str) -> Role:
 
 
 def parse_name(text: str) -> str:
-    if not NAME_RE.match(text):
+    if not NAME_RE.fullmatch(text):
         raise ValueError("token name must match [A-Za-z0-9][A-Za-z0-9_.@-]{0,62}")
     return text
 
