@@ -518,6 +518,19 @@ async def read_stream(http: aiohttp.ClientSession, url: str) -> list[tuple[str, 
     return events
 
 
+async def ask(
+    http: aiohttp.ClientSession, method: str, url: str, **kw: Any
+) -> tuple[int, Any, Any]:
+    """(status, body as JSON or text, headers) of one request."""
+    async with http.request(method, url, **kw) as r:
+        text = await r.text()
+        try:
+            body = json.loads(text)
+        except ValueError:
+            body = text
+        return r.status, body, r.headers
+
+
 async def recorded_session(
     http: aiohttp.ClientSession,
     daemon: Daemon,

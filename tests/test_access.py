@@ -5,7 +5,6 @@ share, TLS, and that no token is ever logged."""
 from __future__ import annotations
 
 import asyncio
-import json
 import ssl
 import subprocess
 import sys
@@ -23,6 +22,9 @@ from conftest import (
     template_form,
     upload,
     wait_status,
+)
+from conftest import (
+    ask as _ask,
 )
 
 from supervisor import api
@@ -78,18 +80,6 @@ def _concrete(path: str) -> str:
 
 def _bearer(token: str) -> dict[str, str]:
     return {"Authorization": f"Bearer {token}"}
-
-
-async def _ask(
-    http: aiohttp.ClientSession, method: str, url: str, **kw: Any
-) -> tuple[int, Any, Any]:
-    async with http.request(method, url, **kw) as r:
-        text = await r.text()
-        try:
-            body = json.loads(text)
-        except ValueError:
-            body = text
-        return r.status, body, r.headers
 
 
 async def test_every_route_against_every_role(daemons, db_url, http):

@@ -45,10 +45,11 @@ async def test_bad_text_in_commands_is_refused_and_the_session_lives(
             {"type": "vehicle.add", "id": text, "edges": ["A0B0"]},
             {"type": "get", "domain": "tls", "id": tls, "var": text},
         ):
-            started = time.monotonic()
-            status, body = await post_raw(http, commands, {"commands": [command]})
+            # A hang bound, not a timing: the old daemon held such a request for 120 s.
+            status, body = await asyncio.wait_for(
+                post_raw(http, commands, {"commands": [command]}), 60
+            )
             assert status == 400, (command, body)
-            assert time.monotonic() - started < 10
     # NaN and Infinity are no JSON (Python's json takes them; jsonb does not).
     for number in ("NaN", "Infinity", "-Infinity"):
         raw = f'{{"commands": [{{"type": "tls.set_phase_duration", "id": "{tls}", "seconds": {number}}}]}}'
@@ -122,11 +123,10 @@ async def test_a_session_that_dies_mid_step_answers_the_step_at_once(
     while sum(sumo.cpu_times()[:2]) < before + 0.2:  # the step is under way
         assert time.monotonic() < deadline and not step.done()
         await asyncio.sleep(0.02)
-    started = time.monotonic()
     os.kill(running["pid"], signal.SIGKILL)
-    status, body = await step
+    # A hang bound, not a timing: the old daemon answered only at its 120 s control timeout.
+    status, body = await asyncio.wait_for(step, 60)
     assert status == 409, body
-    assert time.monotonic() - started < 10
     ended = await wait_status(http, daemon, s["id"], {"failed"})
     assert ended["cause"] == "sumo_exited", ended
 

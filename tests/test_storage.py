@@ -3,20 +3,15 @@ and `GET /v1/storage` tells what each template and session takes."""
 
 from __future__ import annotations
 
-import json
 from typing import Any
 
 import aiohttp
-from conftest import create_session, get_session, template_form, upload, wait_status
+from conftest import ask, create_session, get_session, template_form, upload, wait_status
 
 
 async def _ask(http: aiohttp.ClientSession, method: str, url: str, **kw: Any) -> tuple[int, Any]:
-    async with http.request(method, url, **kw) as r:
-        text = await r.text()
-        try:
-            return r.status, json.loads(text)
-        except ValueError:
-            return r.status, text
+    status, body, _headers = await ask(http, method, url, **kw)
+    return status, body
 
 
 async def test_delete_one_version(daemons, db_url, http, scenarios):
