@@ -135,6 +135,26 @@ class Buckets:
         return wait
 
 
+class _Slots:
+    """How many of something each client holds; a client holding none takes no memory."""
+
+    def __init__(self) -> None:
+        self._held: dict[str, int] = {}
+
+    def take(self, key: str, cap: int) -> bool:
+        held = self._held.get(key, 0)
+        if held >= cap:
+            return False
+        self._held[key] = held + 1
+        return True
+
+    def give(self, key: str) -> None:
+        if (left := self._held[key] - 1) > 0:
+            self._held[key] = left
+        else:
+            del self._held[key]
+
+
 class Access:
     """The checks, built once from the config; the token book is the daemon's."""
 
@@ -152,8 +172,8 @@ class Access:
         self._names = frozenset(names)
         self._origins = frozenset(o.rstrip("/").lower() for o in cfg.allowed_origins)
         self._buckets = Buckets(cfg.rate_limit_per_s, cfg.rate_burst)
-        self._tarpitted: dict[str, int] = {}
-        self._holds: dict[tuple[str, str], int] = {}
+        self._tarpitted = _Slots()
+        self._holds = _Slots()
 
     @property
     def tokens_required(self) -> bool:
@@ -316,17 +336,13 @@ class Access:
         return Caller(f"token:{holder.name}", holder.name, holder.role), None
 
     async def _tarpit(self, key: str) -> None:
-        held = self._tarpitted.get(key, 0)
-        if held >= TARPIT_PER_CLIENT:
+        # Past TARPIT_PER_CLIENT held at once, the rest are answered at once.
+        if not self._tarpitted.take(key, TARPIT_PER_CLIENT):
             return
-        self._tarpitted[key] = held + 1
         try:
             await asyncio.sleep(TARPIT_S)
         finally:
-            if (left := self._tarpitted[key] - 1) > 0:
-                self._tarpitted[key] = left
-            else:
-                del self._tarpitted[key]
+            self._tarpitted.give(key)
 
     def _check_body(self, request: web.Request, route: Route) -> None:
         ctype = request.content_type if request.body_exists else None
@@ -387,21 +403,17 @@ class Access:
             if what == "streams"
             else self._cfg.max_exports_per_client
         )
-        slot = (caller.key, what)
-        if self._holds.get(slot, 0) >= cap:
+        slot = f"{what}:{caller.key}"
+        if not self._holds.take(slot, cap):
             raise TooManyRequests(
                 f"{cap} {what} open already: close one first",
                 headers={"Retry-After": "1"},
                 limit=cap,
             )
-        self._holds[slot] = self._holds.get(slot, 0) + 1
         try:
             yield
         finally:
-            if (left := self._holds[slot] - 1) > 0:
-                self._holds[slot] = left
-            else:
-                del self._holds[slot]
+            self._holds.give(slot)
 
 
 def _unauthorized(message: str, error: str | None) -> Unauthorized:
