@@ -37,15 +37,15 @@ import traci.constants as tc
 from traci.connection import Connection
 from traci.exceptions import FatalTraCIError, TraCIException
 
-from actors import commands, handover, statistics
+from actors import handover, scenario, statistics, traci_commands
+from actors.errors import CommandFailed, SessionConflict, SupervisorError
 from actors.quota import RowQuota
 from actors.recorder import Recorder
+from actors.request import SessionRequest
 from actors.sandbox import SandboxPlan
 from actors.summary import MAX_STEPS_UNREAD, Cut, SummaryFeed, SummaryLost
 from actors.writer import WriterActor
-from supervisor import db, templates
-from supervisor.errors import CommandFailed, SessionConflict, SupervisorError
-from supervisor.session_request import SessionRequest
+from supervisor import db
 
 T = TypeVar("T")
 
@@ -152,7 +152,7 @@ OUTPUT_FORMAT_ARGS = (
 
 # SUMO runs headless: sumo-gui's file options are cleared, their files never opened.
 _GUI_ONLY_ARGS = tuple(
-    arg for option in templates.GUI_ONLY_FILE_OPTIONS for arg in (f"--{option}", "")
+    arg for option in scenario.GUI_ONLY_FILE_OPTIONS for arg in (f"--{option}", "")
 )
 
 
@@ -251,7 +251,7 @@ class SessionActor:
         self._control: deque[Control] = deque()
         # The control message being handled, taken from _control.
         self._in_hand: Control | None = None
-        self._net: commands.Network | None = None
+        self._net: traci_commands.Network | None = None
         self._stderr_tail: deque[str] = deque(maxlen=STDERR_TAIL_LINES)
         self._sim_time: float | None = None
         self._samples = 0
@@ -413,12 +413,12 @@ class SessionActor:
         assert outcome is not None
         return outcome
 
-    def _prepare_workdir(self, files: list[db.TemplateFile]) -> None:
+    def _prepare_workdir(self, files: list[scenario.TemplateFile]) -> None:
         self._workdir.mkdir(parents=True, exist_ok=False)
-        templates.materialize(files, self._workdir)
+        scenario.materialize(files, self._workdir)
         self._recorder.prepare(self.spec.config_path)
         config = (self._workdir / self.spec.config_path).read_bytes()
-        own = templates.config_output(config, self.spec.config_path, ("summary-output", "summary"))
+        own = scenario.config_output(config, self.spec.config_path, ("summary-output", "summary"))
         self._own_summary = None if own is None else self._workdir / own
 
     # ---- one SUMO process ----------------------------------------------------------------------
@@ -851,7 +851,7 @@ class SessionActor:
         only a lost TraCI connection ends it."""
         try:
             results = await self._in_thread(
-                commands.apply, conn, msg.commands, await self._network()
+                traci_commands.apply, conn, msg.commands, await self._network()
             )
         except SupervisorError as exc:
             _reply_error(msg.reply, exc)
@@ -880,7 +880,7 @@ class SessionActor:
         for command in due:
             try:
                 results = await self._in_thread(
-                    commands.apply, conn, [command], await self._network()
+                    traci_commands.apply, conn, [command], await self._network()
                 )
             except _CONNECTION_LOST:
                 raise
@@ -905,12 +905,14 @@ class SessionActor:
     ) -> None:
         """Store the commands of a batch that changed the simulation, for a replay to apply."""
         applied = [
-            c for c, r in zip(batch, results, strict=True) if r["ok"] and commands.changes_state(c)
+            c
+            for c, r in zip(batch, results, strict=True)
+            if r["ok"] and traci_commands.changes_state(c)
         ]
         if applied:
             await db.add_session_commands(self._pool, self.spec.id, self._sim_time or 0.0, applied)
 
-    async def _network(self) -> commands.Network:
+    async def _network(self) -> traci_commands.Network:
         if self._net is None:
             self._net = await asyncio.to_thread(_read_network, self._workdir, self.spec.config_path)
         return self._net
@@ -981,19 +983,19 @@ def _reply_error(fut: asyncio.Future[Any], exc: BaseException) -> None:
         fut.set_exception(exc)
 
 
-def _read_network(workdir: Path, config_path: str) -> commands.Network:
+def _read_network(workdir: Path, config_path: str) -> traci_commands.Network:
     """Edge, lane, junction and traffic-light ids of the session's net, read with sumolib."""
     import sumolib
 
     config = workdir / config_path
     net_file = next(
         v
-        for _s, opt, v in templates.sumocfg_options(config.read_bytes(), config_path)
+        for _s, opt, v in scenario.sumocfg_options(config.read_bytes(), config_path)
         if opt == "net-file"
     )
     net = sumolib.net.readNet(str(config.parent / net_file.split(",")[0].strip()))
     edges = [e.getID() for e in net.getEdges()]
-    return commands.Network(
+    return traci_commands.Network(
         edges=edges,
         lanes=[lane.getID() for e in net.getEdges() for lane in e.getLanes()],
         junctions=[n.getID() for n in net.getNodes()],

@@ -27,7 +27,9 @@ import asyncpg
 import psutil
 import structlog
 
+from actors.errors import QueueFull, SessionConflict, SessionNotFound, ShuttingDown
 from actors.ports import PortPool
+from actors.request import SessionRequest
 from actors.sandbox import SandboxPlan
 from actors.session import (
     Control,
@@ -41,8 +43,6 @@ from actors.session import (
 )
 from actors.writer import WriterActor
 from supervisor import db
-from supervisor.errors import QueueFull, SessionConflict, SessionNotFound, ShuttingDown
-from supervisor.session_request import SessionRequest
 
 # A reply from the supervisor to one of its own actors never takes this long unless it is stuck.
 REPLY_TIMEOUT_S = 30.0
@@ -313,7 +313,7 @@ class SupervisorActor:
                 )
             )
             requeued += 1
-        swept = await asyncio.to_thread(_sweep, self._settings.temp_root)
+        swept = await asyncio.to_thread(_remove_leftover_dirs, self._settings.temp_root)
         self._log.info("recovered", requeued=requeued, temp_dirs_removed=swept)
 
     # ---- the loop ------------------------------------------------------------------------------
@@ -575,7 +575,7 @@ def _kill_if_same_process(pid: int | None, started_at: float | None) -> bool:
     return True
 
 
-def _sweep(root: Path) -> int:
+def _remove_leftover_dirs(root: Path) -> int:
     """Remove every session dir left under `root` (only called before any session runs)."""
     if not root.exists():
         return 0

@@ -18,15 +18,8 @@ import structlog
 from aiohttp import BodyPartReader, web
 from aiohttp_sse import EventSourceResponse, sse_response
 
-from actors import commands
-from actors.feeds import EndEvent, FeedHub, LaggedEvent, SampleEvent, StatusEvent, Watcher
-from actors.session import Commands, Pause, Resume, SessionSpec, Step
-from actors.supervisor import SupervisorActor, new_session_id
-from actors.writer import WriterActor
-from supervisor import db, plots, sweeps, templates, text, tokens
-from supervisor.access import AUDIT, Access, Route, error_response
-from supervisor.config import Config
-from supervisor.errors import (
+from actors import scenario, traci_commands
+from actors.errors import (
     Busy,
     InvalidRequest,
     InvalidTemplate,
@@ -38,13 +31,20 @@ from supervisor.errors import (
     TemplateNotFound,
     TokenNotFound,
 )
+from actors.request import SessionRequest, parse_session_request
+from actors.session import Commands, Pause, Resume, SessionSpec, Step
+from actors.supervisor import SupervisorActor, new_session_id
+from actors.writer import WriterActor
+from supervisor import db, plots, sweeps, text, tokens
+from supervisor.access import AUDIT, Access, Route, error_response
+from supervisor.config import Config
+from supervisor.feeds import EndEvent, FeedHub, LaggedEvent, SampleEvent, StatusEvent, Watcher
 from supervisor.jsonio import dumps as _dumps
 from supervisor.jsonio import encode as _encode
 from supervisor.jsonio import json_response as _json
 from supervisor.logbuffer import SESSION_LOGS
 from supervisor.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from supervisor.metrics import Metrics, count_sumo_children
-from supervisor.session_request import SessionRequest, parse_session_request
 from supervisor.summary import FIGURES as SUMMARY_FIGURES
 from supervisor.summary import build as build_summary
 
@@ -68,7 +68,7 @@ class Services:
     feeds: FeedHub
     metrics: Metrics
     tokens: tokens.TokenBook
-    upload_checks: templates.CheckSlots
+    upload_checks: scenario.CheckSlots
     exports: asyncio.Semaphore = field(default_factory=lambda: asyncio.Semaphore(EXPORT_SLOTS))
 
 
@@ -232,7 +232,7 @@ async def create_template(request: web.Request) -> web.Response:
         if part.filename is not None:
             # RFC 7578 lets clients percent-encode file names (aiohttp's client does, '/' as %2F);
             # the path is checked after decoding, so an encoded '..' is refused like a plain one.
-            path = templates.check_relative_path(unquote(part.filename))
+            path = scenario.check_relative_path(unquote(part.filename))
             if path in files:
                 raise InvalidTemplate(f"file {path!r} appears twice in the upload", path=path)
             if len(files) >= s.config.max_template_files:
@@ -253,12 +253,12 @@ async def create_template(request: web.Request) -> web.Response:
     for key in ("name", "config"):
         if not fields.get(key):
             raise InvalidRequest(f"form field {key!r} is required", field=key)
-    name = templates.validate_name(fields["name"])
+    name = scenario.validate_name(fields["name"])
 
-    def check() -> tuple[str, list[db.TemplateFile]]:
+    def check() -> tuple[str, list[scenario.TemplateFile]]:
         # On the check's thread, once it holds a slot: the log says when checking began.
         log.info("template_checking", template=name, files=len(files), bytes=used)
-        return templates.check_upload(
+        return scenario.check_upload(
             fields["config"], files, max_inflated_bytes=s.config.max_inflated_bytes
         )
 
@@ -526,7 +526,7 @@ async def step_session(request: web.Request) -> web.Response:
 
 
 async def session_commands_post(request: web.Request) -> web.Response:
-    parsed = commands.parse(await _json_body(request))
+    parsed = traci_commands.parse(await _json_body(request))
     answer = await _control(request, partial(Commands, parsed))
     return _json({"id": request.match_info["id"], **answer})
 

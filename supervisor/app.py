@@ -16,15 +16,15 @@ import asyncpg
 import structlog
 from aiohttp import web
 
-from actors import sandbox
-from actors.feeds import FeedHub
+from actors import sandbox, scenario
 from actors.ports import PortPool, ephemeral_overlap
 from actors.supervisor import SupervisorActor, SupervisorSettings
 from actors.writer import WriterActor
-from supervisor import api, db, pgembed, templates, tokens
-from supervisor import logging as logsetup
+from supervisor import api, db, pgembed, tokens
+from supervisor import logs as logsetup
 from supervisor.access import is_loopback
 from supervisor.config import Config, ConfigError
+from supervisor.feeds import FeedHub
 from supervisor.loopmon import LoopMonitor
 from supervisor.metrics import Metrics
 from supervisor.systemd import Notifier
@@ -205,7 +205,7 @@ async def _run(
                 feeds,
                 metrics,
                 book,
-                templates.CheckSlots(cfg.upload_checks, cfg.upload_check_wait_s),
+                scenario.CheckSlots(cfg.upload_checks, cfg.upload_check_wait_s),
             ),
             # Test-only: a route that blocks the event loop, to show the watchdog stops.
             test_hooks=os.environ.get("SUMO_SUPERVISOR_TEST_HOOKS") == "1",

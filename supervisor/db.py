@@ -16,6 +16,8 @@ import asyncpg
 import orjson
 import structlog
 
+from actors.scenario import TemplateFile
+
 log = structlog.get_logger(component="db")
 
 T = TypeVar("T")
@@ -169,13 +171,6 @@ async def ping(pool: asyncpg.Pool) -> None:
 
 
 # ---- templates ---------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class TemplateFile:
-    path: str
-    sha256: str
-    content: bytes
 
 
 # pg_advisory_xact_lock key serializing uploads while a template quota is checked.

@@ -9,9 +9,9 @@ import statistics
 from collections.abc import Mapping
 from typing import Any
 
+from actors.errors import InvalidRequest
+from actors.request import SUMO_OPTIONS, SessionRequest, parse_session_request
 from supervisor.config import Config
-from supervisor.errors import InvalidRequest
-from supervisor.session_request import SUMO_OPTIONS, SessionRequest, parse_session_request
 from supervisor.summary import FIGURES
 
 MAX_SESSIONS = 1000

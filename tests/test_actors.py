@@ -16,11 +16,11 @@ import pytest
 from conftest import SUMO_BIN, Scenario
 
 from actors.ports import PortPool, port_is_free
+from actors.request import SessionRequest
 from actors.session import SessionSpec
 from actors.supervisor import SupervisorActor, SupervisorSettings, new_session_id
 from actors.writer import CsvChunk, Mark, WriterActor
-from supervisor import db, templates
-from supervisor.session_request import SessionRequest
+from supervisor import db
 
 
 @pytest.fixture
@@ -32,7 +32,7 @@ async def pool(db_url: str) -> AsyncIterator[asyncpg.Pool]:
 
 
 async def store_template(pool: asyncpg.Pool, name: str, scenario: Scenario) -> SessionSpec:
-    sha, files = templates.check_upload(scenario.config, scenario.files())
+    sha, files = scenario.check_upload(scenario.config, scenario.files())
     version = await db.insert_template_version(pool, name, scenario.config, sha, files)
     return SessionSpec(new_session_id(), name, version, scenario.config, SessionRequest(name))
 

@@ -34,7 +34,7 @@ from conftest import (
     wait_until,
 )
 
-from actors import feeds
+from supervisor import feeds
 
 RECORD_ALL = ["samples", "trajectories", "trips", "edges"]
 

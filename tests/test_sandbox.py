@@ -34,15 +34,15 @@ from conftest import (
     wait_status,
 )
 
-from actors import handover, sandbox
+from actors import handover, sandbox, scenario
 from actors.ports import PortPool
+from actors.request import SessionRequest
 from actors.session import SessionSpec
 from actors.supervisor import SupervisorActor, SupervisorSettings, new_session_id
 from actors.writer import WriterActor
 from supervisor import db
 from supervisor.config import ConfigError, load_config
 from supervisor.db import FINAL_STATUSES
-from supervisor.session_request import SessionRequest
 
 SUMO = str(SUMO_BIN / "sumo")
 CAPS = sandbox.Caps(memory_mb=4096, max_file_mb=2048, max_open_files=1024)
@@ -293,9 +293,9 @@ def test_a_file_over_the_size_cap_stops_sumo_with_sigxfsz(plan, session_dir, out
 # ---- the session actor, in-process ----------------------------------------------------------------
 
 
-def _template_files(root: Path) -> list[db.TemplateFile]:
+def _template_files(root: Path) -> list[scenario.TemplateFile]:
     return [
-        db.TemplateFile(p.name, hashlib.sha256(p.read_bytes()).hexdigest(), p.read_bytes())
+        scenario.TemplateFile(p.name, hashlib.sha256(p.read_bytes()).hexdigest(), p.read_bytes())
         for p in sorted(root.iterdir())
     ]
 

@@ -11,8 +11,8 @@ import pytest
 from conftest import create_session, upload, wait_status
 from scipy import stats as st
 
+from actors.request import SUMO_OPTIONS
 from supervisor import db
-from supervisor.session_request import SUMO_OPTIONS
 from supervisor.sweeps import VARIABLE_FIELDS
 
 BIG_VARY = sorted([*VARIABLE_FIELDS, *SUMO_OPTIONS])[:24]

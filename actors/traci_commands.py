@@ -15,7 +15,7 @@ from typing import Any
 from traci.connection import Connection
 from traci.exceptions import TraCIException
 
-from supervisor.errors import InvalidRequest, SupervisorError
+from actors.errors import InvalidRequest, SupervisorError
 
 MAX_COMMANDS = 1000
 
