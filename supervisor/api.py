@@ -9,7 +9,6 @@ import json
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
-from functools import partial
 from typing import Any
 from urllib.parse import unquote
 
@@ -31,8 +30,8 @@ from actors.errors import (
     TemplateNotFound,
     TokenNotFound,
 )
+from actors.messages import SessionSpec
 from actors.request import SessionRequest, parse_session_request
-from actors.session import Commands, Pause, Resume, SessionSpec, Step
 from actors.supervisor import SupervisorActor, new_session_id
 from actors.writer import WriterActor
 from supervisor import db, plots, sweeps, text, tokens
@@ -492,27 +491,14 @@ async def get_sweep(request: web.Request) -> web.Response:
 
 # ---- control ---------------------------------------------------------------------------------
 
-CONTROL_TIMEOUT_S = 120.0
-
-
-async def _control(request: web.Request, make: Any) -> Any:
-    """Send a control message to a running session and wait for its answer."""
-    session_id = request.match_info["id"]
-    reply: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
-    await request.app[SERVICES].supervisor.forward(session_id, make(reply))
-    try:
-        return await asyncio.wait_for(reply, CONTROL_TIMEOUT_S)
-    except TimeoutError:
-        raise SessionConflict(f"session {session_id} did not answer in time") from None
-
 
 async def pause_session(request: web.Request) -> web.Response:
-    await _control(request, Pause)
+    await request.app[SERVICES].supervisor.pause(request.match_info["id"])
     return _json({"id": request.match_info["id"], "paused": True})
 
 
 async def resume_session(request: web.Request) -> web.Response:
-    await _control(request, Resume)
+    await request.app[SERVICES].supervisor.resume(request.match_info["id"])
     return _json({"id": request.match_info["id"], "paused": False})
 
 
@@ -521,13 +507,13 @@ async def step_session(request: web.Request) -> web.Response:
     seconds = body.get("seconds") if isinstance(body, dict) else None
     if isinstance(seconds, bool) or not isinstance(seconds, int | float) or not 0 < seconds <= 1e7:
         raise InvalidRequest('send {"seconds": s} with s > 0', field="seconds")
-    sample = await _control(request, partial(Step, float(seconds)))
+    sample = await request.app[SERVICES].supervisor.step(request.match_info["id"], float(seconds))
     return _json({"id": request.match_info["id"], "sample": sample})
 
 
 async def session_commands_post(request: web.Request) -> web.Response:
     parsed = traci_commands.parse(await _json_body(request))
-    answer = await _control(request, partial(Commands, parsed))
+    answer = await request.app[SERVICES].supervisor.apply_commands(request.match_info["id"], parsed)
     return _json({"id": request.match_info["id"], **answer})
 
 
