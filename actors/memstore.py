@@ -17,7 +17,8 @@ import io
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any, Final
+from enum import StrEnum
+from typing import TYPE_CHECKING, Any, Final
 
 from actors.lifecycle import INITIAL, NOW, UPDATABLE, Status
 from actors.scenario import TemplateFile
@@ -33,6 +34,7 @@ from actors.store import (
     RowsRefused,
     SessionGone,
     SessionRecord,
+    Store,
     StoreError,
     partition_name,
 )
@@ -256,7 +258,8 @@ class MemStore:
         now = _now()
         row["status"] = to.value
         for key, value in fields.items():
-            row[key] = now if value is NOW else copy.deepcopy(value)
+            # Stored as the database stores it: an enum (a Cause) as its plain string.
+            row[key] = now if value is NOW else copy.deepcopy(_plain(value))
         self._events[session_id].append({"at": now, "status": to.value, "reason": reason})
         return True
 
@@ -415,6 +418,10 @@ class MemStore:
             self._marks[(mark.session_id, target)] = mark.seq
 
 
+def _plain(value: Any) -> Any:
+    return value.value if isinstance(value, StrEnum) else value
+
+
 def _typed(kind: type, value: Any, parse: bool, column: str) -> Any:
     """`value` as a column of `kind` takes it: parsed from CSV text, or checked as asyncpg's
     COPY checks a Python value (an int is a float; nothing else is converted)."""
@@ -430,3 +437,8 @@ def _typed(kind: type, value: Any, parse: bool, column: str) -> Any:
     except ValueError:
         raise _Refused(f"invalid input for column {column}: {value!r}") from None
     raise _Refused(f"invalid input for column {column}: {value!r} is not {kind.__name__}")
+
+
+if TYPE_CHECKING:
+    # mypy holds the class to the protocol here, where no caller would.
+    _conforms: Store = MemStore()

@@ -30,9 +30,11 @@ import aiohttp
 import asyncpg
 from common import Daemon, build_scenario, create, upload, wait_all
 
+from actors.store import SAMPLE_COLUMNS
 from supervisor import db
 from supervisor.app import make_writer
 from supervisor.config import Config
+from supervisor.pgstore import PgStore
 
 
 async def bare_copy(pool: asyncpg.Pool, rows: list[tuple[Any, ...]], batch: int) -> float:
@@ -40,13 +42,13 @@ async def bare_copy(pool: asyncpg.Pool, rows: list[tuple[Any, ...]], batch: int)
     async with pool.acquire() as conn:
         for i in range(0, len(rows), batch):
             await conn.copy_records_to_table(
-                "samples", records=rows[i : i + batch], columns=list(db.SAMPLE_COLUMNS)
+                "samples", records=rows[i : i + batch], columns=list(SAMPLE_COLUMNS)
             )
     return time.perf_counter() - start
 
 
 async def through_writer(pool: asyncpg.Pool, per_session: list[list[tuple[Any, ...]]]) -> float:
-    writer = make_writer(Config(), pool)
+    writer = make_writer(Config(), PgStore(pool))
 
     async def produce(rows: list[tuple[Any, ...]]) -> None:
         for row in rows:
@@ -85,7 +87,7 @@ async def main() -> None:
         url = os.environ.get("DATABASE_URL") or _embedded_url(work / "state")
         pool = await db.create_pool(url)
         try:
-            cols = ", ".join(db.SAMPLE_COLUMNS)
+            cols = ", ".join(SAMPLE_COLUMNS)
             records = await pool.fetch(
                 f"SELECT {cols} FROM samples WHERE session_id = ANY($1) ORDER BY sim_time", ids
             )

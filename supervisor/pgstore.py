@@ -13,7 +13,7 @@ import io
 import math
 import re
 from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import asyncpg
 
@@ -30,6 +30,7 @@ from actors.store import (
     RowsRefused,
     SessionGone,
     SessionRecord,
+    Store,
     partition_name,
 )
 from supervisor import db
@@ -378,3 +379,8 @@ async def _set_ingest_mark(
         target,
         seq,
     )
+
+
+if TYPE_CHECKING:
+    # mypy holds the class to the protocol here, where no caller would.
+    _conforms: Store = PgStore(None)

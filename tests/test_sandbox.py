@@ -44,6 +44,7 @@ from actors.writer import WriterActor
 from supervisor import db
 from supervisor.config import ConfigError, load_config
 from supervisor.db import FINAL_STATUSES
+from supervisor.pgstore import PgStore
 
 SUMO = str(SUMO_BIN / "sumo")
 CAPS = sandbox.Caps(memory_mb=4096, max_file_mb=2048, max_open_files=1024)
@@ -330,7 +331,8 @@ async def test_the_session_actor_runs_sumo_confined_in_either_mode(
     pool = await db.create_pool(db_url)
     try:
         await db.apply_schema(pool)
-        writer = WriterActor(pool, batch_rows=100, flush_s=0.05, queue_rows=1000)
+        store = PgStore(pool)
+        writer = WriterActor(store, batch_rows=100, flush_s=0.05, queue_rows=1000)
         first, last = next_port_range(10)
         supervisor = SupervisorActor(
             SupervisorSettings(
@@ -341,7 +343,7 @@ async def test_the_session_actor_runs_sumo_confined_in_either_mode(
                     sumo_binary=SUMO, stop_grace_s=1.0, connect_timeout_s=30.0, sandbox=confined
                 ),
             ),
-            pool=pool,
+            store=store,
             writer=writer,
             ports=PortPool(range(first, last + 1)),
         )
