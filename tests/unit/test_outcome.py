@@ -270,3 +270,18 @@ def test_over_cap():
     assert over_cap(None, []) is None
     # The first line that names a cap decides.
     assert over_cap(1, ["std::bad_alloc", "Too many open files"]) == "memory"
+
+
+@pytest.mark.parametrize("kind", ["exited_early", "connect_timeout", "idle", "pause_timeout"])
+def test_a_stop_wins_over_any_early_end(kind: EndingKind):
+    # The stop's escalation kills a SUMO that is still starting: the session sees it exit
+    # before TraCI connected, which alone would read as a scenario SUMO refused.
+    stop = StopSession("stopped", "stop requested")
+    out = classify(Ending(kind), seen(-9, [LOAD_ERROR], samples=0, stop=stop))
+    assert (out.status, out.reason, out.cause) == ("stopped", "stop requested", None)
+
+
+def test_a_run_that_completed_before_its_stop_took_effect_is_completed():
+    stop = StopSession("stopped", "stop requested")
+    out = classify(Ending("completed", "end time reached"), seen(0, stop=stop))
+    assert out.status == "completed"

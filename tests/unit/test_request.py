@@ -182,3 +182,10 @@ def test_a_stored_request_reads_back_the_same():
     )
     # As the database keeps it: JSON.
     assert SessionRequest.from_json(json.loads(json.dumps(req.to_json()))) == req
+
+
+@pytest.mark.parametrize("options", [[], "", 0, False, ["scale"]])
+def test_sumo_options_that_are_not_an_object_are_refused_even_when_empty(options: Any):
+    with pytest.raises(InvalidRequest) as err:
+        parse_session_request({"template": "grid", "sumo_options": options})
+    assert err.value.detail["field"] == "sumo_options"

@@ -179,3 +179,10 @@ def test_no_output_path_when_the_config_names_none_sumo_writes_here(option: str)
 def test_no_output_path_from_a_config_that_is_not_one():
     assert config_output(b"<routes/>", "x.sumocfg", SUMMARY) is None
     assert config_output(b"<configuration>", "x.sumocfg", SUMMARY) is None
+
+
+def test_a_config_over_the_size_cap_names_no_output_rather_than_failing_the_session():
+    # A template stored before the checks existed may hold one; SUMO, in its sandbox, decides.
+    padding = "<!-- " + "x" * (4 * 1024 * 1024) + " -->"
+    data = cfg(f'<summary-output value="s.xml"/>{padding}')
+    assert config_output(data, "x.sumocfg", SUMMARY) is None

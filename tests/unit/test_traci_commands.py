@@ -147,3 +147,9 @@ def test_queries_do_not_change_state(kind: str):
 def test_every_other_command_changes_state(kind: str):
     # Stored with its sim time, and applied again by a replay.
     assert changes_state({"type": kind}) is True
+
+
+@pytest.mark.parametrize("kind", [[], {}, 1, None, True])
+def test_a_type_that_is_not_a_string_is_refused_not_a_crash(kind: Any):
+    with pytest.raises(InvalidRequest, match="command 0: type must be one of"):
+        parse({"commands": [{"type": kind}]})
