@@ -5,7 +5,7 @@ from __future__ import annotations
 import ast
 from pathlib import Path
 
-ACTORS = Path(__file__).resolve().parent.parent / "actors"
+ACTORS = Path(__file__).resolve().parents[2] / "actors"
 
 
 def test_actors_import_nothing_from_supervisor():
