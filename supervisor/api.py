@@ -35,7 +35,7 @@ from actors.request import SessionRequest, parse_session_request
 from actors.session import Commands, Pause, Resume, SessionSpec, Step
 from actors.supervisor import SupervisorActor, new_session_id
 from actors.writer import WriterActor
-from supervisor import db, plots, sweeps, text, tokens
+from supervisor import db, exports, plots, sweeps, text, tokens
 from supervisor.access import AUDIT, Access, Route, error_response
 from supervisor.config import Config
 from supervisor.feeds import EndEvent, FeedHub, LaggedEvent, SampleEvent, StatusEvent, Watcher
@@ -111,9 +111,9 @@ def _failure(request: web.Request, exc: Exception) -> web.StreamResponse:
         # database's: nobody to answer (aiohttp drops an answer to a closed connection).
         log.info("api_client_gone", path=request.path, error=repr(exc))
         return web.Response(status=499, reason="Client Closed Request")
-    if isinstance(exc, db.ExportStalled):
+    if isinstance(exc, exports.ExportStalled):
         log.info("api_client_stalled", path=request.path, error=str(exc))
-    elif isinstance(exc, db.ExportTooSlow):
+    elif isinstance(exc, exports.ExportTooSlow):
         log.info("api_client_too_slow", path=request.path, error=str(exc))
     elif transient:
         log.warning("api_database_unavailable", path=request.path, error=repr(exc))
@@ -552,10 +552,10 @@ async def session_samples(request: web.Request) -> web.StreamResponse:
     response = web.StreamResponse(headers={"Content-Type": "application/json"})
     response.enable_chunked_encoding()
     await response.prepare(request)
-    pace = db.ExportPace(
+    pace = exports.ExportPace(
         s.config.export_stall_s, s.config.export_min_rate_bytes_s, s.config.export_rate_window_s
     )
-    writer = db.PacedWriter(pace, response.write)
+    writer = exports.PacedWriter(pace, response.write)
     await writer.write(b'{"id":' + _encode(row["id"]) + b',"samples":[')
     separator = b""
     async for page in db.sample_pages(s.pool, row["id"], after, limit):
@@ -741,8 +741,8 @@ async def _stream_events(
 
 async def session_export(request: web.Request) -> web.StreamResponse:
     kind = request.match_info["kind"]
-    if kind not in db.EXPORTS:
-        raise web.HTTPNotFound(reason=f"no export {kind!r}; choose {', '.join(db.EXPORTS)}")
+    if kind not in exports.EXPORTS:
+        raise web.HTTPNotFound(reason=f"no export {kind!r}; choose {', '.join(exports.EXPORTS)}")
     row = await _session_row(request)
     services = request.app[SERVICES]
     cfg = services.config
@@ -756,10 +756,10 @@ async def session_export(request: web.Request) -> web.StreamResponse:
         response.enable_chunked_encoding()
         await response.prepare(request)
         # Rows go from the database to the client chunk by chunk; a slow client slows the COPY.
-        pace = db.ExportPace(
+        pace = exports.ExportPace(
             cfg.export_stall_s, cfg.export_min_rate_bytes_s, cfg.export_rate_window_s
         )
-        await db.export_csv(services.pool, kind, row["id"], response.write, pace=pace)
+        await exports.export_csv(services.pool, kind, row["id"], response.write, pace=pace)
         await response.write_eof()
         return response
 
