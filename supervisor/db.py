@@ -967,3 +967,60 @@ async def storage_report(
         "sessions_total": int(total),
         "sessions": sessions,
     }
+
+
+# ---- several sessions at once (compare, sweeps) ------------------------------------------------
+
+
+async def get_sessions(pool: asyncpg.Pool, session_ids: Sequence[str]) -> dict[str, dict[str, Any]]:
+    """The sessions of `session_ids` that exist, by id, each as `get_session` gives it."""
+    rows = await pool.fetch(
+        f"SELECT {_SESSION_FIELDS} FROM sessions s WHERE s.id = ANY($1::text[])",
+        list(dict.fromkeys(session_ids)),
+    )
+    return {r["id"]: dict(r) for r in rows}
+
+
+# SUMMARY_SQL for many sessions in one statement: the same figures, computed the same way, per
+# session (a session with no samples or trips gets the same zeros and nulls as there).
+SUMMARIES_SQL = """
+SELECT ids.id AS session_id,
+       s.inserted, s.arrived, coalesce(last.vehicles, 0) AS running, s.teleports, s.last_time,
+       t.*, st.statistics
+  FROM unnest($1::text[]) AS ids (id)
+ CROSS JOIN LATERAL (
+    SELECT coalesce(sum(departed), 0) AS inserted, coalesce(sum(arrived), 0) AS arrived,
+           coalesce(sum(teleports), 0) AS teleports, max(sim_time) AS last_time
+      FROM samples WHERE session_id = ids.id
+ ) s
+  LEFT JOIN LATERAL (
+    SELECT vehicles FROM samples WHERE session_id = ids.id ORDER BY sim_time DESC LIMIT 1
+ ) last ON true
+ CROSS JOIN LATERAL (
+    SELECT count(*) AS trips,
+           avg(duration) AS mean_duration,
+           percentile_cont(0.95) WITHIN GROUP (ORDER BY duration) AS p95_duration,
+           avg(waiting_time) AS mean_waiting_time,
+           avg(time_loss) AS mean_time_loss,
+           avg(route_length) AS mean_route_length,
+           sum(route_length) AS total_distance,
+           avg(route_length / nullif(duration, 0)) AS mean_speed,
+           avg(depart_delay) AS mean_depart_delay
+      FROM trips WHERE session_id = ids.id AND depart >= 0
+ ) t
+  LEFT JOIN session_statistics st ON st.session_id = ids.id
+"""
+
+
+async def session_summaries(
+    pool: asyncpg.Pool, session_ids: Sequence[str]
+) -> dict[str, dict[str, Any]]:
+    """`session_summary` of each of `session_ids`, by id, in one query."""
+    if not session_ids:
+        return {}
+    rows = await pool.fetch(SUMMARIES_SQL, list(dict.fromkeys(session_ids)))
+    out = {}
+    for r in rows:
+        figures = dict(r)
+        out[figures.pop("session_id")] = figures
+    return out
