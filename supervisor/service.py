@@ -24,8 +24,8 @@ from actors.errors import (
     SweepNotFound,
     TemplateNotFound,
 )
+from actors.messages import SessionSpec
 from actors.request import Limits, SessionRequest, parse_session_request
-from actors.session import SessionSpec
 from actors.supervisor import SupervisorActor, new_session_id
 from supervisor import db, summary, sweeps
 

@@ -35,10 +35,11 @@ from conftest import (
 )
 
 from actors import handover, sandbox, scenario
+from actors.messages import SessionSpec
 from actors.ports import PortPool
 from actors.request import SessionRequest
-from actors.session import SessionSpec
-from actors.supervisor import SupervisorActor, SupervisorSettings, new_session_id
+from actors.settings import SessionSettings, SupervisorSettings
+from actors.supervisor import SupervisorActor, new_session_id
 from actors.writer import WriterActor
 from supervisor import db
 from supervisor.config import ConfigError, load_config
@@ -334,12 +335,11 @@ async def test_the_session_actor_runs_sumo_confined_in_either_mode(
         supervisor = SupervisorActor(
             SupervisorSettings(
                 temp_root=tmp_path / "sessions",
-                sumo_binary=SUMO,
                 max_running=2,
                 max_queued=10,
-                stop_grace_s=1.0,
-                connect_timeout_s=30.0,
-                sandbox=confined,
+                session=SessionSettings(
+                    sumo_binary=SUMO, stop_grace_s=1.0, connect_timeout_s=30.0, sandbox=confined
+                ),
             ),
             pool=pool,
             writer=writer,
