@@ -162,8 +162,8 @@ async def delete_template(
 # ---- control of a running session --------------------------------------------------------------
 
 
-# The supervisor actor hands each to the session, and turns a session that does not answer in
-# time into a SessionConflict.
+# No timeout of their own: the supervisor's methods bound the wait, and answer SessionConflict
+# for a session that does not answer in time.
 
 
 async def pause(supervisor: SupervisorActor, session_id: str) -> None:
@@ -208,7 +208,8 @@ async def compare(pool: asyncpg.Pool, session_ids: Sequence[str]) -> dict[str, A
 
 
 async def sweep_report(pool: asyncpg.Pool, sweep_id: str) -> dict[str, Any]:
-    """A sweep's progress and its statistics across runs: three queries, however many runs."""
+    """A sweep's progress and its statistics across runs: at most three queries, however many
+    runs."""
     sweep = await db.get_sweep(pool, sweep_id)
     if sweep is None:
         raise SweepNotFound(f"no sweep {sweep_id!r}", sweep=sweep_id)
