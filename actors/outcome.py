@@ -69,7 +69,9 @@ class Seen:
 def classify(ending: Ending, seen: Seen) -> Outcome:
     """The Outcome of a run that ended with `ending`."""
     stop, returncode, sim_time = seen.stop, seen.returncode, seen.sim_time
-    if ending.kind == "stop" or (stop is not None and ending.kind == "traci_lost"):
+    # A stop request wins over whatever else ended the run short of its end: a SUMO killed by
+    # the stop's escalation while it was still starting is seen as an early exit.
+    if ending.kind == "stop" or (stop is not None and ending.kind != "completed"):
         assert stop is not None
         return Outcome(
             stop.status,
@@ -129,7 +131,9 @@ def classify(ending: Ending, seen: Seen) -> Outcome:
             exit_code=returncode,
         )
     if ending.kind == "exited_early" and _ADDRESS_IN_USE.search(tail):
-        return Outcome("failed", "TraCI port in use", cause="port_in_use", error=tail)
+        return Outcome(
+            "failed", "TraCI port in use", cause="port_in_use", error=tail, exit_code=returncode
+        )
     # SUMO reads routes as the simulation runs, so a bad route file may only fail the first
     # step: an error exit before any step completed is still a scenario SUMO refused.
     refused = ending.kind == "traci_lost" and seen.samples == 0 and returncode == 1 and errors

@@ -213,7 +213,8 @@ def parse_session_request(body: Any, cfg: Limits | None = None) -> SessionReques
         raise InvalidRequest(
             "label must be 1-100 characters of letters, digits and ._:@/+-", field="label"
         )
-    options = body.get("sumo_options") or {}
+    options = body.get("sumo_options")
+    options = {} if options is None else options
     if not isinstance(options, dict):
         raise InvalidRequest(
             "sumo_options must be an object of option: value", field="sumo_options"

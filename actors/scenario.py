@@ -428,7 +428,7 @@ def config_output(config: bytes, config_path: str, names: Iterable[str]) -> str 
     wanted = set(names)
     try:
         options = sumocfg_options(config, config_path)
-    except InvalidTemplate:
+    except (InvalidTemplate, PayloadTooLarge):
         return None
     values = [v for _s, option, v in options if option in wanted]
     if not values or not (value := values[-1].strip()) or value == "/dev/null" or "${" in value:
