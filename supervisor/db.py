@@ -709,40 +709,10 @@ async def delete_session(pool: asyncpg.Pool, session_id: str) -> None:
         await conn.execute("DELETE FROM sessions WHERE id = $1", session_id)
 
 
-SUMMARY_SQL = """
-WITH s AS (
-    SELECT coalesce(sum(departed), 0) AS inserted, coalesce(sum(arrived), 0) AS arrived,
-           coalesce(sum(teleports), 0) AS teleports, max(sim_time) AS last_time
-      FROM samples WHERE session_id = $1
-), last AS (
-    SELECT vehicles FROM samples WHERE session_id = $1 ORDER BY sim_time DESC LIMIT 1
-), t AS (
-    -- The trips SUMO's own averages take: of vehicles that departed (with write-unfinished,
-    -- also those still running at the end); a row of write-undeparted has depart -1.
-    SELECT count(*) AS trips,
-           avg(duration) AS mean_duration,
-           percentile_cont(0.95) WITHIN GROUP (ORDER BY duration) AS p95_duration,
-           avg(waiting_time) AS mean_waiting_time,
-           avg(time_loss) AS mean_time_loss,
-           avg(route_length) AS mean_route_length,
-           sum(route_length) AS total_distance,
-           avg(route_length / nullif(duration, 0)) AS mean_speed,
-           avg(depart_delay) AS mean_depart_delay
-      FROM trips WHERE session_id = $1 AND depart >= 0
-)
-SELECT s.inserted, s.arrived, coalesce((SELECT vehicles FROM last), 0) AS running, s.teleports,
-       s.last_time, t.*,
-       (SELECT statistics FROM session_statistics WHERE session_id = $1) AS statistics
-  FROM s, t
-"""
-
-
 async def session_summary(pool: asyncpg.Pool, session_id: str) -> dict[str, Any]:
     """The samples' and recorded trips' figures, and SUMO's own statistics (None when SUMO
     wrote none: a session killed, or ended before statistics were kept)."""
-    row = await pool.fetchrow(SUMMARY_SQL, session_id)
-    assert row is not None
-    return dict(row)
+    return (await session_summaries(pool, [session_id]))[session_id]
 
 
 async def store_session_statistics(
@@ -981,8 +951,9 @@ async def get_sessions(pool: asyncpg.Pool, session_ids: Sequence[str]) -> dict[s
     return {r["id"]: dict(r) for r in rows}
 
 
-# SUMMARY_SQL for many sessions in one statement: the same figures, computed the same way, per
-# session (a session with no samples or trips gets the same zeros and nulls as there).
+# The summary figures of sessions, in one statement: a session with no samples or trips gets
+# zeros and nulls. The trips SUMO's own averages take are of vehicles that departed (with
+# write-unfinished, also those still running at the end); a row of write-undeparted has depart -1.
 SUMMARIES_SQL = """
 SELECT ids.id AS session_id,
        s.inserted, s.arrived, coalesce(last.vehicles, 0) AS running, s.teleports, s.last_time,
