@@ -13,7 +13,6 @@ from typing import Any
 
 import asyncpg
 import pytest
-from conftest import SUMO_BIN, Scenario
 
 from actors.ports import PortPool, port_is_free
 from actors.session import SessionSpec
@@ -21,6 +20,7 @@ from actors.supervisor import SupervisorActor, SupervisorSettings, new_session_i
 from actors.writer import CsvChunk, Mark, WriterActor
 from supervisor import db, templates
 from supervisor.session_request import SessionRequest
+from tests.harness.scenarios import SUMO_BIN, Scenario
 
 
 @pytest.fixture

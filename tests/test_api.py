@@ -8,7 +8,8 @@ from typing import Any
 
 import aiohttp
 import pytest
-from conftest import create_session, template_form, upload, wait_status
+
+from tests.harness.http import create_session, template_form, upload, wait_status
 
 NET = "net.net.xml"
 
@@ -41,10 +42,13 @@ async def test_template_upload_list_show_and_versions(daemons, db_url, http, sce
     await wait_status(http, daemon, session["id"], "completed")
 
 
+SMALL_UPLOADS = {"SUMO_SUPERVISOR_MAX_UPLOAD_BYTES": "3000000"}
+
+
 @pytest.fixture
 async def daemon(daemons, db_url):
     # A small upload cap so "too large" is cheap to show.
-    return await daemons.start(db_url, env={"SUMO_SUPERVISOR_MAX_UPLOAD_BYTES": "3000000"})
+    return await daemons.start(db_url, env=SMALL_UPLOADS)
 
 
 def _files(scenario: Any, **changes: bytes | None) -> dict[str, bytes]:

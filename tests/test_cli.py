@@ -11,7 +11,9 @@ import subprocess
 import sys
 
 import aiohttp
-from conftest import create_session, make_token, upload, wait_status
+
+from tests.harness.daemon import make_token
+from tests.harness.http import create_session, upload, wait_status
 
 
 def _env(token: str | None) -> dict[str, str]:

@@ -20,21 +20,18 @@ import asyncpg
 import defusedxml.ElementTree as safe_et
 import psutil
 import pytest
-from conftest import (
-    DEADLINE_S,
-    POLL_S,
-    SUMO_BIN,
-    Scenario,
+
+from actors import feeds
+from tests.harness.http import (
     create_session,
     read_stream,
     recorded_session,
     samples,
     upload,
     wait_status,
-    wait_until,
 )
-
-from actors import feeds
+from tests.harness.poll import DEADLINE_S, POLL_S, wait_until
+from tests.harness.scenarios import SUMO_BIN, Scenario
 
 RECORD_ALL = ["samples", "trajectories", "trips", "edges"]
 

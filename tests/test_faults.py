@@ -18,16 +18,10 @@ from pathlib import Path
 
 import psutil
 import pytest
-from conftest import (
-    bare_sumo_totals,
-    create_session,
-    get_session,
-    pid_alive,
-    samples,
-    sumo_children,
-    upload,
-    wait_status,
-)
+
+from tests.harness.daemon import pid_alive, sumo_children
+from tests.harness.http import create_session, get_session, samples, upload, wait_status
+from tests.harness.scenarios import bare_sumo_totals
 
 REPO = Path(__file__).resolve().parent.parent
 

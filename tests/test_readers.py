@@ -14,17 +14,10 @@ from typing import Any
 import aiohttp
 import psutil
 import pytest
-from conftest import (
-    DEADLINE_S,
-    POLL_S,
-    create_session,
-    recorded_session,
-    upload,
-    wait_status,
-    wait_until,
-)
 
 from supervisor import db
+from tests.harness.http import create_session, recorded_session, upload, wait_status
+from tests.harness.poll import DEADLINE_S, POLL_S, wait_until
 
 N_SAMPLES = 500_000
 # Every client here is 127.0.0.1: the per-client caps stay out of the way unless a test is

@@ -23,16 +23,6 @@ from typing import Any
 
 import asyncpg
 import pytest
-from conftest import (
-    SUMO_BIN,
-    Scenario,
-    create_session,
-    get_session,
-    next_port_range,
-    template_form,
-    upload,
-    wait_status,
-)
 
 from actors import handover, sandbox
 from actors.ports import PortPool
@@ -43,6 +33,9 @@ from supervisor import db
 from supervisor.config import ConfigError, load_config
 from supervisor.db import FINAL_STATUSES
 from supervisor.session_request import SessionRequest
+from tests.harness.daemon import next_port_range
+from tests.harness.http import create_session, get_session, template_form, upload, wait_status
+from tests.harness.scenarios import SUMO_BIN, Scenario
 
 SUMO = str(SUMO_BIN / "sumo")
 CAPS = sandbox.Caps(memory_mb=4096, max_file_mb=2048, max_open_files=1024)
@@ -54,7 +47,7 @@ DENIED = "Permission denied"
 
 
 @pytest.fixture(scope="module")
-def plan() -> sandbox.SandboxPlan:
+def plan(sumo_bin: Path) -> sandbox.SandboxPlan:
     status = sandbox.probe(SUMO, CAPS)
     needed = {"fs_write", "fs_read", "no_outgoing_connections", "traci_private"}
     if missing := needed & set(status.missing):

@@ -6,7 +6,8 @@ from __future__ import annotations
 import shutil
 from pathlib import Path
 
-from conftest import Scenario, create_session, samples, upload, wait_status
+from tests.harness.http import create_session, samples, upload, wait_status
+from tests.harness.scenarios import Scenario
 
 
 def variant(scenario: Scenario, root: Path, extra: str) -> Scenario:

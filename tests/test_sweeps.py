@@ -8,12 +8,12 @@ import statistics
 import time
 
 import pytest
-from conftest import create_session, upload, wait_status
 from scipy import stats as st
 
 from supervisor import db
 from supervisor.session_request import SUMO_OPTIONS
 from supervisor.sweeps import VARIABLE_FIELDS
+from tests.harness.http import create_session, upload, wait_status
 
 BIG_VARY = sorted([*VARIABLE_FIELDS, *SUMO_OPTIONS])[:24]
 

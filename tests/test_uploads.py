@@ -19,18 +19,13 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import (
-    SUMO_BIN,
-    Scenario,
-    create_session,
-    template_form,
-    wait_status,
-    wait_until,
-)
 
 from supervisor import templates
 from supervisor.config import ConfigError, load_config
 from supervisor.errors import Busy, InvalidTemplate, PayloadTooLarge, SupervisorError
+from tests.harness.http import create_session, template_form, wait_status
+from tests.harness.poll import wait_until
+from tests.harness.scenarios import SUMO_BIN, Scenario
 
 CFG = "long.sumocfg"
 
