@@ -159,7 +159,7 @@ async def main() -> None:
     parser.add_argument("--small", action="store_true")
     args = parser.parse_args()
     work = Path(tempfile.mkdtemp(prefix="bench-api-"))
-    end = 300 if args.small else 2400
+    end = 100 if args.small else 2400
     scn = grid_scenario(work / "scn", grid=5, length=200, end=end, period=1.0, min_distance=400)
     await measure(scn, work / "state", rounds=1 if args.small else 5)
 

@@ -70,7 +70,7 @@ async def main() -> None:
     args = parser.parse_args()
     work = Path(tempfile.mkdtemp(prefix="bench-record-"))
     if args.small:
-        scn = grid_scenario(work / "scn", grid=4, length=200, end=300, period=1.0, min_distance=300)
+        scn = grid_scenario(work / "scn", grid=4, length=200, end=100, period=1.0, min_distance=300)
     else:
         # ~500 vehicles in the network at once by the end of the hour.
         scn = grid_scenario(

@@ -69,10 +69,10 @@ async def main() -> None:
     parser.add_argument("--small", action="store_true")
     args = parser.parse_args()
     starts, runs = (3, 1) if args.small else (args.starts, args.runs)
-    end = 300 if args.small else 3600
+    end = 100 if args.small else 3600
     work = Path(tempfile.mkdtemp(prefix="bench-sandbox-"))
     start_scn = grid_scenario(
-        work / "start", grid=6, length=200, end=3600, period=1.0, min_distance=500
+        work / "start", grid=6, length=200, end=end, period=1.0, min_distance=500
     )
     hour_scn = grid_scenario(
         work / "hour", grid=5, length=200, end=end, period=1.0, min_distance=400

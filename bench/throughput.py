@@ -55,7 +55,7 @@ async def main() -> None:
     cores = os.cpu_count() or 1
     ns = [1, 2] if args.small else [int(x) for x in args.ns.split(",")]
     work = Path(tempfile.mkdtemp(prefix="bench-throughput-"))
-    end = 300 if args.small else 1800
+    end = 100 if args.small else 1800
     scn = grid_scenario(work / "scn", grid=5, length=200, end=end, period=1.0, min_distance=400)
     daemon = start_daemon(work / "state", "--max-running", str(cores))
     try:

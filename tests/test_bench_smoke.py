@@ -1,5 +1,7 @@
 """Each benchmark runs to completion on a tiny case. Figures are not checked here: timings live
-in bench/, never in pass/fail tests."""
+in bench/, never in pass/fail tests. They run on a fresh database of the test server
+(DATABASE_URL), as a user with a PostgreSQL of their own runs them: a daemon's embedded
+PostgreSQL is the subject of test_pgembed."""
 
 from __future__ import annotations
 
@@ -11,6 +13,10 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
+
+
+def _env(db_url: str) -> dict[str, str]:
+    return {**os.environ, "DATABASE_URL": db_url}
 
 
 @pytest.mark.parametrize(
@@ -27,21 +33,21 @@ ROOT = Path(__file__).resolve().parent.parent
         "readers",
     ],
 )
-def test_benchmark_runs_on_a_tiny_case(script, pg_admin_url):
+def test_benchmark_runs_on_a_tiny_case(script, db_url):
     args = [sys.executable, "-m", f"bench.{script}", "--small"]
     if script == "record":
         args += ["--runs", "1"]
     out = subprocess.run(
-        args, cwd=ROOT, capture_output=True, text=True, timeout=600, env=dict(os.environ)
+        args, cwd=ROOT, capture_output=True, text=True, timeout=600, env=_env(db_url)
     )
     assert out.returncode == 0, out.stdout + out.stderr
     assert any(w in out.stdout for w in ("ratio", "per session", "req/s", "growth"))
 
 
-def test_command_benchmark_runs(pg_admin_url):
+def test_command_benchmark_runs(db_url):
     out = subprocess.run(
         [sys.executable, "-m", "bench.commands", "--calls", "20"],
-        cwd=ROOT, capture_output=True, text=True, timeout=600,
+        cwd=ROOT, capture_output=True, text=True, timeout=600, env=_env(db_url),
     )  # fmt: skip
     assert out.returncode == 0, out.stdout + out.stderr
     assert "ratio" in out.stdout

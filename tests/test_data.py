@@ -216,6 +216,7 @@ async def test_a_watcher_joining_late_gets_the_whole_history(daemons, db_url, ht
     assert [data for name, data in events if name == "sample"] == stored
 
 
+@pytest.mark.slow
 async def test_export_streams_without_loading_into_memory(daemons, db_url, http, scenarios):
     # A short statement timeout, which an export outlives, and a short stall bound.
     timeout_s, stall_s = 1.5, 6.0
@@ -301,6 +302,7 @@ async def test_export_streams_without_loading_into_memory(daemons, db_url, http,
     assert daemon.events("api_internal_error") == []
 
 
+@pytest.mark.slow
 async def test_database_restart_mid_session_loses_no_row(daemons, http, scenarios, tmp_path):
     """PostgreSQL stops for a few seconds while a recording session runs, then comes back."""
     import pgserver
@@ -470,11 +472,8 @@ async def test_delete_compare_and_plot(daemons, db_url, http, scenarios):
         ("DELETE", "/v1/sessions/nope", None, 404, "no session"),
     ],
 )
-async def test_bad_data_requests(
-    daemons, db_url, http, scenarios, method, path, body, status, message
-):
-    daemon = await daemons.start(db_url)
-    await upload(http, daemon, "grid3", scenarios["grid3"])
+async def test_bad_data_requests(shared_grid3_daemon, http, method, path, body, status, message):
+    daemon = shared_grid3_daemon
     async with http.request(method, f"{daemon.url}{path}", json=body) as r:
         got = await r.json()
         assert r.status == status, got

@@ -26,6 +26,7 @@ from tests.harness.scenarios import bare_sumo_totals
 REPO = Path(__file__).resolve().parent.parent
 
 
+@pytest.mark.slow
 async def test_sigkilled_daemon_reruns_its_sessions_to_identical_data(
     daemons, db_url, http, scenarios, tmp_path
 ):
@@ -176,6 +177,7 @@ async def test_blocked_event_loop_stops_watchdog_pings(daemons, db_url, http, no
     assert max(gaps) > 2.0  # far beyond WatchdogSec: systemd would restart the service
 
 
+@pytest.mark.slow
 async def test_two_hundred_sessions_fifo_none_lost_memory_bounded(daemons, db_url, http, scenarios):
     daemon = await daemons.start(db_url, max_running=4)
     await upload(http, daemon, "grid3", scenarios["grid3"])

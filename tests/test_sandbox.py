@@ -259,6 +259,7 @@ def test_legitimate_outputs_land_in_the_session_dir(plan, session_dir, outside):
     assert "<interval " in (session_dir / "loop.xml").read_text()
 
 
+@pytest.mark.slow
 def test_sumo_opens_no_outgoing_connection(plan, session_dir):
     """Not even to a listener on this host's loopback. (SUMO retries a network output for 36 s
     before it gives up: this test takes that long.)"""

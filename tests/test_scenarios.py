@@ -6,6 +6,8 @@ from __future__ import annotations
 import shutil
 from pathlib import Path
 
+import pytest
+
 from tests.harness.http import create_session, samples, upload, wait_status
 from tests.harness.scenarios import Scenario
 
@@ -30,6 +32,7 @@ async def row_counts(
     return counts
 
 
+@pytest.mark.slow
 async def test_a_config_that_changes_sumos_csv_format_records_the_same_rows(
     daemons, db_url, http, scenarios, tmp_path
 ):

@@ -24,7 +24,7 @@ from actors import statistics as sumo_statistics
 from supervisor import summary as summary_mod
 from tests.harness.http import create_session, upload, wait_status
 from tests.harness.poll import DEADLINE_S, POLL_S
-from tests.harness.scenarios import SUMO_BIN, Scenario, netgenerate, random_trips
+from tests.harness.scenarios import SUMO_BIN, Scenario, build_once, netgenerate, random_trips
 
 SEED = 5
 
@@ -39,16 +39,22 @@ def _config(path: Path, routes: str, end: float, extra: str = "") -> None:
     )
 
 
-@pytest.fixture(scope="module")
-def stat_scenarios(tmp_path_factory: pytest.TempPathFactory, sumo_bin: Path) -> dict[str, Scenario]:
-    """Four scenarios where averaging every tripinfo row is not SUMO's statistics."""
-    base = tmp_path_factory.mktemp("stat-scenarios")
-    out = {}
+@pytest.fixture(scope="session")
+def stat_scenarios(run_tmp: Path, sumo_bin: Path) -> dict[str, Scenario]:
+    """Scenarios where averaging every tripinfo row is not SUMO's statistics, built once for
+    every worker of the run."""
+    base = run_tmp / "stat-scenarios"
+    names = build_once(base, _build_stat_scenarios).split(",")
+    return {name: Scenario(base / name, "s.sumocfg") for name in names}
+
+
+def _build_stat_scenarios(base: Path) -> str:
+    names = []
 
     def root(name: str) -> Path:
         r = base / name
         r.mkdir()
-        out[name] = Scenario(r, "s.sumocfg")
+        names.append(name)
         return r
 
     single_lane = ("--grid", "--grid.number", "3", "--grid.length", "100")
@@ -118,7 +124,7 @@ def stat_scenarios(tmp_path_factory: pytest.TempPathFactory, sumo_bin: Path) -> 
         "--persontrips", "--prefix", "w",
     )  # fmt: skip
     _config(r / "s.sumocfg", "car.rou.xml,walks.rou.xml", 5000)
-    return out
+    return ",".join(names)
 
 
 def bare_statistics(
@@ -273,6 +279,7 @@ async def test_a_stopped_session_has_sumo_statistics_up_to_its_stop(
             assert printed(got, text) == text, (element, attribute, got, text)
 
 
+@pytest.mark.slow
 async def test_compare_and_sweep_use_sumo_statistics(
     daemons, db_url, http, stat_scenarios, tmp_path
 ):

@@ -12,6 +12,7 @@ import os
 import subprocess
 import sys
 import threading
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -152,6 +153,13 @@ class Daemon:
                 child.kill()
 
 
+# SUMO runs at the daemon's own priority in tests (unless a test sets its own, as test_sessions
+# does to check the setting): at the default nice 10 its autogroup gets a tenth of a busy
+# machine's share, and on a machine running other tests beside these a minute-long session took
+# several minutes.
+TEST_SETTINGS = {"SUMO_SUPERVISOR_SUMO_NICE": "0"}
+
+
 class DaemonFactory:
     """The daemons of one test, each with its own state dir and TraCI port range."""
 
@@ -175,7 +183,7 @@ class DaemonFactory:
             *(args or []),
             database_url=database_url,
             traci_ports=traci_ports or next_port_range(),
-            env=env,
+            env={**TEST_SETTINGS, **(env or {})},
         )  # fmt: skip
         self.started.append(daemon)
         return await asyncio.to_thread(daemon.wait_ready)
@@ -193,6 +201,19 @@ class DaemonFactory:
             out.append(f"---- daemon {i} (pid {d.proc.pid}), last lines ----")
             out += [line[:400] for line in d.raw[-lines:]]
         return "\n".join(out)
+
+
+class SharedDaemons(DaemonFactory):
+    """Daemons that the tests of one module share, each on a fresh database of its own: for a
+    table of requests the daemon refuses, where no case changes what the next one sees, a
+    daemon per case was most of the table's time."""
+
+    def __init__(self, tmp_path: Path, new_database: Callable[[], Awaitable[str]]) -> None:
+        super().__init__(tmp_path)
+        self._new_database = new_database
+
+    async def start_fresh(self, **kw: Any) -> Daemon:
+        return await self.start(await self._new_database(), **kw)
 
 
 def token_cli(
