@@ -24,12 +24,13 @@ from xml.sax.saxutils import unescape
 
 import structlog
 
+from actors import scenario
 from actors.quota import RowQuota
+from actors.request import SessionRequest
 from actors.writer import CsvChunk, Mark, WriterActor
-from supervisor import db, templates
-from supervisor.session_request import SessionRequest
+from supervisor import db
 
-OUT_DIR = templates.RECORDING_DIR
+OUT_DIR = scenario.RECORDING_DIR
 POLL_S = 0.2
 READ_CHUNK = 4 * 1024 * 1024
 FCD_ATTRIBUTES = "x,y,speed,angle,lane"
@@ -184,7 +185,7 @@ class Recorder:
             base = posixpath.dirname(config_path)
             own = [
                 posixpath.normpath(posixpath.join(base, v.strip()))
-                for _s, opt, value in templates.sumocfg_options(config.read_bytes(), config_path)
+                for _s, opt, value in scenario.sumocfg_options(config.read_bytes(), config_path)
                 if opt == "additional-files"
                 for v in value.split(",")
                 if v.strip()
@@ -199,7 +200,7 @@ class Recorder:
         plain XML or CSV (the recorder follows it there, and the config keeps its file), else
         the daemon's CSV."""
         config = (self._workdir / config_path).read_bytes()
-        own = templates.config_output(config, config_path, ("tripinfo-output",))
+        own = scenario.config_output(config, config_path, ("tripinfo-output",))
         if own is not None and own.endswith((".xml", ".csv")):
             path = self._workdir / own
             if path.parent.is_dir():

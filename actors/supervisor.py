@@ -1,54 +1,49 @@
-"""The supervisor actor: admission, the TraCI port pool, wall-clock timeouts and cleanup.
+"""The supervisor actor: admission, the TraCI port pool, wall-clock timeouts and escalation.
 
-It is the only owner of which sessions exist in this process. Everything reaches it through one
-bounded inbox and is handled by one loop, so its state needs no locks: the API submits and stops
-sessions, session actors lease ports and report their SUMO process, and each session task reports
-its own end. Whatever way a session ends, its process group is killed, its ports are returned and
-its temp dir is removed here.
+It owns which sessions exist in this process, their tasks, and the port pool: it is the only
+place ports are leased and given back. Everything reaches it through one bounded inbox and is
+handled by one loop, so its state needs no locks: the service layer submits, stops and controls
+sessions through its methods, session actors lease ports, and each session task reports its own
+end. A session owns its SUMO process and its directory (actors/session.py); a stop it ignores is
+escalated here by killing that SUMO through the session (actors/sumo_process.py) and then
+cancelling its task. At start, recovery kills a previous daemon's SUMO processes and removes the
+session dirs it left, which no live session owns.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import math
-import os
 import secrets
 import shutil
-import signal
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from functools import partial
 from pathlib import Path
 from typing import Any
 
 import asyncpg
-import psutil
 import structlog
 
+from actors.ask import ask
+from actors.errors import QueueFull, SessionConflict, SessionNotFound, ShuttingDown
+from actors.messages import Commands, Control, Pause, Resume, SessionSpec, Step, StopSession
+from actors.outcome import Outcome
 from actors.ports import PortPool
-from actors.sandbox import SandboxPlan
-from actors.session import (
-    Control,
-    Outcome,
-    Pause,
-    PortsExhausted,
-    Resume,
-    SessionActor,
-    SessionSpec,
-    StopSession,
-)
+from actors.request import SessionRequest
+from actors.session import PortsExhausted, SessionActor
+from actors.settings import SupervisorSettings
+from actors.sumo_process import kill_orphan
 from actors.writer import WriterActor
 from supervisor import db
-from supervisor.errors import QueueFull, SessionConflict, SessionNotFound, ShuttingDown
-from supervisor.session_request import SessionRequest
 
 # A reply from the supervisor to one of its own actors never takes this long unless it is stuck.
 REPLY_TIMEOUT_S = 30.0
 INBOX_SIZE = 1024
-# Two process start times (psutil) of one process agree to well within this.
-START_TIME_TOLERANCE_S = 0.05
+# How long a control message (pause, resume, step, commands) may take to be answered: a step
+# of many sim seconds can take long.
+CONTROL_TIMEOUT_S = 120.0
 
 
 def new_session_id() -> str:
@@ -87,12 +82,6 @@ class PortRefused:
 
 
 @dataclass(frozen=True)
-class SumoStarted:
-    session_id: str
-    pid: int
-
-
-@dataclass(frozen=True)
 class SimulationDone:
     """The session's SUMO has exited for good; the session is only writing down its end."""
 
@@ -111,7 +100,7 @@ class Forward:
 
     session_id: str
     control: Control
-    reply: asyncio.Future[None]
+    reply: asyncio.Future[None]  # answered once the session has it, not when it has acted
 
 
 @dataclass(frozen=True)
@@ -120,15 +109,7 @@ class Shutdown:
 
 
 Message = (
-    Submit
-    | Stop
-    | LeasePort
-    | PortRefused
-    | SumoStarted
-    | SimulationDone
-    | SessionEnded
-    | Forward
-    | Shutdown
+    Submit | Stop | LeasePort | PortRefused | SimulationDone | SessionEnded | Forward | Shutdown
 )
 
 
@@ -139,7 +120,6 @@ class _Running:
     workdir: Path
     wall_deadline: float | None
     ports: set[int] = field(default_factory=set)
-    pid: int | None = None
     # False once its SUMO has exited for good: it no longer counts against max_running.
     simulating: bool = True
     # Escalation after a stop request: SIGKILL the group, later cancel the task.
@@ -157,9 +137,9 @@ class _Broker:
         self._supervisor = supervisor
 
     async def lease_port(self, session_id: str) -> int:
-        reply: asyncio.Future[int | None] = asyncio.get_running_loop().create_future()
-        await self._supervisor.send(LeasePort(session_id, reply))
-        port = await asyncio.wait_for(reply, REPLY_TIMEOUT_S)
+        port: int | None = await ask(
+            self._supervisor.send, partial(LeasePort, session_id), REPLY_TIMEOUT_S
+        )
         if port is None:
             raise PortsExhausted
         return port
@@ -167,32 +147,8 @@ class _Broker:
     async def port_refused(self, session_id: str, port: int) -> None:
         await self._supervisor.send(PortRefused(session_id, port))
 
-    async def sumo_started(self, session_id: str, pid: int) -> None:
-        await self._supervisor.send(SumoStarted(session_id, pid))
-
     async def simulation_done(self, session_id: str) -> None:
         await self._supervisor.send(SimulationDone(session_id))
-
-
-@dataclass(frozen=True)
-class SupervisorSettings:
-    temp_root: Path
-    sumo_binary: str
-    max_running: int
-    max_queued: int
-    stop_grace_s: float
-    connect_timeout_s: float
-    sumo_nice: int = 0
-    # How each SUMO is confined (actors/sandbox.py); None runs it unconfined.
-    sandbox: SandboxPlan | None = None
-    # Rows one session may store (samples and recorded rows); 0: no quota.
-    max_session_rows: int = 0
-    # A session's max_wall_s when it asks for none, and how long it may stay paused when it
-    # asks for no max_pause_s.
-    max_wall_s_default: float | None = None
-    max_pause_s: float = math.inf
-    # The latest sim time a session runs to, whatever its scenario says.
-    end_limit: float = math.inf
 
 
 class SupervisorActor:
@@ -242,19 +198,43 @@ class SupervisorActor:
     async def submit(
         self, *specs: SessionSpec, sweep: tuple[str, dict[str, Any]] | None = None
     ) -> None:
-        reply: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        await self.send(Submit(specs, reply, sweep))
-        await asyncio.wait_for(reply, REPLY_TIMEOUT_S)
+        """Queue sessions, all of them or none; their rows are stored before this returns."""
+        await ask(self.send, lambda reply: Submit(specs, reply, sweep), REPLY_TIMEOUT_S)
 
     async def stop(self, session_id: str) -> str:
-        reply: asyncio.Future[str] = asyncio.get_running_loop().create_future()
-        await self.send(Stop(session_id, reply))
-        return await asyncio.wait_for(reply, REPLY_TIMEOUT_S)
+        """Stop a session; the status it had when the stop was accepted (queued or running)."""
+        status: str = await ask(self.send, partial(Stop, session_id), REPLY_TIMEOUT_S)
+        return status
 
-    async def forward(self, session_id: str, control: Control) -> None:
-        reply: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        await self.send(Forward(session_id, control, reply))
-        await asyncio.wait_for(reply, REPLY_TIMEOUT_S)
+    async def pause(self, session_id: str) -> None:
+        await self._control(session_id, Pause)
+
+    async def resume(self, session_id: str) -> None:
+        await self._control(session_id, Resume)
+
+    async def step(self, session_id: str, seconds: float) -> dict[str, Any]:
+        """Advance a stepped session by `seconds` of sim time; the sample it reached."""
+        sample: dict[str, Any] = await self._control(session_id, partial(Step, seconds))
+        return sample
+
+    async def apply_commands(
+        self, session_id: str, commands: list[dict[str, Any]]
+    ) -> dict[str, Any]:
+        """Apply a batch of commands to a running session; its answer (sim time, results)."""
+        answer: dict[str, Any] = await self._control(session_id, partial(Commands, commands))
+        return answer
+
+    async def _control(
+        self, session_id: str, make: Callable[[asyncio.Future[Any]], Control]
+    ) -> Any:
+        """Hand a control message to a running session, then wait for the session's answer."""
+        answer: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        control = make(answer)
+        await ask(self.send, partial(Forward, session_id, control), REPLY_TIMEOUT_S)
+        try:
+            return await asyncio.wait_for(answer, CONTROL_TIMEOUT_S)
+        except TimeoutError:
+            raise SessionConflict(f"session {session_id} did not answer in time") from None
 
     async def shutdown(self, reason: str) -> None:
         await self.send(Shutdown(reason))
@@ -268,9 +248,7 @@ class SupervisorActor:
         ones are admitted again in their original order; leftover session dirs are removed.
         """
         for row in await db.sessions_in_status(self._pool, db.ACTIVE_STATUSES):
-            killed = await asyncio.to_thread(
-                _kill_if_same_process, row["pid"], row["pid_started_at"]
-            )
+            killed = await asyncio.to_thread(kill_orphan, row["pid"], row["pid_started_at"])
             request = SessionRequest.from_json(row["request"])
             self._log.warning(
                 "session_orphaned", session_id=row["id"], pid=row["pid"], sumo_killed=killed
@@ -313,7 +291,7 @@ class SupervisorActor:
                 )
             )
             requeued += 1
-        swept = await asyncio.to_thread(_sweep, self._settings.temp_root)
+        swept = await asyncio.to_thread(_remove_leftover_dirs, self._settings.temp_root)
         self._log.info("recovered", requeued=requeued, temp_dirs_removed=swept)
 
     # ---- the loop ------------------------------------------------------------------------------
@@ -378,9 +356,6 @@ class SupervisorActor:
                 self._ports.quarantine(port)
                 if (run := self._running.get(session_id)) is not None:
                     run.ports.discard(port)
-            case SumoStarted(session_id, pid):
-                if (run := self._running.get(session_id)) is not None:
-                    run.pid = pid
             case SimulationDone(session_id):
                 if (run := self._running.get(session_id)) is not None:
                     run.simulating = False
@@ -406,18 +381,11 @@ class SupervisorActor:
             workdir = self._settings.temp_root / spec.id
             actor = SessionActor(
                 spec,
+                settings=self._settings.session,
                 pool=self._pool,
                 writer=self._writer,
                 broker=self._broker,
                 workdir=workdir,
-                sumo_binary=self._settings.sumo_binary,
-                stop_grace_s=self._settings.stop_grace_s,
-                connect_timeout_s=self._settings.connect_timeout_s,
-                sumo_nice=self._settings.sumo_nice,
-                sandbox=self._settings.sandbox,
-                max_rows=self._settings.max_session_rows,
-                max_pause_s=self._settings.max_pause_s,
-                end_limit=self._settings.end_limit,
             )
             wall = spec.request.max_wall_s or self._settings.max_wall_s_default
             task = tg.create_task(self._session_main(actor), name=f"session-{spec.id}")
@@ -510,7 +478,7 @@ class SupervisorActor:
     # ---- timeouts and escalation ---------------------------------------------------------------
 
     def _next_deadline(self, now: float) -> float:
-        grace = self._settings.stop_grace_s
+        grace = self._settings.session.stop_grace_s
         times: list[float] = []
         for run in self._running.values():
             if run.stop_sent_at is None:
@@ -523,7 +491,7 @@ class SupervisorActor:
         return max(0.0, min(times) - now) if times else float("inf")
 
     def _enforce_deadlines(self, now: float) -> None:
-        grace = self._settings.stop_grace_s
+        grace = self._settings.session.stop_grace_s
         for session_id, run in self._running.items():
             if run.stop_sent_at is None:
                 wall = run.wall_deadline
@@ -533,9 +501,8 @@ class SupervisorActor:
                 # A jump of many steps can take long; killing SUMO ends it at once, and the actor
                 # still records the status it was asked for.
                 run.killed = True
-                if run.pid is not None:
-                    self._log.warning("session_kill", session_id=session_id, pid=run.pid)
-                    _killpg(run.pid)
+                if run.actor.kill_sumo():
+                    self._log.warning("session_kill", session_id=session_id)
             elif not run.cancelled and now >= run.stop_sent_at + 3 * grace:
                 run.cancelled = True
                 self._log.error("session_cancel", session_id=session_id)
@@ -547,35 +514,9 @@ class SupervisorActor:
             return
         for port in run.ports:
             self._ports.release(port)
-        if run.pid is not None:
-            _killpg(run.pid)  # the actor reaped SUMO; anything left in its group goes too
-        await asyncio.to_thread(shutil.rmtree, run.workdir, ignore_errors=True)
 
 
-def _killpg(pgid: int) -> None:
-    with contextlib.suppress(ProcessLookupError, PermissionError):
-        os.killpg(pgid, signal.SIGKILL)
-
-
-def _kill_if_same_process(pid: int | None, started_at: float | None) -> bool:
-    """Kill a recorded SUMO only if that pid still is the process that was started then."""
-    if pid is None or started_at is None:
-        return False
-    try:
-        proc = psutil.Process(pid)
-        if abs(proc.create_time() - started_at) > START_TIME_TOLERANCE_S:
-            return False
-        _killpg(pid)
-        proc.kill()
-        proc.wait(timeout=5)
-    except (psutil.NoSuchProcess, psutil.TimeoutExpired):
-        return False
-    except psutil.AccessDenied:
-        return False
-    return True
-
-
-def _sweep(root: Path) -> int:
+def _remove_leftover_dirs(root: Path) -> int:
     """Remove every session dir left under `root` (only called before any session runs)."""
     if not root.exists():
         return 0

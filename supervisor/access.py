@@ -31,9 +31,7 @@ from urllib.parse import urlsplit
 import structlog
 from aiohttp import web
 
-from supervisor import text
-from supervisor.config import Config
-from supervisor.errors import (
+from actors.errors import (
     Forbidden,
     InvalidRequest,
     MisdirectedRequest,
@@ -42,6 +40,8 @@ from supervisor.errors import (
     Unauthorized,
     UnsupportedMediaType,
 )
+from supervisor import text
+from supervisor.config import Config
 from supervisor.jsonio import json_response
 from supervisor.tokens import Role, TokenBook
 

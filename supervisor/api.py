@@ -1,5 +1,7 @@
-"""The HTTP API (aiohttp). Handlers parse and check input, then ask the database or the supervisor
-actor; typed errors become JSON 4xx responses in one place, `error_middleware`."""
+"""The HTTP API (aiohttp). Handlers parse and check input into typed requests, then call the
+service layer (`supervisor.service`) for what changes or computes something, or read the
+database for what they show as it is; typed errors become JSON 4xx responses in one place,
+`error_middleware`."""
 
 from __future__ import annotations
 
@@ -7,9 +9,8 @@ import asyncio
 import contextlib
 import json
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass, field
-from functools import partial
 from typing import Any
 from urllib.parse import unquote
 
@@ -18,15 +19,8 @@ import structlog
 from aiohttp import BodyPartReader, web
 from aiohttp_sse import EventSourceResponse, sse_response
 
-from actors import commands
-from actors.feeds import EndEvent, FeedHub, LaggedEvent, SampleEvent, StatusEvent, Watcher
-from actors.session import Commands, Pause, Resume, SessionSpec, Step
-from actors.supervisor import SupervisorActor, new_session_id
-from actors.writer import WriterActor
-from supervisor import db, plots, sweeps, templates, text, tokens
-from supervisor.access import AUDIT, Access, Route, error_response
-from supervisor.config import Config
-from supervisor.errors import (
+from actors import scenario, traci_commands
+from actors.errors import (
     Busy,
     InvalidRequest,
     InvalidTemplate,
@@ -34,19 +28,22 @@ from supervisor.errors import (
     SessionConflict,
     SessionNotFound,
     SupervisorError,
-    SweepNotFound,
     TemplateNotFound,
     TokenNotFound,
 )
+from actors.request import parse_session_request
+from actors.supervisor import SupervisorActor
+from actors.writer import WriterActor
+from supervisor import db, exports, plots, service, sweeps, text, tokens
+from supervisor.access import AUDIT, Access, Route, error_response
+from supervisor.config import Config
+from supervisor.feeds import EndEvent, FeedHub, LaggedEvent, SampleEvent, StatusEvent, Watcher
 from supervisor.jsonio import dumps as _dumps
 from supervisor.jsonio import encode as _encode
 from supervisor.jsonio import json_response as _json
 from supervisor.logbuffer import SESSION_LOGS
 from supervisor.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from supervisor.metrics import Metrics, count_sumo_children
-from supervisor.session_request import SessionRequest, parse_session_request
-from supervisor.summary import FIGURES as SUMMARY_FIGURES
-from supervisor.summary import build as build_summary
 
 log = structlog.get_logger(component="api")
 
@@ -68,7 +65,7 @@ class Services:
     feeds: FeedHub
     metrics: Metrics
     tokens: tokens.TokenBook
-    upload_checks: templates.CheckSlots
+    upload_checks: scenario.CheckSlots
     exports: asyncio.Semaphore = field(default_factory=lambda: asyncio.Semaphore(EXPORT_SLOTS))
 
 
@@ -111,9 +108,9 @@ def _failure(request: web.Request, exc: Exception) -> web.StreamResponse:
         # database's: nobody to answer (aiohttp drops an answer to a closed connection).
         log.info("api_client_gone", path=request.path, error=repr(exc))
         return web.Response(status=499, reason="Client Closed Request")
-    if isinstance(exc, db.ExportStalled):
+    if isinstance(exc, exports.ExportStalled):
         log.info("api_client_stalled", path=request.path, error=str(exc))
-    elif isinstance(exc, db.ExportTooSlow):
+    elif isinstance(exc, exports.ExportTooSlow):
         log.info("api_client_too_slow", path=request.path, error=str(exc))
     elif transient:
         log.warning("api_database_unavailable", path=request.path, error=repr(exc))
@@ -232,7 +229,7 @@ async def create_template(request: web.Request) -> web.Response:
         if part.filename is not None:
             # RFC 7578 lets clients percent-encode file names (aiohttp's client does, '/' as %2F);
             # the path is checked after decoding, so an encoded '..' is refused like a plain one.
-            path = templates.check_relative_path(unquote(part.filename))
+            path = scenario.check_relative_path(unquote(part.filename))
             if path in files:
                 raise InvalidTemplate(f"file {path!r} appears twice in the upload", path=path)
             if len(files) >= s.config.max_template_files:
@@ -253,12 +250,12 @@ async def create_template(request: web.Request) -> web.Response:
     for key in ("name", "config"):
         if not fields.get(key):
             raise InvalidRequest(f"form field {key!r} is required", field=key)
-    name = templates.validate_name(fields["name"])
+    name = scenario.validate_name(fields["name"])
 
-    def check() -> tuple[str, list[db.TemplateFile]]:
+    def check() -> tuple[str, list[scenario.TemplateFile]]:
         # On the check's thread, once it holds a slot: the log says when checking began.
         log.info("template_checking", template=name, files=len(files), bytes=used)
-        return templates.check_upload(
+        return scenario.check_upload(
             fields["config"], files, max_inflated_bytes=s.config.max_inflated_bytes
         )
 
@@ -346,62 +343,17 @@ async def _session_row(request: web.Request) -> dict[str, Any]:
     return row
 
 
-async def _template_version(pool: asyncpg.Pool, req: SessionRequest) -> dict[str, Any]:
-    version = await db.resolve_template_version(pool, req.template, req.version)
-    if version is None:
-        which = f"{req.template!r}" + (f" version {req.version}" if req.version else "")
-        raise TemplateNotFound(f"no template {which}", template=req.template, version=req.version)
-    return version
-
-
-def _new_spec(
-    version: dict[str, Any], req: SessionRequest, sweep_id: str | None = None
-) -> SessionSpec:
-    return SessionSpec(
-        id=new_session_id(),
-        template_name=version["name"],
-        template_version=version["version"],
-        config_path=version["config_path"],
-        request=req,
-        sweep_id=sweep_id,
-    )
-
-
 async def create_session(request: web.Request) -> web.Response:
     s = request.app[SERVICES]
     body = await _json_body(request)
     if isinstance(body, dict) and isinstance(body.get("replay_of"), str):
-        # A replay is its original's request (same template version, seed, options) plus
-        # whatever the body changes; its commands are applied again at the same sim times.
-        original = await db.get_session(s.pool, body["replay_of"])
-        if original is None:
-            raise SessionNotFound(f"no session {body['replay_of']!r} to replay", field="replay_of")
-        base = {k: v for k, v in original["request"].items() if v is not None}
-        base.update(mode="run", version=original["template_version"])
-        body = base | body
-    req = parse_session_request(body, s.config)
-    if req.replay_of is not None:
-        await _check_replayable(s.pool, req)
-    spec = _new_spec(await _template_version(s.pool, req), req)
-    await s.supervisor.submit(spec)
-    request[AUDIT]["created"] = spec.id
-    row = await db.get_session(s.pool, spec.id)
-    assert row is not None
-    return _created(request, _session_json(row), f"/v1/sessions/{spec.id}")
-
-
-async def _check_replayable(pool: asyncpg.Pool, req: SessionRequest) -> None:
-    """Refuse a replay whose options make a recorded command impossible: one recorded before
-    the replay's `begin` could never be applied at its time."""
-    assert req.replay_of is not None
-    history = await db.session_commands(pool, req.replay_of)
-    begin = dict(req.sumo_options).get("begin")
-    if history and begin is not None and begin > history[0]["sim_time"] + 1e-9:
-        raise InvalidRequest(
-            f"begin {begin} is after the replayed session's first command, applied at sim time "
-            f"{history[0]['sim_time']}: a replay must begin at or before it",
-            field="sumo_options",
-        )
+        # The original's request is the base of the replay's: parsed once merged, in the service.
+        row = await service.replay(s.pool, s.supervisor, s.config, body)
+    else:
+        req = parse_session_request(body, s.config)
+        row = await service.create_session(s.pool, s.supervisor, req)
+    request[AUDIT]["created"] = row["id"]
+    return _created(request, _session_json(row), f"/v1/sessions/{row['id']}")
 
 
 async def list_sessions(request: web.Request) -> web.Response:
@@ -426,7 +378,7 @@ async def session_events(request: web.Request) -> web.Response:
 
 async def stop_session(request: web.Request) -> web.Response:
     session_id = request.match_info["id"]
-    was = await request.app[SERVICES].supervisor.stop(session_id)
+    was = await service.stop(request.app[SERVICES].supervisor, session_id)
     return _json({"id": session_id, "stopping": True, "was": was}, status=202)
 
 
@@ -435,100 +387,57 @@ async def stop_session(request: web.Request) -> web.Response:
 
 async def create_sweep(request: web.Request) -> web.Response:
     s = request.app[SERVICES]
-    body = await _json_body(request)
-    runs = sweeps.expand(body, s.config)
-    version = await _template_version(s.pool, runs[0][1])
-    sweep_id = "sweep-" + new_session_id()
-    specs = [_new_spec(version, req, sweep_id) for _params, req in runs]
-    await s.supervisor.submit(*specs, sweep=(sweep_id, body))
-    ids = [spec.id for spec in specs]
-    log.info("sweep_created", sweep_id=sweep_id, sessions=len(ids))
-    request[AUDIT]["created"] = sweep_id
+    sweep = sweeps.parse_sweep_request(await _json_body(request), s.config)
+    created = await service.create_sweep(s.pool, s.supervisor, sweep)
+    log.info("sweep_created", sweep_id=created.id, sessions=len(created.sessions))
+    request[AUDIT]["created"] = created.id
     return _created(
-        request, {"id": sweep_id, "count": len(ids), "sessions": ids}, f"/v1/sweeps/{sweep_id}"
+        request,
+        {"id": created.id, "count": len(created.sessions), "sessions": created.sessions},
+        f"/v1/sweeps/{created.id}",
     )
 
 
 async def get_sweep(request: web.Request) -> web.Response:
     s = request.app[SERVICES]
-    sweep_id = request.match_info["id"]
-    sweep = await db.get_sweep(s.pool, sweep_id)
-    if sweep is None:
-        raise SweepNotFound(f"no sweep {sweep_id!r}", sweep=sweep_id)
-    sessions = await db.sweep_sessions(s.pool, sweep_id)
-    by_status: dict[str, int] = {}
-    runs = []
-    for row in sessions:
-        by_status[row["status"]] = by_status.get(row["status"], 0) + 1
-        req = row["request"]
-        params = sweeps.params_of(req, sweep["request"].get("vary") or {})
-        summary = None
-        if row["status"] == "completed":
-            summary = _summary_json(row, await db.session_summary(s.pool, row["id"]))
-        runs.append((params, summary, row))
-    return _json(
-        {
-            "id": sweep_id,
-            "request": sweep["request"],
-            "created_at": sweep["created_at"],
-            "total": len(sessions),
-            "by_status": by_status,
-            "done": all(r["status"] in db.FINAL_STATUSES for r in sessions),
-            "progress": sum(by_status.get(st, 0) for st in db.FINAL_STATUSES)
-            / max(len(sessions), 1),
-            "sessions": [
-                {
-                    "id": row["id"],
-                    "seed": row["request"]["seed"],
-                    "params": p,
-                    "status": row["status"],
-                }
-                for p, _sum, row in runs
-            ],
-            "groups": sweeps.group_stats([(p, summ) for p, summ, _row in runs]),
-        }
-    )
+    return _json(await service.sweep_report(s.pool, request.match_info["id"]))
 
 
 # ---- control ---------------------------------------------------------------------------------
 
-CONTROL_TIMEOUT_S = 120.0
-
-
-async def _control(request: web.Request, make: Any) -> Any:
-    """Send a control message to a running session and wait for its answer."""
-    session_id = request.match_info["id"]
-    reply: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
-    await request.app[SERVICES].supervisor.forward(session_id, make(reply))
-    try:
-        return await asyncio.wait_for(reply, CONTROL_TIMEOUT_S)
-    except TimeoutError:
-        raise SessionConflict(f"session {session_id} did not answer in time") from None
-
 
 async def pause_session(request: web.Request) -> web.Response:
-    await _control(request, Pause)
-    return _json({"id": request.match_info["id"], "paused": True})
+    session_id = request.match_info["id"]
+    await service.pause(request.app[SERVICES].supervisor, session_id)
+    return _json({"id": session_id, "paused": True})
 
 
 async def resume_session(request: web.Request) -> web.Response:
-    await _control(request, Resume)
-    return _json({"id": request.match_info["id"], "paused": False})
+    session_id = request.match_info["id"]
+    await service.resume(request.app[SERVICES].supervisor, session_id)
+    return _json({"id": session_id, "paused": False})
 
 
-async def step_session(request: web.Request) -> web.Response:
-    body = await _json_body(request)
+def parse_step(body: Any) -> float:
+    """The sim seconds a step request asks for."""
     seconds = body.get("seconds") if isinstance(body, dict) else None
     if isinstance(seconds, bool) or not isinstance(seconds, int | float) or not 0 < seconds <= 1e7:
         raise InvalidRequest('send {"seconds": s} with s > 0', field="seconds")
-    sample = await _control(request, partial(Step, float(seconds)))
-    return _json({"id": request.match_info["id"], "sample": sample})
+    return float(seconds)
+
+
+async def step_session(request: web.Request) -> web.Response:
+    session_id = request.match_info["id"]
+    seconds = parse_step(await _json_body(request))
+    sample = await service.step(request.app[SERVICES].supervisor, session_id, seconds)
+    return _json({"id": session_id, "sample": sample})
 
 
 async def session_commands_post(request: web.Request) -> web.Response:
-    parsed = commands.parse(await _json_body(request))
-    answer = await _control(request, partial(Commands, parsed))
-    return _json({"id": request.match_info["id"], **answer})
+    session_id = request.match_info["id"]
+    commands = traci_commands.parse(await _json_body(request))
+    answer = await service.apply_commands(request.app[SERVICES].supervisor, session_id, commands)
+    return _json({"id": session_id, **answer})
 
 
 async def session_logs(request: web.Request) -> web.Response:
@@ -552,10 +461,10 @@ async def session_samples(request: web.Request) -> web.StreamResponse:
     response = web.StreamResponse(headers={"Content-Type": "application/json"})
     response.enable_chunked_encoding()
     await response.prepare(request)
-    pace = db.ExportPace(
+    pace = exports.ExportPace(
         s.config.export_stall_s, s.config.export_min_rate_bytes_s, s.config.export_rate_window_s
     )
-    writer = db.PacedWriter(pace, response.write)
+    writer = exports.PacedWriter(pace, response.write)
     await writer.write(b'{"id":' + _encode(row["id"]) + b',"samples":[')
     separator = b""
     async for page in db.sample_pages(s.pool, row["id"], after, limit):
@@ -569,54 +478,31 @@ async def session_samples(request: web.Request) -> web.StreamResponse:
 
 
 async def delete_session(request: web.Request) -> web.Response:
-    row = await _session_row(request)
-    if row["status"] not in db.FINAL_STATUSES:
-        raise SessionConflict(
-            f"session {row['id']} is {row['status']}: stop it before deleting it",
-            status=row["status"],
-        )
-    await db.delete_session(request.app[SERVICES].pool, row["id"])
-    log.info("session_deleted", session_id=row["id"])
-    return _json({"id": row["id"], "deleted": True})
+    session_id = request.match_info["id"]
+    await service.delete_session(request.app[SERVICES].pool, session_id)
+    log.info("session_deleted", session_id=session_id)
+    return _json({"id": session_id, "deleted": True})
 
 
 # ---- analytics ---------------------------------------------------------------------------------
 
 
-def _summary_json(session: dict[str, Any], figures: dict[str, Any]) -> dict[str, Any]:
-    return build_summary(session, figures)
-
-
 async def session_summary(request: web.Request) -> web.Response:
-    row = await _session_row(request)
-    figures = await db.session_summary(request.app[SERVICES].pool, row["id"])
-    return _json(_summary_json(row, figures))
+    pool = request.app[SERVICES].pool
+    return _json(await service.session_summary(pool, request.match_info["id"]))
+
+
+def parse_compare(query: Mapping[str, str]) -> list[str]:
+    """The session ids of a compare request, in order (`?sessions=a,b,...`)."""
+    ids = [i for i in query.get("sessions", "").split(",") if i]
+    if not 2 <= len(ids) <= 50:
+        raise InvalidRequest("sessions must list 2 to 50 session ids, comma-separated")
+    return ids
 
 
 async def compare_sessions(request: web.Request) -> web.Response:
-    pool = request.app[SERVICES].pool
-    ids = [i for i in request.query.get("sessions", "").split(",") if i]
-    if not 2 <= len(ids) <= 50:
-        raise InvalidRequest("sessions must list 2 to 50 session ids, comma-separated")
-    summaries = []
-    for session_id in ids:
-        row = await db.get_session(pool, session_id)
-        if row is None:
-            raise SessionNotFound(f"no session {session_id!r}", session=session_id)
-        summaries.append(_summary_json(row, await db.session_summary(pool, session_id)))
-    base = summaries[0]
-    differences = [
-        {
-            "id": s["id"],
-            "against": base["id"],
-            **{
-                k: (s[k] - base[k]) if s[k] is not None and base[k] is not None else None
-                for k in SUMMARY_FIGURES
-            },
-        }
-        for s in summaries[1:]
-    ]
-    return _json({"sessions": summaries, "differences": differences})
+    ids = parse_compare(request.query)
+    return _json(await service.compare(request.app[SERVICES].pool, ids))
 
 
 # About the chart's width in pixels (9 in at 100 dpi): more points than that draw nothing more.
@@ -741,8 +627,8 @@ async def _stream_events(
 
 async def session_export(request: web.Request) -> web.StreamResponse:
     kind = request.match_info["kind"]
-    if kind not in db.EXPORTS:
-        raise web.HTTPNotFound(reason=f"no export {kind!r}; choose {', '.join(db.EXPORTS)}")
+    if kind not in exports.EXPORTS:
+        raise web.HTTPNotFound(reason=f"no export {kind!r}; choose {', '.join(exports.EXPORTS)}")
     row = await _session_row(request)
     services = request.app[SERVICES]
     cfg = services.config
@@ -756,10 +642,10 @@ async def session_export(request: web.Request) -> web.StreamResponse:
         response.enable_chunked_encoding()
         await response.prepare(request)
         # Rows go from the database to the client chunk by chunk; a slow client slows the COPY.
-        pace = db.ExportPace(
+        pace = exports.ExportPace(
             cfg.export_stall_s, cfg.export_min_rate_bytes_s, cfg.export_rate_window_s
         )
-        await db.export_csv(services.pool, kind, row["id"], response.write, pace=pace)
+        await exports.export_csv(services.pool, kind, row["id"], response.write, pace=pace)
         await response.write_eof()
         return response
 
@@ -879,21 +765,9 @@ async def delete_template_version(request: web.Request) -> web.Response:
 
 
 async def _delete_template(request: web.Request, name: str, version: int | None) -> db.Deleted:
-    what = repr(name) if version is None else f"version {version} of {name!r}"
     with_sessions = request.query.get("sessions") == "delete"
-    try:
-        deleted = await db.delete_template(
-            request.app[SERVICES].pool, name, version=version, with_sessions=with_sessions
-        )
-    except db.TemplateInUse as exc:
-        if exc.active:
-            message = f"{exc.active} sessions of {what} have not ended: stop them first"
-        else:
-            message = f"{exc.total} sessions use {what}: add ?sessions=delete to delete them too"
-        raise SessionConflict(message, sessions=exc.total, active=exc.active) from None
-    if deleted is None:
-        raise TemplateNotFound(f"no template {what}", template=name)
-    return deleted
+    pool = request.app[SERVICES].pool
+    return await service.delete_template(pool, name, version, with_sessions=with_sessions)
 
 
 async def storage(request: web.Request) -> web.Response:

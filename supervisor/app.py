@@ -16,15 +16,16 @@ import asyncpg
 import structlog
 from aiohttp import web
 
-from actors import sandbox
-from actors.feeds import FeedHub
+from actors import sandbox, scenario
 from actors.ports import PortPool, ephemeral_overlap
-from actors.supervisor import SupervisorActor, SupervisorSettings
+from actors.settings import SessionSettings, SupervisorSettings
+from actors.supervisor import SupervisorActor
 from actors.writer import WriterActor
-from supervisor import api, db, pgembed, templates, tokens
-from supervisor import logging as logsetup
+from supervisor import api, db, pgembed, tokens
+from supervisor import logs as logsetup
 from supervisor.access import is_loopback
 from supervisor.config import Config, ConfigError
+from supervisor.feeds import FeedHub
 from supervisor.loopmon import LoopMonitor
 from supervisor.metrics import Metrics
 from supervisor.systemd import Notifier
@@ -125,6 +126,28 @@ async def _sandbox(cfg: Config, sumo: str) -> sandbox.SandboxPlan | None:
     return status.plan
 
 
+def supervisor_settings(
+    cfg: Config, sumo: str, sandbox_plan: sandbox.SandboxPlan | None
+) -> SupervisorSettings:
+    """The actors' settings, taken from the Config once."""
+    return SupervisorSettings(
+        temp_root=cfg.temp_root,
+        max_running=cfg.max_running,
+        max_queued=cfg.max_queued,
+        max_wall_s_default=min(cfg.max_wall_s_default, cfg.max_wall_s_limit),
+        session=SessionSettings(
+            sumo_binary=sumo,
+            stop_grace_s=cfg.stop_grace_s,
+            connect_timeout_s=cfg.connect_timeout_s,
+            sumo_nice=cfg.sumo_nice,
+            sandbox=sandbox_plan,
+            max_session_rows=cfg.max_session_rows,
+            max_pause_s=cfg.max_pause_s,
+            end_limit=cfg.end_limit,
+        ),
+    )
+
+
 def make_writer(
     cfg: Config, pool: asyncpg.Pool, on_batch: Callable[[float], None] = lambda seconds: None
 ) -> WriterActor:
@@ -161,20 +184,7 @@ async def _run(
     metrics = Metrics()
     writer = make_writer(cfg, pool, on_batch=metrics.batch_seconds.observe)
     supervisor = SupervisorActor(
-        SupervisorSettings(
-            temp_root=cfg.temp_root,
-            sumo_binary=sumo,
-            max_running=cfg.max_running,
-            max_queued=cfg.max_queued,
-            stop_grace_s=cfg.stop_grace_s,
-            connect_timeout_s=cfg.connect_timeout_s,
-            sumo_nice=cfg.sumo_nice,
-            sandbox=sandbox_plan,
-            max_session_rows=cfg.max_session_rows,
-            max_wall_s_default=min(cfg.max_wall_s_default, cfg.max_wall_s_limit),
-            max_pause_s=cfg.max_pause_s,
-            end_limit=cfg.end_limit,
-        ),
+        supervisor_settings(cfg, sumo, sandbox_plan),
         pool=pool,
         writer=writer,
         ports=PortPool(cfg.traci_ports.ports()),
@@ -205,7 +215,7 @@ async def _run(
                 feeds,
                 metrics,
                 book,
-                templates.CheckSlots(cfg.upload_checks, cfg.upload_check_wait_s),
+                scenario.CheckSlots(cfg.upload_checks, cfg.upload_check_wait_s),
             ),
             # Test-only: a route that blocks the event loop, to show the watchdog stops.
             test_hooks=os.environ.get("SUMO_SUPERVISOR_TEST_HOOKS") == "1",

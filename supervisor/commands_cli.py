@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import sys
 from collections.abc import Callable
@@ -17,6 +18,8 @@ from rich.markup import escape
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
+from actors.errors import InvalidRequest
+from actors.request import DefaultLimits, parse_session_request
 from supervisor.client import Client, CliError
 
 # What the daemon says is printed as it is: an error text with [brackets] is not rich markup.
@@ -122,14 +125,36 @@ def template_show(client: Client, args: argparse.Namespace) -> int:
 SESSION_COLUMNS = ["id", "template", "status", "label", "sim_time", "end", "progress", "error"]
 
 
-def run(client: Client, args: argparse.Namespace) -> int:
+# The daemon's limits are its settings, which the CLI cannot know: it checks a request's own
+# rules only, and leaves those limits to the daemon.
+_ANY_LIMITS = DefaultLimits(
+    scale_limit=math.inf,
+    trajectory_period_min=0.0,
+    idle_timeout_s_limit=math.inf,
+    max_pause_s=math.inf,
+    max_wall_s_limit=math.inf,
+    end_limit=math.inf,
+)
+
+
+def session_body(args: argparse.Namespace) -> dict[str, Any]:
+    """The body of POST /v1/sessions for `run`, checked by the daemon's own parser first: a bad
+    request is refused before any daemon is asked (or needed)."""
     body: dict[str, Any] = {"template": args.template}
     for key in ("end", "seed", "label", "sample_every"):
         if getattr(args, key) is not None:
             body[key] = getattr(args, key)
     if args.record:
         body["record"] = [r.strip() for r in args.record.split(",") if r.strip()]
-    session = client.post("/v1/sessions", body)
+    try:
+        parse_session_request(body, _ANY_LIMITS)
+    except InvalidRequest as exc:
+        raise CliError(str(exc)) from None
+    return body
+
+
+def run(client: Client, args: argparse.Namespace) -> int:
+    session = client.post("/v1/sessions", session_body(args))
     if not args.wait:
         if args.json:
             _json(session)

@@ -11,7 +11,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from actors.request import DefaultLimits
+
 ENV_PREFIX = "SUMO_SUPERVISOR_"
+
+# One source for the limits a request is checked against (actors/request.py).
+_LIMITS = DefaultLimits()
 
 
 class ConfigError(ValueError):
@@ -125,15 +130,15 @@ class Config:
     # (never more than the limit: setting only the limit lowers both), and the most it may ask
     # for.
     max_wall_s_default: float = 86_400.0
-    max_wall_s_limit: float = 604_800.0
+    max_wall_s_limit: float = _LIMITS.max_wall_s_limit
     # How long a session may stay paused in one go: the default, and the most it may ask for.
-    max_pause_s: float = 3600.0
+    max_pause_s: float = _LIMITS.max_pause_s
     # The most a stepped session may wait to be stepped, the shortest trajectory period, the
     # largest `scale` option and the latest `end` (sim seconds) a session may ask for.
-    idle_timeout_s_limit: float = 86_400.0
-    trajectory_period_min: float = 0.1
-    scale_limit: float = 100.0
-    end_limit: float = 1e7
+    idle_timeout_s_limit: float = _LIMITS.idle_timeout_s_limit
+    trajectory_period_min: float = _LIMITS.trajectory_period_min
+    scale_limit: float = _LIMITS.scale_limit
+    end_limit: float = _LIMITS.end_limit
     config_file: Path | None = None
 
     @property

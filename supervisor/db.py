@@ -16,6 +16,8 @@ import asyncpg
 import orjson
 import structlog
 
+from actors.scenario import TemplateFile
+
 log = structlog.get_logger(component="db")
 
 T = TypeVar("T")
@@ -169,13 +171,6 @@ async def ping(pool: asyncpg.Pool) -> None:
 
 
 # ---- templates ---------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class TemplateFile:
-    path: str
-    sha256: str
-    content: bytes
 
 
 # pg_advisory_xact_lock key serializing uploads while a template quota is checked.
@@ -714,40 +709,10 @@ async def delete_session(pool: asyncpg.Pool, session_id: str) -> None:
         await conn.execute("DELETE FROM sessions WHERE id = $1", session_id)
 
 
-SUMMARY_SQL = """
-WITH s AS (
-    SELECT coalesce(sum(departed), 0) AS inserted, coalesce(sum(arrived), 0) AS arrived,
-           coalesce(sum(teleports), 0) AS teleports, max(sim_time) AS last_time
-      FROM samples WHERE session_id = $1
-), last AS (
-    SELECT vehicles FROM samples WHERE session_id = $1 ORDER BY sim_time DESC LIMIT 1
-), t AS (
-    -- The trips SUMO's own averages take: of vehicles that departed (with write-unfinished,
-    -- also those still running at the end); a row of write-undeparted has depart -1.
-    SELECT count(*) AS trips,
-           avg(duration) AS mean_duration,
-           percentile_cont(0.95) WITHIN GROUP (ORDER BY duration) AS p95_duration,
-           avg(waiting_time) AS mean_waiting_time,
-           avg(time_loss) AS mean_time_loss,
-           avg(route_length) AS mean_route_length,
-           sum(route_length) AS total_distance,
-           avg(route_length / nullif(duration, 0)) AS mean_speed,
-           avg(depart_delay) AS mean_depart_delay
-      FROM trips WHERE session_id = $1 AND depart >= 0
-)
-SELECT s.inserted, s.arrived, coalesce((SELECT vehicles FROM last), 0) AS running, s.teleports,
-       s.last_time, t.*,
-       (SELECT statistics FROM session_statistics WHERE session_id = $1) AS statistics
-  FROM s, t
-"""
-
-
 async def session_summary(pool: asyncpg.Pool, session_id: str) -> dict[str, Any]:
     """The samples' and recorded trips' figures, and SUMO's own statistics (None when SUMO
     wrote none: a session killed, or ended before statistics were kept)."""
-    row = await pool.fetchrow(SUMMARY_SQL, session_id)
-    assert row is not None
-    return dict(row)
+    return (await session_summaries(pool, [session_id]))[session_id]
 
 
 async def store_session_statistics(
@@ -762,130 +727,6 @@ async def store_session_statistics(
         )
 
     await with_retry(op, what="store_session_statistics")
-
-
-# What GET /v1/sessions/{id}/<kind>.csv exports, in order.
-EXPORTS = {
-    "samples": f"SELECT {_SAMPLE_FIELDS} FROM samples WHERE session_id = $1 ORDER BY sim_time",
-    "trajectories": "SELECT time, vehicle, x, y, angle, speed, lane FROM trajectories"
-    " WHERE session_id = $1 ORDER BY time, vehicle",
-    "trips": "SELECT vehicle, vtype, depart, arrival, duration, route_length, waiting_time,"
-    " waiting_count, time_loss, depart_delay, reroutes FROM trips WHERE session_id = $1"
-    " ORDER BY arrival, vehicle",
-    "edges": "SELECT interval_begin, interval_end, edge, entered, left_edge, mean_speed,"
-    " occupancy, density, sampled_seconds FROM edge_data WHERE session_id = $1"
-    " ORDER BY interval_begin, edge",
-}
-
-
-class ExportStalled(Exception):
-    """The export's client made no room for another piece in `stall_s`."""
-
-
-class ExportTooSlow(Exception):
-    """The export's client took less than the minimum rate over a whole window."""
-
-
-# asyncpg bounds a whole COPY by one timeout; an export's lasts as long as its client reads.
-EXPORT_MAX_S = 24 * 3600.0
-# The stall bound is per piece written, not per COPY chunk (which can be megabytes).
-EXPORT_PIECE = 64 * 1024
-
-
-@dataclass(frozen=True)
-class ExportPace:
-    """What an export's client must keep up: some room for the next piece within `stall_s`,
-    and at least `min_rate` bytes a second over every `window_s` (0: no minimum rate)."""
-
-    stall_s: float
-    min_rate: float = 0.0
-    window_s: float = 30.0
-
-
-class PacedWriter:
-    """Writes to a client piece by piece, cutting it off when it stalls or reads below the rate.
-
-    The rate is counted over consecutive windows of `window_s`: each must see at least
-    `min_rate * window_s` bytes taken. A piece must be taken by the end of the first window
-    that has not had its due yet (the current one, or the next when the current one has), so
-    an idle client is cut off within two windows, a trickling one within one. A write is never
-    retried after a timeout (part of it may be on its way already): a timeout ends the export.
-    """
-
-    def __init__(self, pace: ExportPace, output: Callable[[memoryview], Awaitable[None]]) -> None:
-        self._pace = pace
-        self._output = output
-        self._loop = asyncio.get_running_loop()
-        self._window_end = self._loop.time() + pace.window_s
-        self._taken = 0
-
-    async def write(self, data: bytes | memoryview) -> None:
-        view = memoryview(data)
-        for start in range(0, len(view), EXPORT_PIECE):
-            await self._write_piece(view[start : start + EXPORT_PIECE])
-
-    def _too_slow(self) -> ExportTooSlow:
-        pace = self._pace
-        return ExportTooSlow(
-            f"the client took {self._taken} bytes in {pace.window_s} s,"
-            f" below {pace.min_rate:.0f} bytes/s"
-        )
-
-    async def _write_piece(self, piece: memoryview) -> None:
-        pace = self._pace
-        stall_at = self._loop.time() + pace.stall_s
-        rate_at = math.inf
-        if pace.min_rate > 0:
-            due = pace.min_rate * pace.window_s
-            rate_at = self._window_end + (pace.window_s if self._taken >= due else 0.0)
-        try:
-            # A timeout scope, not wait_for: no task per piece of a large export.
-            async with asyncio.timeout_at(min(stall_at, rate_at)):
-                await self._output(piece)
-        except TimeoutError:
-            if rate_at < stall_at:
-                if rate_at > self._window_end:  # the current window had its due; the next not
-                    self._taken = 0
-                raise self._too_slow() from None
-            raise ExportStalled(f"the client took no more data for {pace.stall_s} s") from None
-        if self._loop.time() < self._window_end:
-            self._taken += len(piece)
-            return
-        # Taken in the next window (the current one had its due, or the timeout would have
-        # ended the export): this piece opens its count.
-        if pace.min_rate > 0 and self._taken < pace.min_rate * pace.window_s:
-            raise self._too_slow()
-        self._window_end += pace.window_s
-        self._taken = len(piece)
-        while self._loop.time() >= self._window_end:
-            # Only without a minimum rate can a piece take more than a window.
-            self._window_end += pace.window_s
-
-
-async def export_csv(
-    pool: asyncpg.Pool,
-    kind: str,
-    session_id: str,
-    output: Callable[[memoryview], Awaitable[None]],
-    *,
-    pace: ExportPace,
-) -> None:
-    """Stream one of EXPORTS as CSV with a header, chunk by chunk, to `output`: COPY hands the
-    rows over as the client takes them, so the daemon holds a chunk at a time, whatever the
-    export's size. However long the whole takes, a client that makes no room for
-    EXPORT_PIECE more bytes in `pace.stall_s`, or takes less than `pace.min_rate` over a
-    window, ends it (ExportStalled, ExportTooSlow): it would hold a pool connection for as
-    long as it liked."""
-    writer = PacedWriter(pace, output)
-    async with pool.acquire() as conn:
-        await conn.copy_from_query(
-            EXPORTS[kind],
-            session_id,
-            output=writer.write,
-            format="csv",
-            header=True,
-            timeout=EXPORT_MAX_S,
-        )
 
 
 # ---- API tokens --------------------------------------------------------------------------------
@@ -1096,3 +937,61 @@ async def storage_report(
         "sessions_total": int(total),
         "sessions": sessions,
     }
+
+
+# ---- several sessions at once (compare, sweeps) ------------------------------------------------
+
+
+async def get_sessions(pool: asyncpg.Pool, session_ids: Sequence[str]) -> dict[str, dict[str, Any]]:
+    """The sessions of `session_ids` that exist, by id, each as `get_session` gives it."""
+    rows = await pool.fetch(
+        f"SELECT {_SESSION_FIELDS} FROM sessions s WHERE s.id = ANY($1::text[])",
+        list(dict.fromkeys(session_ids)),
+    )
+    return {r["id"]: dict(r) for r in rows}
+
+
+# The summary figures of sessions, in one statement: a session with no samples or trips gets
+# zeros and nulls. The trips SUMO's own averages take are of vehicles that departed (with
+# write-unfinished, also those still running at the end); a row of write-undeparted has depart -1.
+SUMMARIES_SQL = """
+SELECT ids.id AS session_id,
+       s.inserted, s.arrived, coalesce(last.vehicles, 0) AS running, s.teleports, s.last_time,
+       t.*, st.statistics
+  FROM unnest($1::text[]) AS ids (id)
+ CROSS JOIN LATERAL (
+    SELECT coalesce(sum(departed), 0) AS inserted, coalesce(sum(arrived), 0) AS arrived,
+           coalesce(sum(teleports), 0) AS teleports, max(sim_time) AS last_time
+      FROM samples WHERE session_id = ids.id
+ ) s
+  LEFT JOIN LATERAL (
+    SELECT vehicles FROM samples WHERE session_id = ids.id ORDER BY sim_time DESC LIMIT 1
+ ) last ON true
+ CROSS JOIN LATERAL (
+    SELECT count(*) AS trips,
+           avg(duration) AS mean_duration,
+           percentile_cont(0.95) WITHIN GROUP (ORDER BY duration) AS p95_duration,
+           avg(waiting_time) AS mean_waiting_time,
+           avg(time_loss) AS mean_time_loss,
+           avg(route_length) AS mean_route_length,
+           sum(route_length) AS total_distance,
+           avg(route_length / nullif(duration, 0)) AS mean_speed,
+           avg(depart_delay) AS mean_depart_delay
+      FROM trips WHERE session_id = ids.id AND depart >= 0
+ ) t
+  LEFT JOIN session_statistics st ON st.session_id = ids.id
+"""
+
+
+async def session_summaries(
+    pool: asyncpg.Pool, session_ids: Sequence[str]
+) -> dict[str, dict[str, Any]]:
+    """`session_summary` of each of `session_ids`, by id, in one query."""
+    if not session_ids:
+        return {}
+    rows = await pool.fetch(SUMMARIES_SQL, list(dict.fromkeys(session_ids)))
+    out = {}
+    for r in rows:
+        figures = dict(r)
+        out[figures.pop("session_id")] = figures
+    return out

@@ -106,3 +106,21 @@ def build(session: dict[str, Any], figures: dict[str, Any]) -> dict[str, Any]:
         **out,
         "statistics": stats,
     }
+
+
+def compare(summaries: list[dict[str, Any]]) -> dict[str, Any]:
+    """`summaries` side by side, and each one's differences from the first, figure by figure
+    (None where either has no such figure)."""
+    base = summaries[0]
+    differences = [
+        {
+            "id": s["id"],
+            "against": base["id"],
+            **{
+                k: (s[k] - base[k]) if s[k] is not None and base[k] is not None else None
+                for k in FIGURES
+            },
+        }
+        for s in summaries[1:]
+    ]
+    return {"sessions": summaries, "differences": differences}

@@ -7,16 +7,33 @@ import itertools
 import math
 import statistics
 from collections.abc import Mapping
+from dataclasses import dataclass
 from typing import Any
 
+from actors.errors import InvalidRequest
+from actors.request import SUMO_OPTIONS, SessionRequest, parse_session_request
 from supervisor.config import Config
-from supervisor.errors import InvalidRequest
-from supervisor.session_request import SUMO_OPTIONS, SessionRequest, parse_session_request
+from supervisor.db import FINAL_STATUSES
 from supervisor.summary import FIGURES
 
 MAX_SESSIONS = 1000
 # Request fields a sweep may vary besides SUMO options.
 VARIABLE_FIELDS = ("end", "sample_every", "trajectory_period", "edge_period", "max_wall_s")
+
+
+@dataclass(frozen=True)
+class SweepRequest:
+    """A sweep as it was asked for (`body`, stored with the sweep) and each of its runs: the
+    varied values and the session request they make."""
+
+    body: dict[str, Any]
+    runs: tuple[tuple[dict[str, Any], SessionRequest], ...]
+
+
+def parse_sweep_request(body: Any, cfg: Config | None = None) -> SweepRequest:
+    """The sweep `body` asks for, every run validated (see `expand`)."""
+    runs = expand(body, cfg)
+    return SweepRequest(body, tuple(runs))
 
 
 def expand(body: Any, cfg: Config | None = None) -> list[tuple[dict[str, Any], SessionRequest]]:
@@ -110,3 +127,36 @@ def group_stats(
             figures[fig] = stats(vals)
         out.append({"params": dict(params), "completed": len(summaries), "figures": figures})
     return out
+
+
+def report(
+    sweep: Mapping[str, Any],
+    sessions: list[dict[str, Any]],
+    summaries: Mapping[str, dict[str, Any]],
+) -> dict[str, Any]:
+    """What GET /v1/sweeps/{id} answers: the sweep's progress, each run's params and status, and
+    the statistics per combination. `sessions` are the sweep's (id, status, request), in order;
+    `summaries` the summaries of its completed ones, by id (a run counts only once completed,
+    whatever else is known of it)."""
+    by_status: dict[str, int] = {}
+    runs = []
+    vary = sweep["request"].get("vary") or {}
+    for row in sessions:
+        by_status[row["status"]] = by_status.get(row["status"], 0) + 1
+        params = params_of(row["request"], vary)
+        summary = summaries[row["id"]] if row["status"] == "completed" else None
+        runs.append((params, summary, row))
+    return {
+        "id": sweep["id"],
+        "request": sweep["request"],
+        "created_at": sweep["created_at"],
+        "total": len(sessions),
+        "by_status": by_status,
+        "done": all(r["status"] in FINAL_STATUSES for r in sessions),
+        "progress": sum(by_status.get(st, 0) for st in FINAL_STATUSES) / max(len(sessions), 1),
+        "sessions": [
+            {"id": row["id"], "seed": row["request"]["seed"], "params": p, "status": row["status"]}
+            for p, _summary, row in runs
+        ],
+        "groups": group_stats([(p, summary) for p, summary, _row in runs]),
+    }

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from supervisor.errors import InvalidRequest
+from actors.errors import InvalidRequest
 
 
 def why_unstorable(text: str) -> str | None:

@@ -15,7 +15,7 @@ from typing import Any
 import asyncpg
 
 from supervisor import db, pgembed, tokens
-from supervisor import logging as logsetup
+from supervisor import logs as logsetup
 from supervisor.config import Config, ConfigError, load_config
 
 

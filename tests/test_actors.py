@@ -14,12 +14,14 @@ from typing import Any
 import asyncpg
 import pytest
 
+from actors import scenario
+from actors.messages import SessionSpec
 from actors.ports import PortPool, port_is_free
-from actors.session import SessionSpec
-from actors.supervisor import SupervisorActor, SupervisorSettings, new_session_id
+from actors.request import SessionRequest
+from actors.settings import SessionSettings, SupervisorSettings
+from actors.supervisor import SupervisorActor, new_session_id
 from actors.writer import CsvChunk, Mark, WriterActor
-from supervisor import db, templates
-from supervisor.session_request import SessionRequest
+from supervisor import db
 from tests.harness.scenarios import SUMO_BIN, Scenario
 
 
@@ -31,10 +33,10 @@ async def pool(db_url: str) -> AsyncIterator[asyncpg.Pool]:
     await pool.close()
 
 
-async def store_template(pool: asyncpg.Pool, name: str, scenario: Scenario) -> SessionSpec:
-    sha, files = templates.check_upload(scenario.config, scenario.files())
-    version = await db.insert_template_version(pool, name, scenario.config, sha, files)
-    return SessionSpec(new_session_id(), name, version, scenario.config, SessionRequest(name))
+async def store_template(pool: asyncpg.Pool, name: str, built: Scenario) -> SessionSpec:
+    sha, files = scenario.check_upload(built.config, built.files())
+    version = await db.insert_template_version(pool, name, built.config, sha, files)
+    return SessionSpec(new_session_id(), name, version, built.config, SessionRequest(name))
 
 
 async def wait_final(pool: asyncpg.Pool, session_id: str, timeout: float = 60) -> dict:
@@ -52,11 +54,11 @@ def make_supervisor(
 ) -> SupervisorActor:
     settings = SupervisorSettings(
         temp_root=tmp_path / "sessions",
-        sumo_binary=str(SUMO_BIN / "sumo"),
         max_running=max_running,
         max_queued=10,
-        stop_grace_s=1.0,
-        connect_timeout_s=30.0,
+        session=SessionSettings(
+            sumo_binary=str(SUMO_BIN / "sumo"), stop_grace_s=1.0, connect_timeout_s=30.0
+        ),
     )
     return SupervisorActor(settings, pool=pool, writer=writer, ports=ports)
 

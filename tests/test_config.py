@@ -119,8 +119,8 @@ def test_session_limits_must_be_positive_and_finite(name: str, value: str):
 
 
 def test_session_limits_bound_requests():
-    from supervisor.errors import InvalidRequest
-    from supervisor.session_request import parse_session_request
+    from actors.errors import InvalidRequest
+    from actors.request import parse_session_request
 
     cfg = load_config({}, {"SUMO_SUPERVISOR_MAX_PAUSE_S": "10", "SUMO_SUPERVISOR_END_LIMIT": "50"})
     assert parse_session_request({"template": "t", "max_pause_s": 10}, cfg).max_pause_s == 10

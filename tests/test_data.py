@@ -21,7 +21,7 @@ import defusedxml.ElementTree as safe_et
 import psutil
 import pytest
 
-from actors import feeds
+from supervisor import feeds
 from tests.harness.http import (
     create_session,
     read_stream,

@@ -24,15 +24,16 @@ from typing import Any
 import asyncpg
 import pytest
 
-from actors import handover, sandbox
+from actors import handover, sandbox, scenario
+from actors.messages import SessionSpec
 from actors.ports import PortPool
-from actors.session import SessionSpec
-from actors.supervisor import SupervisorActor, SupervisorSettings, new_session_id
+from actors.request import SessionRequest
+from actors.settings import SessionSettings, SupervisorSettings
+from actors.supervisor import SupervisorActor, new_session_id
 from actors.writer import WriterActor
 from supervisor import db
 from supervisor.config import ConfigError, load_config
 from supervisor.db import FINAL_STATUSES
-from supervisor.session_request import SessionRequest
 from tests.harness.daemon import next_port_range
 from tests.harness.http import create_session, get_session, template_form, upload, wait_status
 from tests.harness.scenarios import SUMO_BIN, Scenario
@@ -287,9 +288,9 @@ def test_a_file_over_the_size_cap_stops_sumo_with_sigxfsz(plan, session_dir, out
 # ---- the session actor, in-process ----------------------------------------------------------------
 
 
-def _template_files(root: Path) -> list[db.TemplateFile]:
+def _template_files(root: Path) -> list[scenario.TemplateFile]:
     return [
-        db.TemplateFile(p.name, hashlib.sha256(p.read_bytes()).hexdigest(), p.read_bytes())
+        scenario.TemplateFile(p.name, hashlib.sha256(p.read_bytes()).hexdigest(), p.read_bytes())
         for p in sorted(root.iterdir())
     ]
 
@@ -328,12 +329,11 @@ async def test_the_session_actor_runs_sumo_confined_in_either_mode(
         supervisor = SupervisorActor(
             SupervisorSettings(
                 temp_root=tmp_path / "sessions",
-                sumo_binary=SUMO,
                 max_running=2,
                 max_queued=10,
-                stop_grace_s=1.0,
-                connect_timeout_s=30.0,
-                sandbox=confined,
+                session=SessionSettings(
+                    sumo_binary=SUMO, stop_grace_s=1.0, connect_timeout_s=30.0, sandbox=confined
+                ),
             ),
             pool=pool,
             writer=writer,

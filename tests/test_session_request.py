@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from supervisor.errors import InvalidRequest
-from supervisor.session_request import parse_session_request
+from actors.errors import InvalidRequest
+from actors.request import parse_session_request
 
 
 @pytest.mark.parametrize("label", ["a\n", "a\x00", "a\ud800", "", "a b"])

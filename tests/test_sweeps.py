@@ -10,8 +10,8 @@ import time
 import pytest
 from scipy import stats as st
 
+from actors.request import SUMO_OPTIONS
 from supervisor import db
-from supervisor.session_request import SUMO_OPTIONS
 from supervisor.sweeps import VARIABLE_FIELDS
 from tests.harness.http import create_session, upload, wait_status
 

@@ -20,9 +20,9 @@ from typing import Any
 
 import pytest
 
-from supervisor import templates
+from actors import scenario
+from actors.errors import Busy, InvalidTemplate, PayloadTooLarge, SupervisorError
 from supervisor.config import ConfigError, load_config
-from supervisor.errors import Busy, InvalidTemplate, PayloadTooLarge, SupervisorError
 from tests.harness.http import create_session, template_form, wait_status
 from tests.harness.poll import wait_until
 from tests.harness.scenarios import SUMO_BIN, Scenario
@@ -329,7 +329,7 @@ async def test_a_check_beyond_the_slots_gets_503(daemons, db_url, http, scenario
 
 
 async def test_check_slots_hold_until_the_thread_ends():
-    slots = templates.CheckSlots(1, wait_s=0)
+    slots = scenario.CheckSlots(1, wait_s=0)
     started, release = threading.Event(), threading.Event()
 
     def first_check() -> bool:
@@ -350,7 +350,7 @@ async def test_check_slots_hold_until_the_thread_ends():
     assert await asyncio.wait_for(_run_when_free(slots), 60) == "fourth"
 
 
-async def _run_when_free(slots: templates.CheckSlots) -> str:
+async def _run_when_free(slots: scenario.CheckSlots) -> str:
     while True:
         try:
             return await slots.run(lambda: "fourth")
@@ -363,7 +363,7 @@ async def _run_when_free(slots: templates.CheckSlots) -> str:
 
 def _refusal(files: dict[str, bytes], config: str = "a.sumocfg", **kw: Any) -> SupervisorError:
     with pytest.raises(SupervisorError) as caught:
-        templates.check_upload(config, files, **kw)
+        scenario.check_upload(config, files, **kw)
     return caught.value
 
 
@@ -384,7 +384,7 @@ def test_options_are_read_as_sumo_reads_them():
         b"<time><end><ignored/>600</end></time>"
         b"</configuration>"
     )
-    assert templates.sumocfg_options(cfg, "x.sumocfg") == [
+    assert scenario.sumocfg_options(cfg, "x.sumocfg") == [
         ("input", "net-file", "n.net.xml"),
         ("input", "route-files", "r.rou.xml"),
         ("c", "netstate-dump", "\n  nd.xml\n"),
@@ -434,7 +434,7 @@ def test_an_input_the_upload_lacks_is_refused_naming_it(grid, option, missing):
     error = _refusal({**grid, "a.sumocfg": cfg})
     assert isinstance(error, InvalidTemplate)
     assert f"{missing!r}, which is not in the upload" in error.message, error.message
-    templates.check_upload("a.sumocfg", {**grid, "a.sumocfg": cfg, missing: b"<x/>"})
+    scenario.check_upload("a.sumocfg", {**grid, "a.sumocfg": cfg, missing: b"<x/>"})
 
 
 @pytest.mark.parametrize(
@@ -473,7 +473,7 @@ def test_harmless_values_pass(grid):
         b'<additional><poly id="p" shape="0,0 10,0 10,10" type="a b" name="A / B &amp; C"/>'
         b'<param key="k" value="x...y"/></additional>'
     )
-    templates.check_upload("a.sumocfg", {**grid, "a.sumocfg": cfg, "sub/dir/x.add": add})
+    scenario.check_upload("a.sumocfg", {**grid, "a.sumocfg": cfg, "sub/dir/x.add": add})
 
 
 @pytest.mark.parametrize(
@@ -513,7 +513,7 @@ def test_files_that_are_not_xml_are_kept_as_they_are(grid):
         "empty.dat": b"",
         "two.add.gz": gzip.compress(b"<a>") + gzip.compress(b"</a>") + b"\0\0",
     }
-    _sha, stored = templates.check_upload("a.sumocfg", files)
+    _sha, stored = scenario.check_upload("a.sumocfg", files)
     assert {f.path: f.content for f in stored} == files
 
 
@@ -529,7 +529,7 @@ def test_inflate_cap_is_counted_while_inflating(grid):
     assert "b.add: inflates to more than 33554432 bytes" in error.message
     assert peak < 4 << 20, peak  # a few chunks, never the file
     # Under the cap, the same file is fine.
-    templates.check_upload("a.sumocfg", {**grid, "b.add": bomb}, max_inflated_bytes=65 << 20)
+    scenario.check_upload("a.sumocfg", {**grid, "b.add": bomb}, max_inflated_bytes=65 << 20)
 
 
 def test_a_config_is_small(grid):

@@ -19,8 +19,8 @@ from typing import Any
 import asyncpg
 import structlog
 
+from actors.errors import Busy
 from supervisor import db
-from supervisor.errors import Busy
 
 POLL_S = 0.2
 WATCHER_QUEUE = 2000

@@ -6,10 +6,9 @@ from __future__ import annotations
 import re
 from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
-from supervisor.config import Config
-from supervisor.errors import InvalidRequest
+from actors.errors import InvalidRequest
 
 
 def _float(lo: float, hi: float) -> Callable[[Any], str]:
@@ -148,10 +147,39 @@ def _within(value: Any, limit: float, key: str, setting: str) -> None:
         )
 
 
-def parse_session_request(body: Any, cfg: Config | None = None) -> SessionRequest:
+class Limits(Protocol):
+    """The daemon's limits a request is checked against (the daemon's Config has them)."""
+
+    @property
+    def scale_limit(self) -> float: ...
+    @property
+    def trajectory_period_min(self) -> float: ...
+    @property
+    def idle_timeout_s_limit(self) -> float: ...
+    @property
+    def max_pause_s(self) -> float: ...
+    @property
+    def max_wall_s_limit(self) -> float: ...
+    @property
+    def end_limit(self) -> float: ...
+
+
+@dataclass(frozen=True)
+class DefaultLimits:
+    """The limits of a daemon with default settings."""
+
+    scale_limit: float = 100.0
+    trajectory_period_min: float = 0.1
+    idle_timeout_s_limit: float = 86_400.0
+    max_pause_s: float = 3600.0
+    max_wall_s_limit: float = 604_800.0
+    end_limit: float = 1e7
+
+
+def parse_session_request(body: Any, cfg: Limits | None = None) -> SessionRequest:
     """Check a request against its own rules and the daemon's limits (`cfg`; the defaults when
     None)."""
-    cfg = cfg or Config()
+    cfg = cfg or DefaultLimits()
     if not isinstance(body, dict):
         raise InvalidRequest("request body must be a JSON object")
     known = {
@@ -185,7 +213,8 @@ def parse_session_request(body: Any, cfg: Config | None = None) -> SessionReques
         raise InvalidRequest(
             "label must be 1-100 characters of letters, digits and ._:@/+-", field="label"
         )
-    options = body.get("sumo_options") or {}
+    options = body.get("sumo_options")
+    options = {} if options is None else options
     if not isinstance(options, dict):
         raise InvalidRequest(
             "sumo_options must be an object of option: value", field="sumo_options"

@@ -15,7 +15,7 @@ from typing import Any
 from traci.connection import Connection
 from traci.exceptions import TraCIException
 
-from supervisor.errors import InvalidRequest, SupervisorError
+from actors.errors import InvalidRequest, SupervisorError
 
 MAX_COMMANDS = 1000
 
@@ -159,7 +159,11 @@ def parse(body: Any) -> list[dict[str, Any]]:
         raise InvalidRequest(f"at most {MAX_COMMANDS} commands at once")
     out = []
     for n, c in enumerate(commands):
-        if not isinstance(c, dict) or c.get("type") not in COMMANDS:
+        if (
+            not isinstance(c, dict)
+            or not isinstance(c.get("type"), str)
+            or c["type"] not in COMMANDS
+        ):
             raise InvalidRequest(
                 f"command {n}: type must be one of {', '.join(sorted(COMMANDS))}",
                 index=n,

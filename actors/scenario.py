@@ -23,13 +23,13 @@ import posixpath
 import re
 import zlib
 from collections.abc import Callable, Iterable, Iterator, Mapping
+from dataclasses import dataclass
 from itertools import chain
 from pathlib import Path
 from typing import Any, TypeVar
 from xml.parsers import expat
 
-from supervisor.db import TemplateFile
-from supervisor.errors import Busy, InvalidRequest, InvalidTemplate, PayloadTooLarge
+from actors.errors import Busy, InvalidRequest, InvalidTemplate, PayloadTooLarge
 
 NAME_RE = re.compile(r"^[a-z0-9][a-z0-9_.-]{0,62}$")
 MAX_PATH_LEN = 512
@@ -428,7 +428,7 @@ def config_output(config: bytes, config_path: str, names: Iterable[str]) -> str 
     wanted = set(names)
     try:
         options = sumocfg_options(config, config_path)
-    except InvalidTemplate:
+    except (InvalidTemplate, PayloadTooLarge):
         return None
     values = [v for _s, option, v in options if option in wanted]
     if not values or not (value := values[-1].strip()) or value == "/dev/null" or "${" in value:
@@ -494,6 +494,16 @@ def check_upload(
 
 
 # ---- how many checks at once ------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class TemplateFile:
+    """One file of a template version, as stored."""
+
+    path: str
+    sha256: str
+    content: bytes
+
 
 _T = TypeVar("_T")
 
