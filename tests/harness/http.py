@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import json
 import time
+from collections.abc import Mapping
 from typing import Any, Protocol
 
 import aiohttp
@@ -13,6 +14,7 @@ import aiohttp
 from tests.harness.poll import DEADLINE_S, POLL_S
 from tests.harness.scenarios import Scenario
 
+# The statuses a session ends in, as the API shows them.
 FINAL = frozenset({"completed", "failed", "stopped", "timed_out"})
 
 
@@ -170,7 +172,7 @@ async def recorded_session(
     http: aiohttp.ClientSession,
     at: HasUrl | str,
     db_url: str,
-    scenarios: Any,
+    scenarios: Mapping[str, Scenario],
     rows: int,
 ) -> dict[str, Any]:
     """A completed session with `rows` trajectory rows, made in the database directly (a real

@@ -22,7 +22,7 @@ def admin_url(data_dir: Path) -> Iterator[str]:
         return
     import pgserver
 
-    server = pgserver.get_server(data_dir, cleanup_mode="stop")
+    server = pgserver.get_server(data_dir, cleanup_mode="stop")  # type: ignore[attr-defined]
     try:
         yield server.get_uri()
     finally:
