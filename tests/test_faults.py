@@ -19,7 +19,7 @@ from pathlib import Path
 import psutil
 import pytest
 
-from tests.harness.daemon import pid_alive, sumo_children
+from tests.harness.daemon import next_port_range, pid_alive, sumo_children
 from tests.harness.http import create_session, get_session, samples, upload, wait_status
 from tests.harness.scenarios import bare_sumo_totals
 
@@ -30,7 +30,7 @@ REPO = Path(__file__).resolve().parent.parent
 async def test_sigkilled_daemon_reruns_its_sessions_to_identical_data(
     daemons, db_url, http, scenarios, tmp_path
 ):
-    state, ports = tmp_path / "state", (21800, 21849)
+    state, ports = tmp_path / "state", next_port_range()
     daemon = await daemons.start(db_url, state_dir=state, traci_ports=ports, max_running=4)
     await upload(http, daemon, "long", scenarios["long"])
     runs = [(seed, 6000.0) for seed in (1, 2, 3, 4)]

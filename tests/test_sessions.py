@@ -171,7 +171,7 @@ async def test_sumo_killed_fails_that_session_only(daemons, db_url, http, scenar
 
 
 async def test_port_held_by_another_process_is_skipped(daemons, db_url, http, scenarios):
-    first, last = 21990, 21994
+    first, last = next_port_range(5)  # this test's own, whatever other workers run
     holder = socket.socket()
     holder.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     holder.bind(("0.0.0.0", first))
