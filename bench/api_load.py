@@ -6,7 +6,7 @@ load, in the same run. Each client has a token of its own (the fair share is per
 
 Targets (issue 12): sessions slowed < 5%, polite p99 < 50 ms.
 
-    python bench/api_load.py [--small]
+    python -m bench.api_load [--small]
 """
 
 from __future__ import annotations
@@ -21,9 +21,11 @@ from pathlib import Path
 
 import aiohttp
 import psutil
-from common import Daemon, build_scenario, create, make_token, token_command, upload, wait_all
 
+from bench.common import make_token, start_daemon, token_command
 from supervisor.config import Config
+from tests.harness.http import create_session, upload, wait_all
+from tests.harness.scenarios import Scenario, grid_scenario
 
 FLOOD_CONNECTIONS = 8
 POLITE_PER_S = 10.0
@@ -31,7 +33,7 @@ POLITE_PER_S = 10.0
 
 async def batch(http: aiohttp.ClientSession, url: str, seeds: range) -> tuple[float, list[str]]:
     start = time.perf_counter()
-    ids = [await create(http, url, template="bench", seed=s) for s in seeds]
+    ids = [(await create_session(http, url, template="bench", seed=s))["id"] for s in seeds]
     # The control client polls gently (it is not the one measured).
     await wait_all(http, url, ids, {"completed"}, poll_s=0.25)
     return time.perf_counter() - start, ids
@@ -63,16 +65,16 @@ def _auth(token: str) -> dict[str, str]:
     return {"Authorization": f"Bearer {token}"}
 
 
-async def measure(cfg: Path, state: Path, rounds: int) -> None:
+async def measure(scn: Scenario, state: Path, rounds: int) -> None:
     tokens = {name: make_token(state, name, "operator") for name in ("control", "flood", "polite")}
-    daemon = Daemon(state, "--max-running", "8", fair_share=True)
+    daemon = start_daemon(state, "--max-running", "8", fair_share=True)
     try:
         async with (
             aiohttp.ClientSession(headers=_auth(tokens["control"])) as control,
             aiohttp.ClientSession(headers=_auth(tokens["flood"])) as flood,
             aiohttp.ClientSession(headers=_auth(tokens["polite"])) as polite,
         ):
-            await upload(control, daemon.url, cfg)
+            await upload(control, daemon, "bench", scn)
             _, ids = await batch(control, daemon.url, range(8))  # warm-up, and ids to ask for
             quiet_runs: list[float] = []
             loaded_runs: list[float] = []
@@ -157,9 +159,9 @@ async def main() -> None:
     parser.add_argument("--small", action="store_true")
     args = parser.parse_args()
     work = Path(tempfile.mkdtemp(prefix="bench-api-"))
-    end = 300 if args.small else 2400
-    cfg = build_scenario(work / "scn", grid=5, length=200, end=end, period=1.0, min_distance=400)
-    await measure(cfg, work / "state", rounds=1 if args.small else 5)
+    end = 100 if args.small else 2400
+    scn = grid_scenario(work / "scn", grid=5, length=200, end=end, period=1.0, min_distance=400)
+    await measure(scn, work / "state", rounds=1 if args.small else 5)
 
 
 if __name__ == "__main__":

@@ -2,7 +2,7 @@
 process, on one daemon, alternately without tokens (loopback, tokenless) and with a token in
 every request. Target (issue 12): with auth >= 0.95 of without (a check < 0.1 ms).
 
-    python bench/auth_cost.py [--small]
+    python -m bench.auth_cost [--small]
 """
 
 from __future__ import annotations
@@ -15,7 +15,8 @@ import time
 from pathlib import Path
 
 import aiohttp
-from common import Daemon
+
+from bench.common import start_daemon
 
 CONNECTIONS = 8
 
@@ -60,7 +61,7 @@ async def main() -> None:
     args = parser.parse_args()
     seconds, rounds = (0.5, 1) if args.small else (1.5, 12)
     state = Path(tempfile.mkdtemp(prefix="bench-auth-")) / "state"
-    daemon = Daemon(state)
+    daemon = start_daemon(state)
     without: list[float] = []
     with_auth: list[float] = []
     try:

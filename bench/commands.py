@@ -1,7 +1,7 @@
 """Issue 5's figure: one command round trip over the API (POST .../commands with one query,
 answered from the running session) against one bare TraCI call to a SUMO of the same scenario.
 
-    python bench/commands.py [--calls 300]
+    python -m bench.commands [--calls 300]
 """
 
 from __future__ import annotations
@@ -16,12 +16,15 @@ from pathlib import Path
 
 import aiohttp
 import traci
-from common import SUMO, Daemon, build_scenario, upload
+
+from bench.common import SUMO, start_daemon
+from tests.harness.http import upload
+from tests.harness.scenarios import Scenario, grid_scenario
 
 
-def bare_traci(cfg: Path, calls: int) -> float:
+def bare_traci(scn: Scenario, calls: int) -> float:
     port = 18813
-    proc = subprocess.Popen([SUMO, "-c", cfg.name, "--remote-port", str(port)], cwd=cfg.parent)
+    proc = subprocess.Popen([SUMO, "-c", scn.config, "--remote-port", str(port)], cwd=scn.root)
     try:
         conn = None
         for _ in range(2000):
@@ -44,11 +47,11 @@ def bare_traci(cfg: Path, calls: int) -> float:
         proc.wait(30)
 
 
-async def daemon_commands(cfg: Path, work: Path, calls: int) -> float:
-    daemon = Daemon(work / "state")
+async def daemon_commands(scn: Scenario, work: Path, calls: int) -> float:
+    daemon = start_daemon(work / "state")
     try:
         async with aiohttp.ClientSession() as http:
-            await upload(http, daemon.url, cfg)
+            await upload(http, daemon, "bench", scn)
             body = {"template": "bench", "mode": "stepped", "idle_timeout_s": 600}
             async with http.post(f"{daemon.url}/v1/sessions", json=body) as r:
                 sid = (await r.json())["id"]
@@ -79,9 +82,9 @@ async def main() -> None:
     parser.add_argument("--calls", type=int, default=300)
     args = parser.parse_args()
     work = Path(tempfile.mkdtemp(prefix="bench-commands-"))
-    cfg = build_scenario(work / "scn", grid=4, length=200, end=3600, period=1.0, min_distance=300)
-    bare = bare_traci(cfg, args.calls)
-    api = await daemon_commands(cfg, work, args.calls)
+    scn = grid_scenario(work / "scn", grid=4, length=200, end=3600, period=1.0, min_distance=300)
+    bare = bare_traci(scn, args.calls)
+    api = await daemon_commands(scn, work, args.calls)
     print(
         f"median of {args.calls}: bare TraCI trafficlight.getPhase {bare * 1e3:.3f} ms, "
         f"POST /v1/sessions/{{id}}/commands (one get) {api * 1e3:.3f} ms, "

@@ -1,7 +1,7 @@
 """Figure 3: idle scale. 200 stepped sessions alive at once: the daemon's own RSS and open file
 descriptors per session (SUMO's processes not counted), and the event loop's lag p99 meanwhile.
 
-    python bench/idle.py [--n 200] [--small]
+    python -m bench.idle [--n 200] [--small]
 """
 
 from __future__ import annotations
@@ -13,7 +13,10 @@ from pathlib import Path
 
 import aiohttp
 import psutil
-from common import Daemon, build_scenario, create, metric, upload, wait_all
+
+from bench.common import start_daemon
+from tests.harness.http import create_session, metric, upload, wait_all
+from tests.harness.scenarios import grid_scenario
 
 
 async def main() -> None:
@@ -23,20 +26,24 @@ async def main() -> None:
     args = parser.parse_args()
     n = 5 if args.small else args.n
     work = Path(tempfile.mkdtemp(prefix="bench-idle-"))
-    cfg = build_scenario(work / "scn", grid=3, length=200, end=3600, period=2.0, min_distance=200)
-    daemon = Daemon(
+    scn = grid_scenario(work / "scn", grid=3, length=200, end=3600, period=2.0, min_distance=200)
+    daemon = start_daemon(
         work / "state", "--max-running", str(n), "--traci-ports", f"30000-{30000 + n + 50}"
     )
     try:
         proc = psutil.Process(daemon.proc.pid)
         async with aiohttp.ClientSession() as http:
-            await upload(http, daemon.url, cfg)
+            await upload(http, daemon, "bench", scn)
             # One session first, so the per-session figure leaves out one-time imports/caches.
-            first = await create(http, daemon.url, template="bench", mode="stepped")
+            first = (await create_session(http, daemon, template="bench", mode="stepped"))["id"]
             await wait_all(http, daemon.url, [first], {"running"})
             rss0, fds0 = proc.memory_info().rss, proc.num_fds()
             ids = [
-                await create(http, daemon.url, template="bench", mode="stepped", idle_timeout_s=600)
+                (
+                    await create_session(
+                        http, daemon, template="bench", mode="stepped", idle_timeout_s=600
+                    )
+                )["id"]
                 for _ in range(n - 1)
             ]
             await wait_all(http, daemon.url, ids, {"running"}, poll_s=0.2)

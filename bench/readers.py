@@ -3,7 +3,7 @@ directly, as a long run would leave it); then six whole reads of its samples at 
 and eight live streams whose clients never read. Prints the daemon's RSS before, its peak
 (VmHWM) during each load, and the growth: the daemon holds pages, not sessions.
 
-    python bench/readers.py [--samples 500000] [--small]
+    python -m bench.readers [--samples 500000] [--small]
 """
 
 from __future__ import annotations
@@ -17,7 +17,10 @@ from pathlib import Path
 
 import aiohttp
 import asyncpg
-from common import Daemon, build_scenario, create, upload, wait_all
+
+from bench.common import start_daemon
+from tests.harness.http import create_session, upload, wait_all
+from tests.harness.scenarios import grid_scenario
 
 
 def _status_bytes(pid: int, field: str) -> int:
@@ -95,8 +98,8 @@ async def main() -> None:
         server = pgserver.get_server(work / "pg", cleanup_mode="stop")
         database_url = server.get_uri()
     os.environ["DATABASE_URL"] = database_url
-    cfg = build_scenario(work / "scn", grid=3, length=200, end=10, period=2.0, min_distance=200)
-    daemon = Daemon(
+    scn = grid_scenario(work / "scn", grid=3, length=200, end=10, period=2.0, min_distance=200)
+    daemon = start_daemon(
         work / "state",
         env={
             "SUMO_SUPERVISOR_MAX_STREAMS_PER_CLIENT": "50",
@@ -106,8 +109,8 @@ async def main() -> None:
     try:
         pid = daemon.proc.pid
         async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=600)) as http:
-            await upload(http, daemon.url, cfg)
-            sid = await create(http, daemon.url, template="bench", end=10)
+            await upload(http, daemon, "bench", scn)
+            sid = (await create_session(http, daemon, template="bench", end=10))["id"]
             await wait_all(http, daemon.url, [sid], {"completed"})
             await fill(database_url, sid, n)
             base = f"{daemon.url}/v1/sessions/{sid}"

@@ -6,7 +6,7 @@
    FCD + tripinfo writers alone.
 2. Rows committed per second by the writer, for that session and for four at once.
 
-    python bench/record.py [--runs 3] [--small]
+    python -m bench.record [--runs 3] [--small]
 """
 
 from __future__ import annotations
@@ -19,7 +19,10 @@ import time
 from pathlib import Path
 
 import aiohttp
-from common import Daemon, bare_sumo, build_scenario, ratio_line, upload
+
+from bench.common import bare_sumo, ratio_line, start_daemon
+from tests.harness.http import upload
+from tests.harness.scenarios import grid_scenario
 
 RECORD = ["samples", "trajectories", "trips"]
 
@@ -67,19 +70,17 @@ async def main() -> None:
     args = parser.parse_args()
     work = Path(tempfile.mkdtemp(prefix="bench-record-"))
     if args.small:
-        cfg = build_scenario(
-            work / "scn", grid=4, length=200, end=300, period=1.0, min_distance=300
-        )
+        scn = grid_scenario(work / "scn", grid=4, length=200, end=100, period=1.0, min_distance=300)
     else:
         # ~500 vehicles in the network at once by the end of the hour.
-        cfg = build_scenario(
+        scn = grid_scenario(
             work / "scn", grid=7, length=250, end=3600, period=0.8, min_distance=1000
         )
 
-    bare = statistics.median(bare_sumo(cfg) for _ in range(args.runs))
+    bare = statistics.median(bare_sumo(scn) for _ in range(args.runs))
     sumo_csv = statistics.median(
         bare_sumo(
-            cfg,
+            scn,
             "--fcd-output",
             "fcd.csv",
             "--fcd-output.attributes",
@@ -91,17 +92,17 @@ async def main() -> None:
         )
         for _ in range(args.runs)
     )
-    daemon = Daemon(work / "state", "--max-running", "4")
+    daemon = start_daemon(work / "state", "--max-running", "4")
     try:
         async with aiohttp.ClientSession() as http:
-            await upload(http, daemon.url, cfg)
+            await upload(http, daemon, "bench", scn)
             singles = [await run_sessions(http, daemon.url, 1) for _ in range(args.runs)]
             one_wall = statistics.median(w for w, _ in singles)
             one_rows = singles[0][1]
             four_wall, four_rows = await run_sessions(http, daemon.url, 4)
     finally:
         daemon.stop()
-    print(f"scenario: {cfg.parent}, runs: {args.runs} (medians)")
+    print(f"scenario: {scn.root}, runs: {args.runs} (medians)")
     print(ratio_line("reference, sumo's own CSV FCD+tripinfo writers vs bare sumo", bare, sumo_csv))
     print(ratio_line("1 session recording samples,trajectories,trips vs bare sumo", bare, one_wall))
     print(

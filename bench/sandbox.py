@@ -4,7 +4,7 @@ start latency (POST until running) and a one-hour run (POST until completed), me
 the machine's noise is larger than the cost sought, the median of each pair's ratio and SUMO's
 own CPU time per run (what the daemon's reaped children used).
 
-    python bench/sandbox.py [--starts 20] [--runs 7] [--small]
+    python -m bench.sandbox [--starts 20] [--runs 7] [--small]
 """
 
 from __future__ import annotations
@@ -18,12 +18,16 @@ from pathlib import Path
 
 import aiohttp
 import psutil
-from common import Daemon, build_scenario, create, ratio_line, upload, wait_all
+
+from bench.common import ratio_line, start_daemon
+from tests.harness.daemon import Daemon
+from tests.harness.http import create_session, upload, wait_all
+from tests.harness.scenarios import grid_scenario
 
 
 async def start_latency(http: aiohttp.ClientSession, url: str) -> float:
     start = time.perf_counter()
-    sid = await create(http, url, template="start", mode="stepped")
+    sid = (await create_session(http, url, template="start", mode="stepped"))["id"]
     await wait_all(http, url, [sid], {"running"}, poll_s=0.002)
     took = time.perf_counter() - start
     async with http.post(f"{url}/v1/sessions/{sid}/stop") as r:
@@ -42,7 +46,7 @@ async def hour_run(http: aiohttp.ClientSession, daemon: Daemon, seed: int) -> tu
     """Wall time from POST until completed, and the CPU time its SUMO used."""
     cpu = children_cpu(daemon)
     start = time.perf_counter()
-    sid = await create(http, daemon.url, template="hour", seed=seed)
+    sid = (await create_session(http, daemon, template="hour", seed=seed))["id"]
     await wait_all(http, daemon.url, [sid], {"completed"}, poll_s=0.01)
     return time.perf_counter() - start, children_cpu(daemon) - cpu
 
@@ -65,25 +69,27 @@ async def main() -> None:
     parser.add_argument("--small", action="store_true")
     args = parser.parse_args()
     starts, runs = (3, 1) if args.small else (args.starts, args.runs)
-    end = 300 if args.small else 3600
+    end = 100 if args.small else 3600
     work = Path(tempfile.mkdtemp(prefix="bench-sandbox-"))
-    start_cfg = build_scenario(
-        work / "start", grid=6, length=200, end=3600, period=1.0, min_distance=500
+    start_scn = grid_scenario(
+        work / "start", grid=6, length=200, end=end, period=1.0, min_distance=500
     )
-    hour_cfg = build_scenario(
+    hour_scn = grid_scenario(
         work / "hour", grid=5, length=200, end=end, period=1.0, min_distance=400
     )
     # Both start before any session: with DATABASE_URL set they share a database, and neither
     # ever touches the other's sessions.
     daemons = {
-        "off": Daemon(work / "off", "--max-running", "1", env={"SUMO_SUPERVISOR_SANDBOX": "false"}),
-        "on": Daemon(work / "on", "--max-running", "1"),
+        "off": start_daemon(
+            work / "off", "--max-running", "1", env={"SUMO_SUPERVISOR_SANDBOX": "false"}
+        ),
+        "on": start_daemon(work / "on", "--max-running", "1"),
     }
     try:
         async with aiohttp.ClientSession() as http:
             for d in daemons.values():
-                await upload(http, d.url, start_cfg, name="start")
-                await upload(http, d.url, hour_cfg, name="hour")
+                await upload(http, d, "start", start_scn)
+                await upload(http, d, "hour", hour_scn)
             for d in daemons.values():
                 await start_latency(http, d.url)  # a daemon's first session warms it up
             latency: dict[str, list[float]] = {"off": [], "on": []}

@@ -1,7 +1,7 @@
 """Figure 1: start latency. POST /v1/sessions until the session is `running` (TraCI connected),
 median of N, against bare `sumo` loading the same scenario and simulating one step.
 
-    python bench/start_latency.py [--n 20] [--small]
+    python -m bench.start_latency [--n 20] [--small]
 """
 
 from __future__ import annotations
@@ -14,7 +14,10 @@ import time
 from pathlib import Path
 
 import aiohttp
-from common import Daemon, bare_sumo, build_scenario, create, ratio_line, upload, wait_all
+
+from bench.common import bare_sumo, ratio_line, start_daemon
+from tests.harness.http import create_session, upload, wait_all
+from tests.harness.scenarios import grid_scenario
 
 
 async def main() -> None:
@@ -24,16 +27,16 @@ async def main() -> None:
     args = parser.parse_args()
     n = 3 if args.small else args.n
     work = Path(tempfile.mkdtemp(prefix="bench-start-"))
-    cfg = build_scenario(work / "scn", grid=6, length=200, end=3600, period=1.0, min_distance=500)
-    bare = statistics.median(bare_sumo(cfg, "--end", "1") for _ in range(n))
-    daemon = Daemon(work / "state", "--max-running", "2")
+    scn = grid_scenario(work / "scn", grid=6, length=200, end=3600, period=1.0, min_distance=500)
+    bare = statistics.median(bare_sumo(scn, "--end", "1") for _ in range(n))
+    daemon = start_daemon(work / "state", "--max-running", "2")
     try:
         async with aiohttp.ClientSession() as http:
-            await upload(http, daemon.url, cfg)
+            await upload(http, daemon, "bench", scn)
             times = []
             for _ in range(n):
                 start = time.perf_counter()
-                sid = await create(http, daemon.url, template="bench", mode="stepped")
+                sid = (await create_session(http, daemon, template="bench", mode="stepped"))["id"]
                 await wait_all(http, daemon.url, [sid], {"running"}, poll_s=0.002)
                 times.append(time.perf_counter() - start)
                 async with http.post(f"{daemon.url}/v1/sessions/{sid}/stop") as r:

@@ -12,7 +12,7 @@ Rows per second of each, median of `--runs`; the ratio is writer / bare. Replayi
 measures the writer itself: in the daemon run, 32 SUMO processes hold both cores and the writer's
 rate is only the rate the sessions produce rows at.
 
-    python bench/writer.py [--runs 5] [--small]
+    python -m bench.writer [--runs 5] [--small]
 """
 
 from __future__ import annotations
@@ -28,13 +28,15 @@ from typing import Any
 
 import aiohttp
 import asyncpg
-from common import Daemon, build_scenario, create, upload, wait_all
 
 from actors.store import SAMPLE_COLUMNS
+from bench.common import start_daemon
 from supervisor import db
 from supervisor.app import make_writer
 from supervisor.config import Config
 from supervisor.pgstore import PgStore
+from tests.harness.http import create_session, upload, wait_all
+from tests.harness.scenarios import grid_scenario
 
 
 async def bare_copy(pool: asyncpg.Pool, rows: list[tuple[Any, ...]], batch: int) -> float:
@@ -74,13 +76,13 @@ async def main() -> None:
     runs = 1 if args.small else args.runs
     work = Path(tempfile.mkdtemp(prefix="bench-writer-"))
     end = 200 if args.small else 1200
-    cfg = build_scenario(work / "scn", grid=4, length=200, end=end, period=1.0, min_distance=300)
-    daemon = Daemon(work / "state", "--max-running", "32")
+    scn = grid_scenario(work / "scn", grid=4, length=200, end=end, period=1.0, min_distance=300)
+    daemon = start_daemon(work / "state", "--max-running", "32")
     try:
         async with aiohttp.ClientSession() as http:
-            await upload(http, daemon.url, cfg)
+            await upload(http, daemon, "bench", scn)
             ids = [
-                await create(http, daemon.url, template="bench", seed=i, sample_every=1)
+                (await create_session(http, daemon, template="bench", seed=i, sample_every=1))["id"]
                 for i in range(n)
             ]
             await wait_all(http, daemon.url, ids, {"completed"}, poll_s=0.2)

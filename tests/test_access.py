@@ -14,23 +14,15 @@ from typing import Any
 import aiohttp
 import pytest
 from aiohttp import web
-from conftest import (
-    DEADLINE_S,
-    POLL_S,
-    create_session,
-    make_token,
-    template_form,
-    upload,
-    wait_status,
-)
-from conftest import (
-    ask as _ask,
-)
 
 from supervisor import api
 from supervisor.access import Access
 from supervisor.config import Config
 from supervisor.tokens import TokenBook
+from tests.harness.daemon import make_token
+from tests.harness.http import ask as _ask
+from tests.harness.http import create_session, template_form, upload, wait_status
+from tests.harness.poll import DEADLINE_S, POLL_S
 
 # What each route needs: a route added to the API without a line here fails the first test.
 EXPECTED: dict[tuple[str, str], str | None] = {

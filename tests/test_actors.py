@@ -13,7 +13,6 @@ from typing import Any
 
 import asyncpg
 import pytest
-from conftest import SUMO_BIN, Scenario
 
 from actors import scenario
 from actors.messages import SessionSpec
@@ -25,6 +24,8 @@ from actors.supervisor import SupervisorActor, new_session_id
 from actors.writer import CsvChunk, WriterActor
 from supervisor import db
 from supervisor.pgstore import PgStore
+from tests.harness.daemon import next_port_range
+from tests.harness.scenarios import SUMO_BIN, Scenario
 
 
 @pytest.fixture
@@ -72,15 +73,16 @@ async def _answer_garbage(reader: asyncio.StreamReader, writer: asyncio.StreamWr
     writer.close()
 
 
-@pytest.mark.parametrize(("first", "answers"), [(23400, False), (23440, True)])
+@pytest.mark.parametrize("answers", [False, True])
 async def test_port_refused_by_sumo_is_retried_on_another(
-    pool, scenarios, tmp_path: Path, first: int, answers: bool
+    pool, scenarios, tmp_path: Path, answers: bool
 ):
     """SUMO itself fails with 'Address already in use' and the session moves to the next port,
     whether what holds the port keeps silent or answers the handshake with garbage.
 
     The probe is replaced (the one fake here): a real probe would see the taken port and never
     lease it, so this is the only way to reach SUMO's own refusal. Everything else is real."""
+    first = next_port_range()[0]  # this test's own, whatever other workers run
     holder = socket.socket()
     holder.bind(("0.0.0.0", first))  # no SO_REUSEADDR: SUMO's bind must fail
     holder.listen()
@@ -343,7 +345,10 @@ async def test_one_sessions_refused_row_keeps_the_others_rows_and_fails_only_tha
         f"ALTER TABLE samples ADD CONSTRAINT test_refuses CHECK (session_id <> '{bad.id}')"
     )
     writer = WriterActor(PgStore(pool), batch_rows=1000, flush_s=0.05, queue_rows=1000)
-    supervisor = make_supervisor(PgStore(pool), writer, PortPool(range(23430, 23440)), tmp_path, 2)
+    first, last = next_port_range(10)
+    supervisor = make_supervisor(
+        PgStore(pool), writer, PortPool(range(first, last + 1)), tmp_path, 2
+    )
     async with asyncio.TaskGroup() as tg:
         tg.create_task(writer.run())
         tg.create_task(supervisor.run())

@@ -8,7 +8,8 @@ from typing import Any
 
 import aiohttp
 import pytest
-from conftest import create_session, template_form, upload, wait_status
+
+from tests.harness.http import create_session, template_form, upload, wait_status
 
 NET = "net.net.xml"
 
@@ -41,10 +42,19 @@ async def test_template_upload_list_show_and_versions(daemons, db_url, http, sce
     await wait_status(http, daemon, session["id"], "completed")
 
 
+SMALL_UPLOADS = {"SUMO_SUPERVISOR_MAX_UPLOAD_BYTES": "3000000"}
+
+
 @pytest.fixture
 async def daemon(daemons, db_url):
     # A small upload cap so "too large" is cheap to show.
-    return await daemons.start(db_url, env={"SUMO_SUPERVISOR_MAX_UPLOAD_BYTES": "3000000"})
+    return await daemons.start(db_url, env=SMALL_UPLOADS)
+
+
+@pytest.fixture(scope="module")
+async def refusing(module_daemons):
+    """One daemon for the tables of refused uploads and bad routes: a refusal stores nothing."""
+    return await module_daemons.start_fresh(env=SMALL_UPLOADS)
 
 
 def _files(scenario: Any, **changes: bytes | None) -> dict[str, bytes]:
@@ -80,7 +90,8 @@ def _files(scenario: Any, **changes: bytes | None) -> dict[str, bytes]:
         ("not_multipart", 415, "multipart/form-data"),
     ],
 )
-async def test_bad_template_uploads(daemon, http, scenarios, case, status, message):
+async def test_bad_template_uploads(refusing, http, scenarios, case, status, message):
+    daemon = refusing
     grid = scenarios["grid3"]
     cfg = grid.config
     form: Any
@@ -169,8 +180,8 @@ async def test_bad_template_uploads(daemon, http, scenarios, case, status, messa
         (b'{"template": "grid3", "sumo_options": ["scale"]}', 400, "must be an object"),
     ],
 )
-async def test_bad_session_requests(daemon, http, scenarios, body, status, message):
-    await upload(http, daemon, "grid3", scenarios["grid3"])
+async def test_bad_session_requests(shared_grid3_daemon, http, body, status, message):
+    daemon = shared_grid3_daemon
     async with http.post(
         f"{daemon.url}/v1/sessions", data=body, headers={"Content-Type": "application/json"}
     ) as r:
@@ -196,7 +207,8 @@ async def test_bad_session_requests(daemon, http, scenarios, body, status, messa
         ("DELETE", "/v1/templates", 405, "Method Not Allowed"),
     ],
 )
-async def test_bad_routes_and_queries(daemon, http, method, path, status, message):
+async def test_bad_routes_and_queries(refusing, http, method, path, status, message):
+    daemon = refusing
     async with http.request(method, f"{daemon.url}{path}") as r:
         body = await r.json()
         assert r.status == status, body

@@ -1,5 +1,7 @@
 """Each benchmark runs to completion on a tiny case. Figures are not checked here: timings live
-in bench/, never in pass/fail tests."""
+in bench/, never in pass/fail tests. They run on a fresh database of the test server
+(DATABASE_URL), as a user with a PostgreSQL of their own runs them: a daemon's embedded
+PostgreSQL is the subject of test_pgembed."""
 
 from __future__ import annotations
 
@@ -10,38 +12,42 @@ from pathlib import Path
 
 import pytest
 
-BENCH = Path(__file__).resolve().parent.parent / "bench"
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def _env(db_url: str) -> dict[str, str]:
+    return {**os.environ, "DATABASE_URL": db_url}
 
 
 @pytest.mark.parametrize(
     "script",
     [
-        "record.py",
-        "start_latency.py",
-        "throughput.py",
-        "idle.py",
-        "api_load.py",
-        "writer.py",
-        "auth_cost.py",
-        "sandbox.py",
-        "readers.py",
+        "record",
+        "start_latency",
+        "throughput",
+        "idle",
+        "api_load",
+        "writer",
+        "auth_cost",
+        "sandbox",
+        "readers",
     ],
 )
-def test_benchmark_runs_on_a_tiny_case(script, pg_admin_url):
-    args = [sys.executable, script, "--small"] if script != "record.py" else [
-        sys.executable, script, "--small", "--runs", "1",
-    ]  # fmt: skip
+def test_benchmark_runs_on_a_tiny_case(script, db_url):
+    args = [sys.executable, "-m", f"bench.{script}", "--small"]
+    if script == "record":
+        args += ["--runs", "1"]
     out = subprocess.run(
-        args, cwd=BENCH, capture_output=True, text=True, timeout=600, env=dict(os.environ)
+        args, cwd=ROOT, capture_output=True, text=True, timeout=600, env=_env(db_url)
     )
     assert out.returncode == 0, out.stdout + out.stderr
     assert any(w in out.stdout for w in ("ratio", "per session", "req/s", "growth"))
 
 
-def test_command_benchmark_runs(pg_admin_url):
+def test_command_benchmark_runs(db_url):
     out = subprocess.run(
-        [sys.executable, "commands.py", "--calls", "20"],
-        cwd=BENCH, capture_output=True, text=True, timeout=600,
+        [sys.executable, "-m", "bench.commands", "--calls", "20"],
+        cwd=ROOT, capture_output=True, text=True, timeout=600, env=_env(db_url),
     )  # fmt: skip
     assert out.returncode == 0, out.stdout + out.stderr
     assert "ratio" in out.stdout

@@ -11,7 +11,10 @@ import subprocess
 import sys
 
 import aiohttp
-from conftest import create_session, make_token, upload, wait_status
+import pytest
+
+from tests.harness.daemon import make_token
+from tests.harness.http import create_session, upload, wait_status
 
 
 def _env(token: str | None) -> dict[str, str]:
@@ -30,6 +33,7 @@ async def cli(
     )
 
 
+@pytest.mark.slow
 async def test_template_add_run_wait_and_results(daemons, db_url, scenarios, tmp_path):
     # Every command here runs with SUMO_SUPERVISOR_TOKEN against a daemon that needs one.
     token = await make_token(db_url, "cli", "operator")

@@ -5,7 +5,8 @@ went through."""
 from __future__ import annotations
 
 import asyncpg
-from conftest import ask, create_session, upload, wait_status
+
+from tests.harness.http import ask, create_session, upload, wait_status
 
 
 async def test_compare_answers_each_sessions_own_summary(daemons, db_url, http, scenarios):

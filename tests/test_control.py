@@ -7,7 +7,8 @@ import time
 from typing import Any
 
 import aiohttp
-from conftest import create_session, get_session, samples, upload, wait_status
+
+from tests.harness.http import create_session, get_session, samples, upload, wait_status
 
 
 async def post(http: aiohttp.ClientSession, url: str, body: Any = None) -> tuple[int, Any]:

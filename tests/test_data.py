@@ -9,6 +9,7 @@ import csv
 import io
 import math
 import shutil
+import signal
 import subprocess
 import time
 import xml.etree.ElementTree as ET
@@ -20,21 +21,18 @@ import asyncpg
 import defusedxml.ElementTree as safe_et
 import psutil
 import pytest
-from conftest import (
-    DEADLINE_S,
-    POLL_S,
-    SUMO_BIN,
-    Scenario,
+
+from supervisor import feeds
+from tests.harness.http import (
     create_session,
     read_stream,
     recorded_session,
     samples,
     upload,
     wait_status,
-    wait_until,
 )
-
-from supervisor import feeds
+from tests.harness.poll import DEADLINE_S, POLL_S, wait_until
+from tests.harness.scenarios import SUMO_BIN, Scenario
 
 RECORD_ALL = ["samples", "trajectories", "trips", "edges"]
 
@@ -219,24 +217,23 @@ async def test_a_watcher_joining_late_gets_the_whole_history(daemons, db_url, ht
     assert [data for name, data in events if name == "sample"] == stored
 
 
+@pytest.mark.slow
 async def test_export_streams_without_loading_into_memory(daemons, db_url, http, scenarios):
     # A short statement timeout, which an export outlives, and a short stall bound.
     timeout_s, stall_s = 1.5, 6.0
-    daemon = await daemons.start(
-        db_url,
-        env={
-            "SUMO_SUPERVISOR_DB_COMMAND_TIMEOUT_S": str(timeout_s),
-            "SUMO_SUPERVISOR_EXPORT_STALL_S": str(stall_s),
-            # Every client here is 127.0.0.1: the per-client cap is out of the way of the
-            # daemon-wide one tested below.
-            "SUMO_SUPERVISOR_MAX_EXPORTS_PER_CLIENT": "10",
-            # A fifth export is refused at once rather than waiting for a slot (that it gets
-            # one once idle holders are cut off is test_readers'), and the minimum rate is out
-            # of the way of the stall bound and of the slow client below.
-            "SUMO_SUPERVISOR_EXPORT_SLOT_WAIT_S": "0",
-            "SUMO_SUPERVISOR_EXPORT_MIN_RATE_BYTES_S": "0",
-        },
-    )
+    settings = {
+        "SUMO_SUPERVISOR_DB_COMMAND_TIMEOUT_S": str(timeout_s),
+        "SUMO_SUPERVISOR_EXPORT_STALL_S": str(stall_s),
+        # Every client here is 127.0.0.1: the per-client cap is out of the way of the
+        # daemon-wide one tested below.
+        "SUMO_SUPERVISOR_MAX_EXPORTS_PER_CLIENT": "10",
+        # A fifth export is refused at once rather than waiting for a slot (that it gets
+        # one once idle holders are cut off is test_readers'), and the minimum rate is out
+        # of the way of the stall bound and of the slow client below.
+        "SUMO_SUPERVISOR_EXPORT_SLOT_WAIT_S": "0",
+        "SUMO_SUPERVISOR_EXPORT_MIN_RATE_BYTES_S": "0",
+    }
+    daemon = await daemons.start(db_url, env=settings)
     n = 2_000_000
     session = await recorded_session(http, daemon, db_url, scenarios, n)
     daemon_proc = psutil.Process(daemon.proc.pid)
@@ -284,7 +281,13 @@ async def test_export_streams_without_loading_into_memory(daemons, db_url, http,
                 pass
 
     # Four exports at once at most (each holds a database connection while its client reads):
-    # a fifth is told to come back, and comes back to a free slot once they are gone.
+    # a fifth is told to come back, and comes back to a free slot once they are gone. On a
+    # daemon with the default stall bound: on a busy machine, opening the five took longer than
+    # 6 s, and the stall bound freed a slot before the fifth asked.
+    daemon.signal(signal.SIGTERM)
+    assert await daemon.wait_exit() == 0
+    daemon = await daemons.start(db_url, env={**settings, "SUMO_SUPERVISOR_EXPORT_STALL_S": "60"})
+    url = f"{daemon.url}/v1/sessions/{session['id']}/trajectories.csv"
     async with contextlib.AsyncExitStack() as held:
         for _ in range(4):
             client = await held.enter_async_context(aiohttp.ClientSession())
@@ -304,6 +307,7 @@ async def test_export_streams_without_loading_into_memory(daemons, db_url, http,
     assert daemon.events("api_internal_error") == []
 
 
+@pytest.mark.slow
 async def test_database_restart_mid_session_loses_no_row(daemons, http, scenarios, tmp_path):
     """PostgreSQL stops for a few seconds while a recording session runs, then comes back."""
     import pgserver
@@ -473,11 +477,8 @@ async def test_delete_compare_and_plot(daemons, db_url, http, scenarios):
         ("DELETE", "/v1/sessions/nope", None, 404, "no session"),
     ],
 )
-async def test_bad_data_requests(
-    daemons, db_url, http, scenarios, method, path, body, status, message
-):
-    daemon = await daemons.start(db_url)
-    await upload(http, daemon, "grid3", scenarios["grid3"])
+async def test_bad_data_requests(shared_grid3_daemon, http, method, path, body, status, message):
+    daemon = shared_grid3_daemon
     async with http.request(method, f"{daemon.url}{path}", json=body) as r:
         got = await r.json()
         assert r.status == status, got

@@ -18,24 +18,19 @@ from pathlib import Path
 
 import psutil
 import pytest
-from conftest import (
-    bare_sumo_totals,
-    create_session,
-    get_session,
-    pid_alive,
-    samples,
-    sumo_children,
-    upload,
-    wait_status,
-)
+
+from tests.harness.daemon import next_port_range, pid_alive, sumo_children
+from tests.harness.http import create_session, get_session, samples, upload, wait_status
+from tests.harness.scenarios import bare_sumo_totals
 
 REPO = Path(__file__).resolve().parent.parent
 
 
+@pytest.mark.slow
 async def test_sigkilled_daemon_reruns_its_sessions_to_identical_data(
     daemons, db_url, http, scenarios, tmp_path
 ):
-    state, ports = tmp_path / "state", (21800, 21849)
+    state, ports = tmp_path / "state", next_port_range()
     daemon = await daemons.start(db_url, state_dir=state, traci_ports=ports, max_running=4)
     await upload(http, daemon, "long", scenarios["long"])
     runs = [(seed, 6000.0) for seed in (1, 2, 3, 4)]
@@ -182,6 +177,7 @@ async def test_blocked_event_loop_stops_watchdog_pings(daemons, db_url, http, no
     assert max(gaps) > 2.0  # far beyond WatchdogSec: systemd would restart the service
 
 
+@pytest.mark.slow
 async def test_two_hundred_sessions_fifo_none_lost_memory_bounded(daemons, db_url, http, scenarios):
     daemon = await daemons.start(db_url, max_running=4)
     await upload(http, daemon, "grid3", scenarios["grid3"])

@@ -12,7 +12,8 @@ from typing import Any
 
 import aiohttp
 import psutil
-from conftest import create_session, get_session, upload, wait_status
+
+from tests.harness.http import create_session, get_session, upload, wait_status
 
 # Text PostgreSQL cannot store (NUL in text and jsonb) or that is no UTF-8 at all (a lone
 # surrogate, which Python's json accepts from "\ud800").

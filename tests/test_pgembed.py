@@ -12,7 +12,9 @@ from pathlib import Path
 
 import psutil
 import pytest
-from conftest import pid_alive, wait_until
+
+from tests.harness.daemon import pid_alive
+from tests.harness.poll import wait_until
 
 
 def postgres_of(pgdata: Path) -> list[psutil.Process]:

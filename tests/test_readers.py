@@ -14,17 +14,10 @@ from typing import Any
 import aiohttp
 import psutil
 import pytest
-from conftest import (
-    DEADLINE_S,
-    POLL_S,
-    create_session,
-    recorded_session,
-    upload,
-    wait_status,
-    wait_until,
-)
 
 from supervisor import db
+from tests.harness.http import create_session, recorded_session, upload, wait_status
+from tests.harness.poll import DEADLINE_S, POLL_S, wait_until
 
 N_SAMPLES = 500_000
 # Every client here is 127.0.0.1: the per-client caps stay out of the way unless a test is
@@ -99,6 +92,7 @@ async def open_silent_stream(url: str) -> tuple[asyncio.StreamReader, asyncio.St
     return reader, writer
 
 
+@pytest.mark.slow
 async def test_large_session_readers_stay_within_100_mb(daemons, db_url, http, scenarios):
     daemon = await daemons.start(
         db_url, env={**OPEN_CAPS, "SUMO_SUPERVISOR_STREAM_SEND_TIMEOUT_S": "2"}
@@ -189,6 +183,7 @@ async def _trajectory_export(http, daemon, db_url, scenarios, rows: int) -> str:
     return f"{daemon.url}/v1/sessions/{session['id']}/trajectories.csv"
 
 
+@pytest.mark.slow
 async def test_export_below_minimum_rate_is_cut_off(daemons, db_url, http, scenarios):
     daemon = await daemons.start(
         db_url,

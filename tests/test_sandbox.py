@@ -23,16 +23,6 @@ from typing import Any
 
 import asyncpg
 import pytest
-from conftest import (
-    SUMO_BIN,
-    Scenario,
-    create_session,
-    get_session,
-    next_port_range,
-    template_form,
-    upload,
-    wait_status,
-)
 
 from actors import handover, sandbox, scenario
 from actors.messages import SessionSpec
@@ -45,6 +35,9 @@ from supervisor import db
 from supervisor.config import ConfigError, load_config
 from supervisor.db import FINAL_STATUSES
 from supervisor.pgstore import PgStore
+from tests.harness.daemon import next_port_range
+from tests.harness.http import create_session, get_session, template_form, upload, wait_status
+from tests.harness.scenarios import SUMO_BIN, Scenario
 
 SUMO = str(SUMO_BIN / "sumo")
 CAPS = sandbox.Caps(memory_mb=4096, max_file_mb=2048, max_open_files=1024)
@@ -56,7 +49,7 @@ DENIED = "Permission denied"
 
 
 @pytest.fixture(scope="module")
-def plan() -> sandbox.SandboxPlan:
+def plan(sumo_bin: Path) -> sandbox.SandboxPlan:
     status = sandbox.probe(SUMO, CAPS)
     needed = {"fs_write", "fs_read", "no_outgoing_connections", "traci_private"}
     if missing := needed & set(status.missing):
@@ -268,6 +261,7 @@ def test_legitimate_outputs_land_in_the_session_dir(plan, session_dir, outside):
     assert "<interval " in (session_dir / "loop.xml").read_text()
 
 
+@pytest.mark.slow
 def test_sumo_opens_no_outgoing_connection(plan, session_dir):
     """Not even to a listener on this host's loopback. (SUMO retries a network output for 36 s
     before it gives up: this test takes that long.)"""

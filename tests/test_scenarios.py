@@ -6,7 +6,10 @@ from __future__ import annotations
 import shutil
 from pathlib import Path
 
-from conftest import Scenario, create_session, samples, upload, wait_status
+import pytest
+
+from tests.harness.http import create_session, samples, upload, wait_status
+from tests.harness.scenarios import Scenario
 
 
 def variant(scenario: Scenario, root: Path, extra: str) -> Scenario:
@@ -29,6 +32,7 @@ async def row_counts(
     return counts
 
 
+@pytest.mark.slow
 async def test_a_config_that_changes_sumos_csv_format_records_the_same_rows(
     daemons, db_url, http, scenarios, tmp_path
 ):

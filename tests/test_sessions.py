@@ -9,21 +9,12 @@ import subprocess
 
 import asyncpg
 import psutil
-from conftest import (
-    SUMO_BIN,
-    bare_sumo_totals,
-    create_session,
-    get_session,
-    next_port_range,
-    pid_alive,
-    samples,
-    sumo_children,
-    upload,
-    wait_status,
-    wait_until,
-)
 
 from actors.ports import EPHEMERAL_RANGE, port_is_free
+from tests.harness.daemon import next_port_range, pid_alive, sumo_children
+from tests.harness.http import create_session, get_session, samples, upload, wait_status
+from tests.harness.poll import wait_until
+from tests.harness.scenarios import SUMO_BIN, bare_sumo_totals
 
 
 async def test_six_sessions_of_different_scenarios_match_bare_sumo(
@@ -180,7 +171,7 @@ async def test_sumo_killed_fails_that_session_only(daemons, db_url, http, scenar
 
 
 async def test_port_held_by_another_process_is_skipped(daemons, db_url, http, scenarios):
-    first, last = 21990, 21994
+    first, last = next_port_range(5)  # this test's own, whatever other workers run
     holder = socket.socket()
     holder.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     holder.bind(("0.0.0.0", first))

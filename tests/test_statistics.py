@@ -18,21 +18,13 @@ from typing import Any
 
 import defusedxml
 import pytest
-from conftest import (
-    DEADLINE_S,
-    POLL_S,
-    SUMO_BIN,
-    Scenario,
-    _netgenerate,
-    _random_trips,
-    create_session,
-    upload,
-    wait_status,
-)
 
 from actors import recorder
 from actors import statistics as sumo_statistics
 from supervisor import summary as summary_mod
+from tests.harness.http import create_session, upload, wait_status
+from tests.harness.poll import DEADLINE_S, POLL_S
+from tests.harness.scenarios import SUMO_BIN, Scenario, build_once, netgenerate, random_trips
 
 SEED = 5
 
@@ -47,16 +39,22 @@ def _config(path: Path, routes: str, end: float, extra: str = "") -> None:
     )
 
 
-@pytest.fixture(scope="module")
-def stat_scenarios(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Scenario]:
-    """Four scenarios where averaging every tripinfo row is not SUMO's statistics."""
-    base = tmp_path_factory.mktemp("stat-scenarios")
-    out = {}
+@pytest.fixture(scope="session")
+def stat_scenarios(run_tmp: Path, sumo_bin: Path) -> dict[str, Scenario]:
+    """Scenarios where averaging every tripinfo row is not SUMO's statistics, built once for
+    every worker of the run."""
+    base = run_tmp / "stat-scenarios"
+    names = build_once(base, _build_stat_scenarios).split(",")
+    return {name: Scenario(base / name, "s.sumocfg") for name in names}
+
+
+def _build_stat_scenarios(base: Path) -> str:
+    names = []
 
     def root(name: str) -> Path:
         r = base / name
         r.mkdir()
-        out[name] = Scenario(r, "s.sumocfg")
+        names.append(name)
         return r
 
     single_lane = ("--grid", "--grid.number", "3", "--grid.length", "100")
@@ -64,10 +62,8 @@ def stat_scenarios(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Scenar
     # Far more demand than one-lane edges take: most vehicles never depart, and SUMO's tripinfo
     # writes them (depart -1) with the vehicles still running at the end.
     r = root("undeparted")
-    _netgenerate(r / "net.net.xml", *single_lane)
-    _random_trips(
-        r / "net.net.xml", r / "routes.rou.xml", "-e", "300", "-p", "0.25", "--seed", "21"
-    )
+    netgenerate(r / "net.net.xml", *single_lane)
+    random_trips(r / "net.net.xml", r / "routes.rou.xml", "-e", "300", "-p", "0.25", "--seed", "21")
     _config(
         r / "s.sumocfg",
         "routes.rou.xml",
@@ -76,8 +72,8 @@ def stat_scenarios(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Scenar
     )
     # Ends long before its demand does: a hundred vehicles are still on their way.
     r = root("unfinished")
-    _netgenerate(r / "net.net.xml", "--grid", "--grid.number", "4", "--grid.length", "200")
-    _random_trips(r / "net.net.xml", r / "routes.rou.xml", "-e", "600", "-p", "1.0", "--seed", "22")
+    netgenerate(r / "net.net.xml", "--grid", "--grid.number", "4", "--grid.length", "200")
+    random_trips(r / "net.net.xml", r / "routes.rou.xml", "-e", "600", "-p", "1.0", "--seed", "22")
     _config(
         r / "s.sumocfg",
         "routes.rou.xml",
@@ -86,8 +82,8 @@ def stat_scenarios(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Scenar
     )
     # A congested grid of traffic lights with a short time-to-teleport.
     r = root("teleports")
-    _netgenerate(r / "net.net.xml", *single_lane, "--default-junction-type", "traffic_light")
-    _random_trips(r / "net.net.xml", r / "routes.rou.xml", "-e", "400", "-p", "0.4", "--seed", "23")
+    netgenerate(r / "net.net.xml", *single_lane, "--default-junction-type", "traffic_light")
+    random_trips(r / "net.net.xml", r / "routes.rou.xml", "-e", "400", "-p", "0.4", "--seed", "23")
     _config(
         r / "s.sumocfg",
         "routes.rou.xml",
@@ -96,7 +92,7 @@ def stat_scenarios(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Scenar
     )
     # Cars, persons walking (person trips) and persons riding in their own cars.
     r = root("persons")
-    _netgenerate(
+    netgenerate(
         r / "net.net.xml",
         "--grid",
         "--grid.number",
@@ -106,12 +102,12 @@ def stat_scenarios(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Scenar
         "--sidewalks.guess",
     )
     net = r / "net.net.xml"
-    _random_trips(net, r / "cars.rou.xml", "-e", "400", "-p", "2.0", "--seed", "24")
-    _random_trips(
+    random_trips(net, r / "cars.rou.xml", "-e", "400", "-p", "2.0", "--seed", "24")
+    random_trips(
         net, r / "walks.rou.xml", "-e", "400", "-p", "4.0", "--seed", "25",
         "--persontrips", "--prefix", "w",
     )  # fmt: skip
-    _random_trips(
+    random_trips(
         net, r / "rides.rou.xml", "-e", "400", "-p", "4.0", "--seed", "26",
         "--persontrips", "--trip-attributes", 'modes="car"', "--prefix", "r",
     )  # fmt: skip
@@ -123,12 +119,12 @@ def stat_scenarios(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Scenar
     (r / "car.rou.xml").write_text(
         '<routes><trip id="c0" depart="0" from="A0A1" to="A1A2"/></routes>\n'
     )
-    _random_trips(
+    random_trips(
         r / "net.net.xml", r / "walks.rou.xml", "-e", "50", "-p", "2.0", "--seed", "27",
         "--persontrips", "--prefix", "w",
     )  # fmt: skip
     _config(r / "s.sumocfg", "car.rou.xml,walks.rou.xml", 5000)
-    return out
+    return ",".join(names)
 
 
 def bare_statistics(
@@ -283,6 +279,7 @@ async def test_a_stopped_session_has_sumo_statistics_up_to_its_stop(
             assert printed(got, text) == text, (element, attribute, got, text)
 
 
+@pytest.mark.slow
 async def test_compare_and_sweep_use_sumo_statistics(
     daemons, db_url, http, stat_scenarios, tmp_path
 ):

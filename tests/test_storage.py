@@ -6,7 +6,8 @@ from __future__ import annotations
 from typing import Any
 
 import aiohttp
-from conftest import ask, create_session, get_session, template_form, upload, wait_status
+
+from tests.harness.http import ask, create_session, get_session, template_form, upload, wait_status
 
 
 async def _ask(http: aiohttp.ClientSession, method: str, url: str, **kw: Any) -> tuple[int, Any]:

@@ -8,12 +8,12 @@ import statistics
 import time
 
 import pytest
-from conftest import create_session, upload, wait_status
 from scipy import stats as st
 
 from actors.request import SUMO_OPTIONS
 from supervisor import db
 from supervisor.sweeps import VARIABLE_FIELDS
+from tests.harness.http import create_session, upload, wait_status
 
 BIG_VARY = sorted([*VARIABLE_FIELDS, *SUMO_OPTIONS])[:24]
 
@@ -30,6 +30,7 @@ async def wait_sweep(http, daemon, sweep_id, timeout=180):
         await asyncio.sleep(0.1)
 
 
+@pytest.mark.slow
 async def test_sweep_of_ten_seeds(daemons, db_url, http, scenarios):
     daemon = await daemons.start(db_url, max_running=4)
     await upload(http, daemon, "grid3", scenarios["grid3"])
@@ -118,9 +119,8 @@ async def test_a_sweep_is_queued_whole_or_not_at_all(daemons, db_url, http, scen
         ({"template": "nope", "runs": 2}, 404, "no template 'nope'"),
     ],
 )
-async def test_bad_sweeps(daemons, db_url, http, scenarios, body, status, message):
-    daemon = await daemons.start(db_url)
-    await upload(http, daemon, "grid3", scenarios["grid3"])
+async def test_bad_sweeps(shared_grid3_daemon, http, body, status, message):
+    daemon = shared_grid3_daemon
     async with http.post(f"{daemon.url}/v1/sweeps", json=body) as r:
         got = await r.json()
         assert r.status == status, got

@@ -1,0 +1,1 @@
+"""Benchmarks: `python -m bench.X` from the repo root (see bench/README.md)."""
