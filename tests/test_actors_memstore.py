@@ -13,7 +13,6 @@ from pathlib import Path
 from typing import Any
 
 import psutil
-from conftest import SUMO_BIN, Scenario, next_port_range
 
 from actors import scenario
 from actors.lifecycle import NOW, Status, transition
@@ -25,6 +24,8 @@ from actors.settings import SessionSettings, SupervisorSettings
 from actors.store import SAMPLE_COLUMNS, partition_name
 from actors.supervisor import SupervisorActor, new_session_id
 from actors.writer import WriterActor
+from tests.harness.daemon import next_port_range
+from tests.harness.scenarios import SUMO_BIN, Scenario
 
 FINAL = {"completed", "failed", "stopped", "timed_out"}
 
