@@ -517,6 +517,7 @@ async def test_the_daemon_says_at_start_what_the_sandbox_enforces(daemons, db_ur
     assert status["level"] == "warning"
 
 
+@pytest.mark.e2e  # starts the daemon as a subprocess itself, with no fixture
 def test_a_reachable_daemon_without_the_sandbox_refuses_to_start(tmp_path):
     """Nothing is enforced (sandbox = false) and the host is not loopback: one clear line."""
     out = subprocess.run(
