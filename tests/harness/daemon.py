@@ -198,6 +198,10 @@ class DaemonFactory:
         """What each daemon said last: shown with a failure, often the only clue to a hang."""
         out = []
         for i, d in enumerate(self.started):
+            # Errors first: the one that explains a failure is often long before the last lines.
+            errors = [line for line in d.raw if '"level": "error"' in line][-10:]
+            out.append(f"---- daemon {i} (pid {d.proc.pid}), its errors ----")
+            out += [line[:600] for line in errors]
             out.append(f"---- daemon {i} (pid {d.proc.pid}), last lines ----")
             out += [line[:400] for line in d.raw[-lines:]]
         return "\n".join(out)
