@@ -116,10 +116,10 @@ ALTER TABLE sessions ADD COLUMN IF NOT EXISTS sweep_id text REFERENCES sweeps (i
 CREATE INDEX IF NOT EXISTS sessions_sweep_idx ON sessions (sweep_id) WHERE sweep_id IS NOT NULL;
 
 -- The big per-session tables are partitioned by session: one partition per session that records
--- them, created when it starts (see db.create_record_partitions). Rows of one session stay
--- together however many sessions accumulate, the session's own partition has its id as the
--- column default (so SUMO's CSV output is COPYed in as it is), and deleting a session drops its
--- partitions instead of deleting millions of rows.
+-- them, created when it starts (see create_record_partitions in supervisor/pgstore.py). Rows of
+-- one session stay together however many sessions accumulate, the session's own partition has
+-- its id as the column default (so SUMO's CSV output is COPYed in as it is), and deleting a
+-- session drops its partitions instead of deleting millions of rows.
 
 -- Every vehicle's state every `trajectory_period` seconds (SUMO's FCD output).
 CREATE TABLE IF NOT EXISTS trajectories (

@@ -9,8 +9,9 @@ import asyncio
 from dataclasses import dataclass
 from typing import Any
 
+from actors.lifecycle import Status
 from actors.request import SessionRequest
-from supervisor import db
+from actors.store import NewSession
 
 
 @dataclass(frozen=True)
@@ -23,9 +24,9 @@ class SessionSpec:
     attempt: int = 1
     sweep_id: str | None = None
 
-    def db_row(self) -> db.NewSession:
+    def db_row(self) -> NewSession:
         """The session as it is first stored, queued."""
-        return db.NewSession(
+        return NewSession(
             id=self.id,
             template_name=self.template_name,
             template_version=self.template_version,
@@ -38,9 +39,9 @@ class SessionSpec:
 
 @dataclass(frozen=True)
 class StopSession:
-    """End the session; it ends with `status` ('stopped' or 'timed_out')."""
+    """End the session; it ends with `status` (stopped or timed_out)."""
 
-    status: str
+    status: Status
     reason: str
 
 

@@ -12,6 +12,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Literal
 
+from actors.lifecycle import Cause, Status
 from actors.messages import StopSession
 
 _ADDRESS_IN_USE = re.compile(r"address already in use", re.IGNORECASE)
@@ -25,9 +26,9 @@ _OVER_CAP = (
 
 @dataclass(frozen=True)
 class Outcome:
-    status: str
+    status: Status
     reason: str
-    cause: str | None = None
+    cause: Cause | None = None
     error: str | None = None
     exit_code: int | None = None
     sim_time: float | None = None
@@ -76,7 +77,7 @@ def classify(ending: Ending, seen: Seen) -> Outcome:
         return Outcome(
             stop.status,
             stop.reason,
-            cause="timeout" if stop.status == "timed_out" else None,
+            cause=Cause.TIMEOUT if stop.status == Status.TIMED_OUT else None,
             exit_code=returncode,
             sim_time=sim_time,
         )
@@ -84,9 +85,9 @@ def classify(ending: Ending, seen: Seen) -> Outcome:
         # Before "completed": rows past the quota were not stored, so the run is not whole
         # (the recorder's last rows may have gone over it after SUMO ended).
         return Outcome(
-            "failed",
+            Status.FAILED,
             "the session went over its row quota",
-            cause="row_quota",
+            cause=Cause.ROW_QUOTA,
             error=f"max_session_rows ({seen.quota_exceeded}) reached: the rows stored up to"
             " it are kept, none after",
             exit_code=returncode,
@@ -94,62 +95,66 @@ def classify(ending: Ending, seen: Seen) -> Outcome:
         )
     if ending.kind == "idle":
         return Outcome(
-            "timed_out",
+            Status.TIMED_OUT,
             "idle_timeout_s exceeded: nobody stepped the session",
-            cause="idle_timeout",
+            cause=Cause.IDLE_TIMEOUT,
             exit_code=returncode,
             sim_time=sim_time,
         )
     if ending.kind == "pause_timeout":
         return Outcome(
-            "timed_out",
+            Status.TIMED_OUT,
             "max_pause_s exceeded: paused for too long",
-            cause="pause_timeout",
+            cause=Cause.PAUSE_TIMEOUT,
             exit_code=returncode,
             sim_time=sim_time,
         )
     if ending.kind == "completed":
-        return Outcome("completed", ending.detail, exit_code=returncode, sim_time=sim_time)
+        return Outcome(Status.COMPLETED, ending.detail, exit_code=returncode, sim_time=sim_time)
     tail = "\n".join(seen.stderr_tail)
     errors = "\n".join(line for line in seen.stderr_tail if line.startswith("Error"))
     if (cap := over_cap(returncode, seen.stderr_tail)) is not None:
         # Checked first: a SUMO stopped by its cap while loading did not refuse the scenario.
         return Outcome(
-            "failed",
+            Status.FAILED,
             f"SUMO went over its {cap} cap",
-            cause="resource_limit",
+            cause=Cause.RESOURCE_LIMIT,
             error="\n".join(filter(None, [errors or tail, f"SUMO {describe_exit(returncode)}"])),
             exit_code=returncode,
             sim_time=sim_time,
         )
     if any(line.startswith("Error: sandbox:") for line in seen.stderr_tail):
         return Outcome(
-            "failed",
+            Status.FAILED,
             "SUMO's sandbox could not be set up",
-            cause="sandbox_failed",
+            cause=Cause.SANDBOX_FAILED,
             error=errors,
             exit_code=returncode,
         )
     if ending.kind == "exited_early" and _ADDRESS_IN_USE.search(tail):
         return Outcome(
-            "failed", "TraCI port in use", cause="port_in_use", error=tail, exit_code=returncode
+            Status.FAILED,
+            "TraCI port in use",
+            cause=Cause.PORT_IN_USE,
+            error=tail,
+            exit_code=returncode,
         )
     # SUMO reads routes as the simulation runs, so a bad route file may only fail the first
     # step: an error exit before any step completed is still a scenario SUMO refused.
     refused = ending.kind == "traci_lost" and seen.samples == 0 and returncode == 1 and errors
     if ending.kind == "exited_early" or refused:
         return Outcome(
-            "failed",
+            Status.FAILED,
             "SUMO could not load the scenario",
-            cause="config_invalid",
+            cause=Cause.CONFIG_INVALID,
             error=errors or tail or f"sumo exited with code {returncode}",
             exit_code=returncode,
         )
     if ending.kind == "connect_timeout":
         return Outcome(
-            "failed",
+            Status.FAILED,
             "SUMO did not open its TraCI port in time",
-            cause="timeout",
+            cause=Cause.TIMEOUT,
             error=tail or None,
             exit_code=returncode,
         )
@@ -157,9 +162,9 @@ def classify(ending: Ending, seen: Seen) -> Outcome:
     died = returncode is not None and returncode != 0
     how = describe_exit(returncode)
     return Outcome(
-        "failed",
+        Status.FAILED,
         f"SUMO {how} during the simulation" if died else "TraCI connection lost",
-        cause="sumo_exited" if died else "traci_closed",
+        cause=Cause.SUMO_EXITED if died else Cause.TRACI_CLOSED,
         error="\n".join(filter(None, [errors or tail, f"{ending.detail} ({how})"])),
         exit_code=returncode,
         sim_time=sim_time,

@@ -27,8 +27,8 @@ import structlog
 from actors import scenario
 from actors.quota import RowQuota
 from actors.request import SessionRequest
-from actors.writer import CsvChunk, Mark, WriterActor
-from supervisor import db
+from actors.store import RECORD_TABLES, Mark, partition_name
+from actors.writer import CsvChunk, WriterActor
 
 OUT_DIR = scenario.RECORDING_DIR
 POLL_S = 0.2
@@ -145,7 +145,7 @@ class Recorder:
 
     @property
     def tables(self) -> list[str]:
-        return [db.RECORD_TABLES[r] for r in self._request.record if r in db.RECORD_TABLES]
+        return [RECORD_TABLES[r] for r in self._request.record if r in RECORD_TABLES]
 
     @property
     def active(self) -> bool:
@@ -163,7 +163,7 @@ class Recorder:
         record = self._request.record
         args: list[str] = []
         tails: list[_Tail] = []
-        part = {t: db.partition_name(t, self._id) for t in self.tables}
+        part = {t: partition_name(t, self._id) for t in self.tables}
         if "trajectories" in record:
             args += [
                 "--fcd-output", f"{OUT_DIR}/fcd.csv",
@@ -258,7 +258,7 @@ class Recorder:
                 return
             tail.lines += n
             await self._writer.write_csv(
-                CsvChunk(tail.table, columns, data, n, f"{tail.key} IS NOT NULL", self._mark())
+                CsvChunk(tail.table, columns, data, n, tail.key, self._mark())
             )
             return
         columns = tuple(dict.fromkeys(col for col, _ in mapping.values()))

@@ -27,7 +27,6 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, Protocol, TypeVar
 
-import asyncpg
 import structlog
 from traci.connection import Connection
 from traci.exceptions import FatalTraCIError, TraCIException
@@ -35,12 +34,14 @@ from traci.exceptions import FatalTraCIError, TraCIException
 from actors import handover, scenario, statistics, traci_commands
 from actors.ask import reply, reply_error
 from actors.errors import CommandFailed, SessionConflict, SupervisorError
+from actors.lifecycle import NOW, Cause, IllegalTransition, Status, transition
 from actors.messages import Commands, Control, Message, Pause, Resume, SessionSpec, StopSession
 from actors.network import read_network
 from actors.outcome import Ending, Outcome, Seen, classify
 from actors.quota import RowQuota
 from actors.recorder import Recorder
 from actors.settings import SessionSettings
+from actors.store import SAMPLE_COLUMNS, RecordedCommand, Store
 from actors.summary import SummaryFeed, SummaryLost
 from actors.sumo_process import SumoProcess
 from actors.traci_driver import (
@@ -52,7 +53,6 @@ from actors.traci_driver import (
     subscribe,
 )
 from actors.writer import WriterActor
-from supervisor import db
 
 T = TypeVar("T")
 
@@ -108,7 +108,7 @@ class SessionActor:
         spec: SessionSpec,
         *,
         settings: SessionSettings,
-        pool: asyncpg.Pool,
+        store: Store,
         writer: WriterActor,
         broker: PortBroker,
         workdir: Path,
@@ -117,7 +117,7 @@ class SessionActor:
         self._settings = settings
         # How long it may stay paused in one go: its own, or the daemon's (which bounds it).
         self._max_pause_s = spec.request.max_pause_s or settings.max_pause_s
-        self._pool = pool
+        self._store = store
         self._writer = writer
         self._broker = broker
         # The session's directory: made by this actor when it starts, removed when it ends.
@@ -175,29 +175,31 @@ class SessionActor:
     # ---- lifecycle -----------------------------------------------------------------------------
 
     async def run(self) -> Outcome:
-        outcome = Outcome("failed", "internal error", cause="internal")
+        outcome = Outcome(Status.FAILED, "internal error", cause=Cause.INTERNAL)
         try:
-            await db.set_session_status(
-                self._pool,
+            await transition(
+                self._store,
                 self.spec.id,
-                "starting",
+                Status.STARTING,
                 f"admitted (attempt {self.spec.attempt})",
-                started_at="now",
+                started_at=NOW,
             )
             outcome = await self._run()
             await self._broker.simulation_done(self.spec.id)
         except asyncio.CancelledError:
             stop = self._stop_requested()
             outcome = Outcome(
-                stop.status if stop else "stopped",
+                stop.status if stop else Status.STOPPED,
                 (stop.reason if stop else "cancelled") + "; killed after grace period",
-                cause="timeout" if stop and stop.status == "timed_out" else None,
+                cause=Cause.TIMEOUT if stop and stop.status == Status.TIMED_OUT else None,
                 sim_time=self._sim_time,
             )
             raise
         except Exception as exc:
             self._log.exception("session_crashed")
-            outcome = Outcome("failed", "internal error", cause="internal", error=repr(exc))
+            outcome = Outcome(
+                Status.FAILED, "internal error", cause=Cause.INTERNAL, error=repr(exc)
+            )
         finally:
             self._drain_inbox()
             # The message in hand too: a session that ends while applying commands or stepping
@@ -218,30 +220,35 @@ class SessionActor:
             self._log.error("flush_timeout")
         await self._store_statistics()
         refused = self._writer.take_failure(self.spec.id)
-        if refused is not None and outcome.status != "failed":
+        if refused is not None and outcome.status != Status.FAILED:
             # Its rows are not all there: whatever SUMO did, the session did not succeed.
             outcome = dataclasses.replace(
                 outcome,
-                status="failed",
+                status=Status.FAILED,
                 reason=f"the database refused its rows ({outcome.reason})",
-                cause="write_failed",
+                cause=Cause.WRITE_FAILED,
                 error=refused,
             )
         await asyncio.to_thread(shutil.rmtree, self._workdir, ignore_errors=True)
         # The one write never given up: a session's end waits for the database to come back
         # (a daemon stopped meanwhile leaves it to the next start's recovery).
-        await db.set_session_status(
-            self._pool,
-            self.spec.id,
-            outcome.status,
-            outcome.reason,
-            retry_s=math.inf,
-            ended_at="now",
-            exit_code=outcome.exit_code,
-            cause=outcome.cause,
-            error=outcome.error,
-            sim_time=outcome.sim_time if outcome.sim_time is not None else self._sim_time,
-        )
+        try:
+            await transition(
+                self._store,
+                self.spec.id,
+                outcome.status,
+                outcome.reason,
+                retry_s=math.inf,
+                ended_at=NOW,
+                exit_code=outcome.exit_code,
+                cause=outcome.cause,
+                error=outcome.error,
+                sim_time=outcome.sim_time if outcome.sim_time is not None else self._sim_time,
+            )
+        except IllegalTransition as exc:
+            # Its status is no longer this actor's to write (it ended already, or another
+            # writer moved it): what is stored stands.
+            self._log.error("session_end_not_written", status=outcome.status, error=str(exc))
         self._log.info(
             "session_ended",
             status=outcome.status,
@@ -262,25 +269,25 @@ class SessionActor:
         if figures is None:
             return
         try:
-            await db.store_session_statistics(self._pool, self.spec.id, figures)
+            await self._store.store_statistics(self.spec.id, figures)
         except Exception as exc:
             self._log.error("statistics_not_stored", error=repr(exc))
 
     async def _run(self) -> Outcome:
         try:
-            files = await db.fetch_template_files(
-                self._pool, self.spec.template_name, self.spec.template_version
+            files = await self._store.fetch_template_files(
+                self.spec.template_name, self.spec.template_version
             )
             await asyncio.to_thread(self._prepare_workdir, files)
             if self.spec.attempt > 1:
-                await db.clear_session_rows(self._pool, self.spec.id)
+                await self._store.clear_session_rows(self.spec.id)
             if self._recorder.active:
-                await db.create_record_partitions(self._pool, self.spec.id, self._recorder.tables)
+                await self._store.create_record_partitions(self.spec.id, self._recorder.tables)
         except OSError as exc:
             return Outcome(
-                "failed",
+                Status.FAILED,
                 "could not write the session directory",
-                cause="io_error",
+                cause=Cause.IO_ERROR,
                 error=f"{exc.strerror or exc}: {exc.filename or self._workdir}",
             )
         outcome: Outcome | None = None
@@ -290,11 +297,11 @@ class SessionActor:
             try:
                 port = await self._broker.lease_port(self.spec.id)
             except PortsExhausted:
-                return Outcome("failed", "no free TraCI port", cause="port_in_use")
+                return Outcome(Status.FAILED, "no free TraCI port", cause=Cause.PORT_IN_USE)
             if attempt > 0:
                 await asyncio.to_thread(self._recorder.prepare, self.spec.config_path)
             outcome = await self._run_on_port(port)
-            if outcome.cause != "port_in_use":
+            if outcome.cause != Cause.PORT_IN_USE:
                 return outcome
             self._log.warning("port_refused", port=port)
             await self._broker.port_refused(self.spec.id, port)
@@ -387,7 +394,7 @@ class SessionActor:
     ) -> Outcome:
         log = self._log.bind(port=port, pid=sumo.pid)
         log.info("sumo_started", command=sumo_command, sandboxed=self._sandbox is not None)
-        await db.set_session_process(self._pool, self.spec.id, port, sumo.pid, sumo.started_at)
+        await self._store.set_process(self.spec.id, port, sumo.pid, sumo.started_at)
         sumo_done = asyncio.Event()
         async with asyncio.TaskGroup() as tg:
             tg.create_task(sumo.relog("stdout", log))
@@ -523,13 +530,13 @@ class SessionActor:
         end = min(end if end is not None else math.inf, self._settings.end_limit)
         if end == math.inf:
             end = None
-        replay: deque[dict[str, Any]] = deque()
+        replay: deque[RecordedCommand] = deque()
         if request.replay_of:
-            replay.extend(await db.session_commands(self._pool, request.replay_of))
-        await db.set_session_status(
-            self._pool,
+            replay.extend(await self._store.session_commands(request.replay_of))
+        await transition(
+            self._store,
             self.spec.id,
-            "running",
+            Status.RUNNING,
             "traci connected",
             end_time=end,
             sim_time=None,
@@ -590,12 +597,12 @@ class SessionActor:
                 await self._wait_inbox(min(wait, 1.0))
                 continue
             # A replay's next command is due at a sim time the slice must stop at.
-            limit = replay[0]["sim_time"] if replay else None
+            limit = replay[0].sim_time if replay else None
             done = await self._run_for_a_slice(driver, limit)
             # A replay applies its original's commands at the sim times they were applied at.
             due = []
-            while replay and replay[0]["sim_time"] <= (self._sim_time or 0.0) + 1e-9:
-                due.append(replay.popleft()["command"])
+            while replay and replay[0].sim_time <= (self._sim_time or 0.0) + 1e-9:
+                due.append(replay.popleft().command)
             if due:
                 await self._replay(conn, due, log)
             if done is not None:
@@ -609,7 +616,7 @@ class SessionActor:
         if self._quota.take(1):
             await self._writer.write(row)
         self._samples += 1
-        sample = dict(zip(db.SAMPLE_COLUMNS[1:], row[1:], strict=True))
+        sample = dict(zip(SAMPLE_COLUMNS[1:], row[1:], strict=True))
         return sample, driver.finished(jump)
 
     async def _run_for_a_slice(self, driver: Driver, limit: float | None) -> Ending | None:
@@ -620,7 +627,7 @@ class SessionActor:
         self._sim_time = last.sim_time
         self._samples += len(rows)
         rows = rows[: self._quota.take(len(rows))]
-        await self._writer.write_records("samples", db.SAMPLE_COLUMNS, rows)
+        await self._writer.write_records("samples", SAMPLE_COLUMNS, rows)
         return driver.finished(last)
 
     async def _apply_commands(self, conn: Connection, msg: Commands, log: Any) -> None:
@@ -687,7 +694,7 @@ class SessionActor:
             if r["ok"] and traci_commands.changes_state(c)
         ]
         if applied:
-            await db.add_session_commands(self._pool, self.spec.id, self._sim_time or 0.0, applied)
+            await self._store.add_commands(self.spec.id, self._sim_time or 0.0, applied)
 
     async def _network(self) -> traci_commands.Network:
         if self._net is None:

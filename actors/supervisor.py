@@ -23,20 +23,20 @@ from functools import partial
 from pathlib import Path
 from typing import Any
 
-import asyncpg
 import structlog
 
 from actors.ask import ask
 from actors.errors import QueueFull, SessionConflict, SessionNotFound, ShuttingDown
+from actors.lifecycle import ACTIVE, NOW, Cause, Status, requeue, transition
 from actors.messages import Commands, Control, Pause, Resume, SessionSpec, Step, StopSession
 from actors.outcome import Outcome
 from actors.ports import PortPool
 from actors.request import SessionRequest
 from actors.session import PortsExhausted, SessionActor
 from actors.settings import SupervisorSettings
+from actors.store import NewSweep, Store
 from actors.sumo_process import kill_orphan
 from actors.writer import WriterActor
-from supervisor import db
 
 # A reply from the supervisor to one of its own actors never takes this long unless it is stuck.
 REPLY_TIMEOUT_S = 30.0
@@ -156,7 +156,7 @@ class SupervisorActor:
         self,
         settings: SupervisorSettings,
         *,
-        pool: asyncpg.Pool,
+        store: Store,
         writer: WriterActor,
         ports: PortPool,
         on_started: Callable[[], None] = lambda: None,
@@ -165,7 +165,7 @@ class SupervisorActor:
         self._on_started = on_started
         self._on_finished = on_finished
         self._settings = settings
-        self._pool = pool
+        self._store = store
         self._writer = writer
         self._ports = ports
         self._inbox: asyncio.Queue[Message] = asyncio.Queue(maxsize=INBOX_SIZE)
@@ -247,47 +247,47 @@ class SupervisorActor:
         Sessions it left starting/running are failed (their SUMO killed if it still lives); queued
         ones are admitted again in their original order; leftover session dirs are removed.
         """
-        for row in await db.sessions_in_status(self._pool, db.ACTIVE_STATUSES):
-            killed = await asyncio.to_thread(kill_orphan, row["pid"], row["pid_started_at"])
-            request = SessionRequest.from_json(row["request"])
+        for row in await self._store.sessions_in_status(ACTIVE):
+            killed = await asyncio.to_thread(kill_orphan, row.pid, row.pid_started_at)
+            request = SessionRequest.from_json(row.request)
             self._log.warning(
-                "session_orphaned", session_id=row["id"], pid=row["pid"], sumo_killed=killed
+                "session_orphaned", session_id=row.id, pid=row.pid, sumo_killed=killed
             )
-            if request.on_interrupt == "rerun" and row["attempt"] < request.max_attempts:
+            if request.on_interrupt == "rerun" and row.attempt < request.max_attempts:
                 # A fixed-seed SUMO run is deterministic: running it again gives the same data.
-                attempt = row["attempt"] + 1
-                await db.requeue_session(
-                    self._pool,
-                    row["id"],
+                attempt = row.attempt + 1
+                await requeue(
+                    self._store,
+                    row.id,
                     attempt,
                     f"daemon restarted: rerun, attempt {attempt} of {request.max_attempts}",
                 )
                 continue
-            await db.set_session_status(
-                self._pool,
-                row["id"],
-                "failed",
+            await transition(
+                self._store,
+                row.id,
+                Status.FAILED,
                 "daemon restarted while the session was active",
-                ended_at="now",
-                cause="daemon_restarted",
+                ended_at=NOW,
+                cause=Cause.DAEMON_RESTARTED,
                 error="the daemon stopped before the session ended"
                 + (" (no attempts left)" if request.on_interrupt == "rerun" else ""),
             )
         requeued = 0
         # Reruns and sessions that were waiting, in their original order (ids sort by creation).
-        for row in await db.sessions_in_status(self._pool, ["queued"]):
-            version = await db.resolve_template_version(
-                self._pool, row["template_name"], row["template_version"]
+        for row in await self._store.sessions_in_status([Status.QUEUED]):
+            config_path = await self._store.template_config_path(
+                row.template_name, row.template_version
             )
-            assert version is not None  # a foreign key keeps it
+            assert config_path is not None  # a foreign key keeps it
             self._queue.append(
                 SessionSpec(
-                    id=row["id"],
-                    template_name=row["template_name"],
-                    template_version=row["template_version"],
-                    config_path=version["config_path"],
-                    request=SessionRequest.from_json(row["request"]),
-                    attempt=row["attempt"],
+                    id=row.id,
+                    template_name=row.template_name,
+                    template_version=row.template_version,
+                    config_path=config_path,
+                    request=SessionRequest.from_json(row.request),
+                    attempt=row.attempt,
                 )
             )
             requeued += 1
@@ -341,7 +341,9 @@ class SupervisorActor:
                 else:
                     # The rows are written here, in admission order, so a full queue or a
                     # shutdown never leaves a session in the database that will not run.
-                    await db.insert_sessions(self._pool, [s.db_row() for s in specs], sweep)
+                    await self._store.insert_sessions(
+                        [s.db_row() for s in specs], NewSweep(*sweep) if sweep else None
+                    )
                     self._queue.extend(specs)
                     reply.set_result(None)
             case Stop(session_id, reply):
@@ -361,7 +363,7 @@ class SupervisorActor:
                     run.simulating = False
             case SessionEnded(session_id, outcome):
                 await self._cleanup(session_id)
-                self._on_finished(outcome.status if outcome else "stopped")
+                self._on_finished(outcome.status if outcome else Status.STOPPED)
             case Forward(session_id, control, reply):
                 await self._forward(session_id, control)
                 reply.set_result(None)
@@ -382,7 +384,7 @@ class SupervisorActor:
             actor = SessionActor(
                 spec,
                 settings=self._settings.session,
-                pool=self._pool,
+                store=self._store,
                 writer=self._writer,
                 broker=self._broker,
                 workdir=workdir,
@@ -414,20 +416,20 @@ class SupervisorActor:
         for spec in self._queue:
             if spec.id == session_id:
                 self._queue.remove(spec)
-                await db.set_session_status(
-                    self._pool, session_id, "stopped", "stopped while queued", ended_at="now"
+                await transition(
+                    self._store, session_id, Status.STOPPED, "stopped while queued", ended_at=NOW
                 )
                 self._log.info("session_ended", session_id=session_id, status="stopped")
                 return "queued"
         run = self._running.get(session_id)
         if run is None:
-            row = await db.get_session(self._pool, session_id)
-            if row is None:
+            status = await self._store.get_status(session_id)
+            if status is None:
                 raise SessionNotFound(f"no session {session_id!r}")
             raise SessionConflict(
-                f"session {session_id} has already ended ({row['status']})", status=row["status"]
+                f"session {session_id} has already ended ({status})", status=status.value
             )
-        self._request_stop(run, StopSession("stopped", "stop requested"))
+        self._request_stop(run, StopSession(Status.STOPPED, "stop requested"))
         return "running"
 
     async def _forward(self, session_id: str, control: Control) -> None:
@@ -435,11 +437,11 @@ class SupervisorActor:
         if run is None:
             if any(spec.id == session_id for spec in self._queue):
                 raise SessionConflict(f"session {session_id} is queued, not running yet")
-            row = await db.get_session(self._pool, session_id)
-            if row is None:
+            status = await self._store.get_status(session_id)
+            if status is None:
                 raise SessionNotFound(f"no session {session_id!r}")
             raise SessionConflict(
-                f"session {session_id} is not running ({row['status']})", status=row["status"]
+                f"session {session_id} is not running ({status})", status=status.value
             )
         run.actor.send(control)
         if not run.actor.spec.request.pause_counts and run.wall_deadline is not None:
@@ -469,11 +471,15 @@ class SupervisorActor:
         )
         while self._queue:
             spec = self._queue.popleft()
-            await db.set_session_status(
-                self._pool, spec.id, "stopped", f"daemon shutting down ({reason})", ended_at="now"
+            await transition(
+                self._store,
+                spec.id,
+                Status.STOPPED,
+                f"daemon shutting down ({reason})",
+                ended_at=NOW,
             )
         for run in self._running.values():
-            self._request_stop(run, StopSession("stopped", f"daemon shutting down ({reason})"))
+            self._request_stop(run, StopSession(Status.STOPPED, f"daemon shutting down ({reason})"))
 
     # ---- timeouts and escalation ---------------------------------------------------------------
 
@@ -496,7 +502,7 @@ class SupervisorActor:
             if run.stop_sent_at is None:
                 wall = run.wall_deadline
                 if wall is not None and run.paused_at is None and now >= wall:
-                    self._request_stop(run, StopSession("timed_out", "max_wall_s exceeded"))
+                    self._request_stop(run, StopSession(Status.TIMED_OUT, "max_wall_s exceeded"))
             elif not run.killed and now >= run.stop_sent_at + grace:
                 # A jump of many steps can take long; killing SUMO ends it at once, and the actor
                 # still records the status it was asked for.

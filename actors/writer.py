@@ -1,42 +1,29 @@
 """The writer actor: the only owner of bulk writes. Sessions hand it sample rows and chunks of
-SUMO's own CSV output; it batches them by count and time and COPYs them into PostgreSQL.
+SUMO's own CSV output; it batches them by count and time and COPYs them into the store.
 
 Its inbox is bounded (in items, and CSV data also in bytes): when the database is slow or down,
 `write`/`write_csv` block and so the sessions slow down. Batches are retried while the database
-is away, and everything queued is written before `run` returns. Rows the database refuses (a
-non-transient error) fail the session that owns them (`take_failure`); a COPY that holds several
-sessions' rows is retried per session, so one session's bad row never costs another its rows.
+is away (by the store, which reports each retry here), and everything queued is written before
+`run` returns. Rows the store refuses (RowsRefused) fail the session that owns them
+(`take_failure`); a COPY that holds several sessions' rows is retried per session, so one
+session's bad row never costs another its rows.
 """
 
 from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from functools import partial
-from typing import Any
 
-import asyncpg
 import structlog
 
-from supervisor import db
+from actors.store import SAMPLE_COLUMNS, Mark, Row, RowsRefused, SessionGone, Store, StoreError
 
-Row = tuple[Any, ...]
-
-# Refusals that mean the owning session was deleted while its rows were queued.
-_SESSION_GONE = (
-    asyncpg.exceptions.ForeignKeyViolationError,
-    asyncpg.exceptions.UndefinedTableError,
-)
-
-
-@dataclass(frozen=True)
-class Mark:
-    """A recorded chunk's place in its output: `seq` grows by one per chunk of a session."""
-
-    session_id: str
-    seq: int
+# One of the store's bulk writes with everything bound but `on_retry` (and, for a recorded
+# output, `mark`), both passed by keyword.
+_Write = Callable[..., Awaitable[None]]
 
 
 @dataclass(frozen=True)
@@ -51,13 +38,14 @@ class Records:
 
 @dataclass(frozen=True)
 class CsvChunk:
-    """Whole lines of SUMO's ';'-separated CSV output, COPYed as they are into `partition`."""
+    """Whole lines of SUMO's ';'-separated CSV output, COPYed as they are into `partition`; a
+    line whose `required` column is empty is left out."""
 
     partition: str
     columns: tuple[str, ...]
     data: bytes
     lines: int
-    where: str | None = None
+    required: str | None = None
     mark: Mark | None = None
 
 
@@ -86,7 +74,7 @@ class WriterStats:
 class WriterActor:
     def __init__(
         self,
-        pool: asyncpg.Pool,
+        store: Store,
         *,
         batch_rows: int,
         flush_s: float,
@@ -95,7 +83,7 @@ class WriterActor:
         on_batch: Callable[[float], None] = lambda seconds: None,
     ) -> None:
         self._on_batch = on_batch
-        self._pool = pool
+        self._store = store
         self._batch_rows = batch_rows
         self._flush_s = flush_s
         self._inbox: asyncio.Queue[Item] = asyncio.Queue(maxsize=queue_rows)
@@ -184,7 +172,7 @@ class WriterActor:
                     elif not isinstance(late, Close):
                         batch.append(late)
             if samples:
-                batch.append(Records("samples", db.SAMPLE_COLUMNS, samples))
+                batch.append(Records("samples", SAMPLE_COLUMNS, samples))
             await self._commit_batch(batch)
             for fut in waiting:
                 if not fut.done():
@@ -199,9 +187,9 @@ class WriterActor:
             if isinstance(item, Records):
                 key = (item.table, item.columns, None)
             else:
-                key = (item.partition, item.columns, item.where)
+                key = (item.partition, item.columns, item.required)
             groups.setdefault(key, []).append(item)
-        for (target, columns, where), items in groups.items():
+        for (target, columns, required), items in groups.items():
             started = time.perf_counter()
             freed = 0
             if isinstance(items[0], Records):
@@ -211,8 +199,8 @@ class WriterActor:
                 chunks = [i for i in items if isinstance(i, CsvChunk)]
                 data = b"".join(c.data for c in chunks)
                 freed = len(data)
-                op = partial(db.copy_csv, partition=target, columns=columns, data=data, where=where)
-                await self._commit_owned(target, op, items, sum(c.lines for c in chunks))
+                csv = partial(self._store.copy_csv, target, columns, data, required=required)
+                await self._commit_owned(target, csv, items, sum(c.lines for c in chunks))
             if freed:
                 async with self._space:
                     self._queued_bytes -= freed
@@ -226,14 +214,12 @@ class WriterActor:
         records: list[Row],
         items: list[Records | CsvChunk],
     ) -> None:
+        copy = partial(self._store.copy_rows, target, columns)
         if any(i.mark is not None for i in items):
-            op = partial(self._copy_records, table=target, columns=columns, rows=records)
-            await self._commit_owned(target, op, items, len(records))
+            await self._commit_owned(target, partial(copy, records), items, len(records))
             return
         # Unmarked rows (samples) carry their session first, and one COPY holds many sessions'.
-        error = await self._commit(
-            target, partial(self._copy_records, table=target, columns=columns, rows=records)
-        )
+        error = await self._commit(target, partial(copy, records))
         if error is None:
             self.stats.rows_written += len(records)
             return
@@ -245,95 +231,64 @@ class WriterActor:
             return
         # One session's refused row must not cost the others theirs: each on its own.
         for session_id, rows in by_session.items():
-            op = partial(self._copy_records, table=target, columns=columns, rows=rows)
-            error = await self._commit(target, op)
+            error = await self._commit(target, partial(copy, rows))
             if error is None:
                 self.stats.rows_written += len(rows)
             else:
                 self._refused(target, session_id, error)
 
     async def _commit_owned(
-        self,
-        target: str,
-        op: Callable[[asyncpg.Connection], Awaitable[None]],
-        items: list[Records | CsvChunk],
-        written: int,
+        self, target: str, write: _Write, items: list[Records | CsvChunk], written: int
     ) -> None:
         """Commit one session's recorded chunks (a partition of its own), at most once."""
         marks = [i.mark for i in items if i.mark is not None]
         if not marks:
-            error = await self._commit(target, op)
+            error = await self._commit(target, write)
             if error is None:
                 self.stats.rows_written += written
             else:
-                self._log.error("batch_rejected", target=target, error=repr(error))
+                self._log.error("batch_rejected", target=target, error=str(error))
             return
-        # A target's chunks all come from one session's recorder, in order.
+        # A target's chunks all come from one session's recorder, in order: the last mark
+        # stands for them all.
         session_id = marks[0].session_id
-        once = partial(
-            self._copy_once, op=op, session_id=session_id, target=target,
-            seq=max(m.seq for m in marks),
-        )  # fmt: skip
-        error = await self._commit(target, once)
+        mark = Mark(session_id, max(m.seq for m in marks))
+        error = await self._commit(target, partial(write, mark=mark))
         if error is None:
             self.stats.rows_written += written
         else:
             self._refused(target, session_id, error)
 
-    def _refused(self, target: str, session_id: str, error: Exception) -> None:
-        if isinstance(error, _SESSION_GONE):
+    def _refused(self, target: str, session_id: str, error: StoreError) -> None:
+        if isinstance(error, SessionGone):
             # The session was deleted while its rows were queued: nothing to keep them for.
             self._log.warning("batch_discarded_deleted_session", target=target)
             return
         # Data the database (or the driver) refuses will be refused again: the session that
         # owns it fails with the error, and writing goes on for every other session.
-        self._log.error("batch_rejected", target=target, session_id=session_id, error=repr(error))
-        self._failures.setdefault(session_id, f"{type(error).__name__}: {error}")
+        self._log.error("batch_rejected", target=target, session_id=session_id, error=str(error))
+        self._failures.setdefault(session_id, str(error))
 
     def take_failure(self, session_id: str) -> str | None:
         """Why rows of this session were refused, if any were (and forget it): the session ends
         `failed` with it once everything it queued is flushed."""
         return self._failures.pop(session_id, None)
 
-    @staticmethod
-    async def _copy_once(
-        conn: asyncpg.Connection,
-        op: Callable[[asyncpg.Connection], Awaitable[None]],
-        session_id: str,
-        target: str,
-        seq: int,
-    ) -> None:
-        async with conn.transaction():
-            if await db.ingest_mark(conn, session_id, target) >= seq:
-                return  # an earlier try committed these; only its answer was lost
-            await op(conn)
-            await db.set_ingest_mark(conn, session_id, target, seq)
+    async def _commit(self, target: str, write: _Write) -> StoreError | None:
+        """Commit with `write`; the store retries while it is away, so what comes back is the
+        refusal, if any."""
 
-    @staticmethod
-    async def _copy_records(
-        conn: asyncpg.Connection, table: str, columns: tuple[str, ...], rows: Sequence[Row]
-    ) -> None:
+        def retried(exc: BaseException, delay: float) -> None:
+            self.stats.retries += 1
+            self._log.warning("batch_retry", target=target, error=repr(exc), delay_s=delay)
+
         try:
-            async with conn.transaction():
-                await db.copy_records(conn, table, columns, rows)
-        except asyncpg.exceptions.UniqueViolationError:
-            if table != "samples":
-                raise
-            # A rerun wrote some of these before; keep the rest.
-            await db.insert_samples_skipping_duplicates(conn, rows)
-
-    async def _commit(self, target: str, op: Any) -> Exception | None:
-        """Commit `op`, retrying while the database is away; the error that refused it, if any."""
-        delay = 0.1
-        while True:
-            try:
-                async with self._pool.acquire(timeout=10) as conn, db.while_connected(conn):
-                    await op(conn)
-                return None
-            except Exception as exc:
-                if not db.is_transient(exc):
-                    return exc
-                self.stats.retries += 1
-                self._log.warning("batch_retry", target=target, error=repr(exc), delay_s=delay)
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, 2.0)
+            await write(on_retry=retried)
+        except StoreError as exc:
+            return exc
+        except Exception as exc:
+            # A bug, not the data: still only this batch's owner pays for it, not the writer
+            # every session shares.
+            self._log.exception("batch_failed", target=target)
+            return RowsRefused(f"{type(exc).__name__}: {exc}")
+        return None

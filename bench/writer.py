@@ -29,10 +29,12 @@ from typing import Any
 import aiohttp
 import asyncpg
 
+from actors.store import SAMPLE_COLUMNS
 from bench.common import start_daemon
 from supervisor import db
 from supervisor.app import make_writer
 from supervisor.config import Config
+from supervisor.pgstore import PgStore
 from tests.harness.http import create_session, upload, wait_all
 from tests.harness.scenarios import grid_scenario
 
@@ -42,13 +44,13 @@ async def bare_copy(pool: asyncpg.Pool, rows: list[tuple[Any, ...]], batch: int)
     async with pool.acquire() as conn:
         for i in range(0, len(rows), batch):
             await conn.copy_records_to_table(
-                "samples", records=rows[i : i + batch], columns=list(db.SAMPLE_COLUMNS)
+                "samples", records=rows[i : i + batch], columns=list(SAMPLE_COLUMNS)
             )
     return time.perf_counter() - start
 
 
 async def through_writer(pool: asyncpg.Pool, per_session: list[list[tuple[Any, ...]]]) -> float:
-    writer = make_writer(Config(), pool)
+    writer = make_writer(Config(), PgStore(pool))
 
     async def produce(rows: list[tuple[Any, ...]]) -> None:
         for row in rows:
@@ -87,7 +89,7 @@ async def main() -> None:
         url = os.environ.get("DATABASE_URL") or _embedded_url(work / "state")
         pool = await db.create_pool(url)
         try:
-            cols = ", ".join(db.SAMPLE_COLUMNS)
+            cols = ", ".join(SAMPLE_COLUMNS)
             records = await pool.fetch(
                 f"SELECT {cols} FROM samples WHERE session_id = ANY($1) ORDER BY sim_time", ids
             )

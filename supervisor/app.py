@@ -19,6 +19,7 @@ from aiohttp import web
 from actors import sandbox, scenario
 from actors.ports import PortPool, ephemeral_overlap
 from actors.settings import SessionSettings, SupervisorSettings
+from actors.store import Store
 from actors.supervisor import SupervisorActor
 from actors.writer import WriterActor
 from supervisor import api, db, pgembed, tokens
@@ -28,6 +29,7 @@ from supervisor.config import Config, ConfigError
 from supervisor.feeds import FeedHub
 from supervisor.loopmon import LoopMonitor
 from supervisor.metrics import Metrics
+from supervisor.pgstore import PgStore
 from supervisor.systemd import Notifier
 
 log = structlog.get_logger(component="daemon")
@@ -149,11 +151,11 @@ def supervisor_settings(
 
 
 def make_writer(
-    cfg: Config, pool: asyncpg.Pool, on_batch: Callable[[float], None] = lambda seconds: None
+    cfg: Config, store: Store, on_batch: Callable[[float], None] = lambda seconds: None
 ) -> WriterActor:
     """The writer with the daemon's settings (the writer benchmark measures this same one)."""
     return WriterActor(
-        pool,
+        store,
         batch_rows=cfg.writer_batch_rows,
         flush_s=cfg.writer_flush_s,
         queue_rows=cfg.writer_queue_rows,
@@ -182,10 +184,12 @@ async def _run(
     tls: ssl.SSLContext | None,
 ) -> int:
     metrics = Metrics()
-    writer = make_writer(cfg, pool, on_batch=metrics.batch_seconds.observe)
+    # The actors reach the database through the store; the API reads through the pool.
+    store = PgStore(pool)
+    writer = make_writer(cfg, store, on_batch=metrics.batch_seconds.observe)
     supervisor = SupervisorActor(
         supervisor_settings(cfg, sumo, sandbox_plan),
-        pool=pool,
+        store=store,
         writer=writer,
         ports=PortPool(cfg.traci_ports.ports()),
         on_started=metrics.sessions_started.inc,

@@ -1,69 +1,30 @@
-"""Database access: the pool, the schema, and one named function per query."""
+"""Database access for the API and the CLI: the pool, the schema, and one named function per
+query. The actors' own queries are supervisor/pgstore.py's; the retry policy is
+supervisor/pgretry.py's (its names are also here, for the API's users)."""
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
-import io
 import math
-import re
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequence
+from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
 from importlib import resources
-from typing import Any, TypeVar
+from typing import Any
 
 import asyncpg
 import orjson
-import structlog
 
+from actors.lifecycle import FINAL, Status
 from actors.scenario import TemplateFile
+from actors.store import RECORD_TABLES, SAMPLE_COLUMNS, partition_name
+from supervisor.pgretry import TRANSIENT_ERRORS as TRANSIENT_ERRORS
+from supervisor.pgretry import is_transient as is_transient
+from supervisor.pgretry import while_connected
+from supervisor.pgretry import with_retry as with_retry
 
-log = structlog.get_logger(component="db")
-
-T = TypeVar("T")
-
-# Errors after which the same statement can succeed later: the server restarted or is unreachable.
-TRANSIENT_ERRORS: tuple[type[BaseException], ...] = (
-    OSError,
-    asyncio.TimeoutError,
-    asyncpg.exceptions.PostgresConnectionError,
-    asyncpg.exceptions.CannotConnectNowError,
-    asyncpg.exceptions.AdminShutdownError,
-    asyncpg.exceptions.CrashShutdownError,
-    asyncpg.exceptions.TooManyConnectionsError,
-    asyncpg.exceptions.ConnectionDoesNotExistError,
-)
-
-
-def is_transient(exc: BaseException) -> bool:
-    """True for errors after which the same statement can succeed later. A connection that
-    closed under an open transaction surfaces as a plain InterfaceError from asyncpg (it has no
-    class of its own), so that one is told by its message."""
-    return isinstance(exc, TRANSIENT_ERRORS) or (
-        isinstance(exc, asyncpg.exceptions.InterfaceError) and "connection is closed" in str(exc)
-    )
-
-
-SAMPLE_COLUMNS = (
-    "session_id",
-    "sim_time",
-    "vehicles",
-    "departed",
-    "arrived",
-    "mean_speed",
-    "halting",
-    "waiting_time",
-    "teleports",
-)
 # A sample as the API shows it: the row without its session.
 _SAMPLE_FIELDS = ", ".join(SAMPLE_COLUMNS[1:])
 
-# Tables with one partition per recording session, and what `record` names them.
-RECORD_TABLES = {"trajectories": "trajectories", "trips": "trips", "edges": "edge_data"}
-_SAFE_ID = re.compile(r"^[0-9a-z][0-9a-z_-]{0,80}$")
-
-ACTIVE_STATUSES = ("starting", "running")
-FINAL_STATUSES = ("completed", "failed", "stopped", "timed_out")
+FINAL_STATUSES = tuple(s.value for s in Status if s in FINAL)
 
 
 def _jsonb_text(value: Any) -> str:
@@ -94,75 +55,6 @@ async def apply_schema(pool: asyncpg.Pool) -> None:
         # Two daemons starting against one database must not race on CREATE ... IF NOT EXISTS.
         await conn.execute("SELECT pg_advisory_xact_lock(8750)")
         await conn.execute(sql)
-
-
-# How long one step of a session (or of start-up) waits for the database before it fails.
-RETRY_S = 120.0
-
-
-async def with_retry(
-    op: Callable[[], Awaitable[T]], *, what: str, deadline_s: float | None = None
-) -> T:
-    """Run `op`, retrying transient database errors with backoff until `deadline_s` (RETRY_S
-    if not given) has passed; `math.inf` retries until the database answers."""
-    loop = asyncio.get_running_loop()
-    give_up = loop.time() + (RETRY_S if deadline_s is None else deadline_s)
-    delay = 0.1
-    while True:
-        try:
-            return await op()
-        except Exception as exc:
-            if not is_transient(exc) or loop.time() + delay > give_up:
-                raise
-            log.warning("db_retry", what=what, error=repr(exc), delay_s=delay)
-            await asyncio.sleep(delay)
-            delay = min(delay * 2, 2.0)
-
-
-# Far above any one COPY the daemon makes (a writer batch, a template's files).
-COPY_TIMEOUT_S = 300.0
-
-
-@contextlib.asynccontextmanager
-async def while_connected(
-    conn: asyncpg.Connection, timeout_s: float = COPY_TIMEOUT_S
-) -> AsyncIterator[None]:
-    """End the work on `conn` as soon as the connection is lost, or after `timeout_s`, with an
-    error `is_transient` knows. For COPY: asyncpg waits for the socket to drain with no timeout
-    of its own, and a connection lost while the server was not reading (shutting down, say)
-    never wakes that wait, so a COPY cut off by a database restart would wait forever. After a
-    timeout the connection is closed: it may be mid-COPY, and must not go back to the pool."""
-    loop = asyncio.get_running_loop()
-    inside = True
-    lost = False
-    try:
-        async with asyncio.timeout(timeout_s) as deadline:
-
-            def on_lost(_conn: object) -> None:
-                nonlocal lost
-                lost = True
-                if inside and not deadline.expired():
-                    deadline.reschedule(loop.time())
-
-            conn.add_termination_listener(on_lost)
-            try:
-                yield
-            finally:
-                inside = False
-                # A lost connection has dropped its listeners already, and its pool proxy too.
-                with contextlib.suppress(asyncpg.exceptions.InterfaceError):
-                    conn.remove_termination_listener(on_lost)
-    except Exception as exc:
-        if lost:
-            # Whatever the unwinding raised (a transaction cannot roll back on a closed
-            # connection), the cause is the lost connection.
-            raise asyncpg.exceptions.ConnectionDoesNotExistError(
-                "the connection was lost mid-operation"
-            ) from exc
-        if isinstance(exc, TimeoutError):
-            with contextlib.suppress(asyncpg.exceptions.InterfaceError):
-                conn.terminate()
-        raise
 
 
 async def ping(pool: asyncpg.Pool) -> None:
@@ -287,128 +179,12 @@ async def resolve_template_version(
     return dict(row) if row else None
 
 
-async def fetch_template_files(pool: asyncpg.Pool, name: str, version: int) -> list[TemplateFile]:
-    rows = await pool.fetch(
-        "SELECT path, sha256, content FROM template_files WHERE name = $1 AND version = $2",
-        name,
-        version,
-    )
-    return [TemplateFile(r["path"], r["sha256"], bytes(r["content"])) for r in rows]
-
-
 # ---- sessions ----------------------------------------------------------------------------------
 
 _SESSION_FIELDS = """s.id, s.template_name, s.template_version, s.status, s.request, s.label,
     s.created_at, s.started_at, s.ended_at, s.end_time, s.port, s.pid, s.exit_code, s.cause,
     s.error,
     coalesce(s.sim_time, (SELECT max(sim_time) FROM samples WHERE session_id = s.id)) AS sim_time"""
-
-
-@dataclass(frozen=True)
-class NewSession:
-    id: str
-    template_name: str
-    template_version: int
-    request: dict[str, Any]
-    label: str | None
-    end_time: float | None
-    sweep_id: str | None = None
-
-
-async def insert_sessions(
-    pool: asyncpg.Pool,
-    sessions: Sequence[NewSession],
-    sweep: tuple[str, dict[str, Any]] | None = None,
-) -> None:
-    """Queued sessions (and the sweep they make up): all of them, or none."""
-    async with pool.acquire() as conn, conn.transaction():
-        if sweep is not None:
-            await conn.execute("INSERT INTO sweeps (id, request) VALUES ($1, $2)", *sweep)
-        await conn.executemany(
-            "INSERT INTO sessions (id, template_name, template_version, status, request, label,"
-            " end_time, sweep_id) VALUES ($1, $2, $3, 'queued', $4, $5, $6, $7)",
-            [
-                (s.id, s.template_name, s.template_version, s.request, s.label, s.end_time,
-                 s.sweep_id)
-                for s in sessions
-            ],
-        )  # fmt: skip
-        await conn.executemany(
-            "INSERT INTO session_events (session_id, status, reason) VALUES ($1, 'queued', $2)",
-            [(s.id, "submitted") for s in sessions],
-        )
-
-
-# Columns a status change may set besides the status itself.
-_UPDATABLE = frozenset(
-    {
-        "started_at",
-        "ended_at",
-        "end_time",
-        "sim_time",
-        "port",
-        "pid",
-        "pid_started_at",
-        "exit_code",
-        "cause",
-        "error",
-        "attempt",
-    }
-)
-
-
-async def set_session_status(
-    pool: asyncpg.Pool,
-    session_id: str,
-    status: str,
-    reason: str,
-    *,
-    retry_s: float | None = None,
-    **fields: Any,
-) -> None:
-    """Change a session's status, set `fields`, and record the change as an event, atomically.
-
-    Timestamps named in `fields` with the value "now" are set by the database clock. Transient
-    errors are retried for `retry_s` (see `with_retry`).
-    """
-    unknown = set(fields) - _UPDATABLE
-    if unknown:
-        raise ValueError(f"not updatable: {sorted(unknown)}")
-    sets = ["status = $2"]
-    args: list[Any] = [session_id, status]
-    for key, value in fields.items():
-        if value == "now":
-            sets.append(f"{key} = clock_timestamp()")
-        else:
-            args.append(value)
-            sets.append(f"{key} = ${len(args)}")
-
-    async def op() -> None:
-        async with pool.acquire() as conn, conn.transaction():
-            await conn.execute(f"UPDATE sessions SET {', '.join(sets)} WHERE id = $1", *args)
-            await conn.execute(
-                "INSERT INTO session_events (session_id, status, reason) VALUES ($1, $2, $3)",
-                session_id,
-                status,
-                reason,
-            )
-
-    await with_retry(op, what=f"session_status:{status}", deadline_s=retry_s)
-
-
-async def set_session_process(
-    pool: asyncpg.Pool, session_id: str, port: int, pid: int | None, pid_started_at: float | None
-) -> None:
-    async def op() -> None:
-        await pool.execute(
-            "UPDATE sessions SET port = $2, pid = $3, pid_started_at = $4 WHERE id = $1",
-            session_id,
-            port,
-            pid,
-            pid_started_at,
-        )
-
-    await with_retry(op, what="session_process")
 
 
 async def get_session(pool: asyncpg.Pool, session_id: str) -> dict[str, Any] | None:
@@ -440,27 +216,7 @@ async def session_events(pool: asyncpg.Pool, session_id: str) -> list[dict[str, 
     return [dict(r) for r in rows]
 
 
-async def sessions_in_status(pool: asyncpg.Pool, statuses: Iterable[str]) -> list[dict[str, Any]]:
-    rows = await pool.fetch(
-        "SELECT id, status, request, template_name, template_version, end_time, pid,"
-        " pid_started_at, attempt FROM sessions WHERE status = ANY($1::text[]) ORDER BY id",
-        list(statuses),
-    )
-    return [dict(r) for r in rows]
-
-
 # ---- samples -----------------------------------------------------------------------------------
-
-
-async def insert_samples_skipping_duplicates(
-    conn: asyncpg.Connection, rows: Sequence[tuple[Any, ...]]
-) -> None:
-    """Slow path when a COPY was refused: keep every row that can be kept."""
-    await conn.executemany(
-        f"INSERT INTO samples ({', '.join(SAMPLE_COLUMNS)})"
-        " VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9) ON CONFLICT DO NOTHING",
-        rows,
-    )
 
 
 async def get_samples(
@@ -547,134 +303,6 @@ async def last_sample_time(pool: asyncpg.Pool, session_id: str) -> float | None:
     return None if value is None else float(value)
 
 
-# ---- recorded outputs (partitioned per session) -------------------------------------------------
-
-
-def partition_name(table: str, session_id: str) -> str:
-    """The partition of `table` that holds one session's rows; ids are checked, never quoted in."""
-    if table not in RECORD_TABLES.values() or not _SAFE_ID.match(session_id):
-        raise ValueError(f"bad partition {table}/{session_id}")
-    return f"{table}__{session_id.replace('-', '_')}"
-
-
-async def create_record_partitions(
-    pool: asyncpg.Pool, session_id: str, tables: Iterable[str]
-) -> None:
-    async def op() -> None:
-        async with pool.acquire() as conn, conn.transaction():
-            for table in tables:
-                part = partition_name(table, session_id)
-                await conn.execute(
-                    f'CREATE TABLE IF NOT EXISTS "{part}" PARTITION OF {table}'
-                    f" FOR VALUES IN ('{session_id}')"
-                )
-                # COPY into the partition leaves session_id out; the default fills it in.
-                await conn.execute(
-                    f"ALTER TABLE \"{part}\" ALTER COLUMN session_id SET DEFAULT '{session_id}'"
-                )
-                if table == "trajectories":
-                    # Rows arrive in time order: a BRIN index costs almost nothing to keep.
-                    await conn.execute(
-                        f'CREATE INDEX IF NOT EXISTS "{part}_time" ON "{part}" USING brin (time)'
-                    )
-
-    await with_retry(op, what="create_partitions")
-
-
-async def copy_csv(
-    conn: asyncpg.Connection,
-    partition: str,
-    columns: Sequence[str],
-    data: bytes,
-    where: str | None,
-) -> None:
-    """COPY SUMO's own CSV output (';'-separated, no header) straight into a partition."""
-    await conn.copy_to_table(
-        partition,
-        source=io.BytesIO(data),
-        columns=list(columns),
-        format="csv",
-        delimiter=";",
-        null="",
-        where=where,
-    )
-
-
-async def copy_records(
-    conn: asyncpg.Connection, table: str, columns: Sequence[str], rows: Sequence[tuple[Any, ...]]
-) -> None:
-    await conn.copy_records_to_table(table, records=rows, columns=list(columns))
-
-
-async def requeue_session(pool: asyncpg.Pool, session_id: str, attempt: int, reason: str) -> None:
-    """An interrupted session goes back to the queue for another attempt."""
-    await set_session_status(
-        pool,
-        session_id,
-        "queued",
-        reason,
-        attempt=attempt,
-        port=None,
-        pid=None,
-        pid_started_at=None,
-        started_at=None,
-        sim_time=None,
-    )
-
-
-async def clear_session_rows(pool: asyncpg.Pool, session_id: str) -> None:
-    """Remove an earlier attempt's rows in one transaction: readers see the old rows or none,
-    never a mix of attempts."""
-
-    async def op() -> None:
-        async with pool.acquire() as conn, conn.transaction():
-            await conn.execute("DELETE FROM samples WHERE session_id = $1", session_id)
-            await conn.execute("DELETE FROM ingest_marks WHERE session_id = $1", session_id)
-            await conn.execute("DELETE FROM session_statistics WHERE session_id = $1", session_id)
-            for table in RECORD_TABLES.values():
-                await conn.execute(f'DROP TABLE IF EXISTS "{partition_name(table, session_id)}"')
-
-    await with_retry(op, what="clear_session_rows")
-
-
-async def ingest_mark(conn: asyncpg.Connection, session_id: str, target: str) -> int:
-    """The sequence number of the last chunk committed into `target`; -1 before the first."""
-    seq = await conn.fetchval(
-        "SELECT seq FROM ingest_marks WHERE session_id = $1 AND target = $2 FOR UPDATE",
-        session_id,
-        target,
-    )
-    return -1 if seq is None else int(seq)
-
-
-async def set_ingest_mark(conn: asyncpg.Connection, session_id: str, target: str, seq: int) -> None:
-    await conn.execute(
-        "INSERT INTO ingest_marks (session_id, target, seq) VALUES ($1, $2, $3)"
-        " ON CONFLICT (session_id, target) DO UPDATE SET seq = excluded.seq",
-        session_id,
-        target,
-        seq,
-    )
-
-
-async def add_session_commands(
-    pool: asyncpg.Pool, session_id: str, sim_time: float, commands: Sequence[dict[str, Any]]
-) -> None:
-    async def op() -> None:
-        async with pool.acquire() as conn, conn.transaction():
-            first = await conn.fetchval(
-                "SELECT coalesce(max(seq), 0) + 1 FROM session_commands WHERE session_id = $1",
-                session_id,
-            )
-            await conn.executemany(
-                "INSERT INTO session_commands (session_id, seq, sim_time, command)"
-                " VALUES ($1, $2, $3, $4)",
-                [(session_id, first + i, sim_time, c) for i, c in enumerate(commands)],
-            )
-
-    await with_retry(op, what="session_commands")
-
-
 async def session_commands(pool: asyncpg.Pool, session_id: str) -> list[dict[str, Any]]:
     rows = await pool.fetch(
         "SELECT seq, sim_time, command, applied_at FROM session_commands WHERE session_id = $1"
@@ -713,20 +341,6 @@ async def session_summary(pool: asyncpg.Pool, session_id: str) -> dict[str, Any]
     """The samples' and recorded trips' figures, and SUMO's own statistics (None when SUMO
     wrote none: a session killed, or ended before statistics were kept)."""
     return (await session_summaries(pool, [session_id]))[session_id]
-
-
-async def store_session_statistics(
-    pool: asyncpg.Pool, session_id: str, statistics: dict[str, Any]
-) -> None:
-    async def op() -> None:
-        await pool.execute(
-            "INSERT INTO session_statistics (session_id, statistics) VALUES ($1, $2)"
-            " ON CONFLICT (session_id) DO UPDATE SET statistics = EXCLUDED.statistics",
-            session_id,
-            statistics,
-        )
-
-    await with_retry(op, what="store_session_statistics")
 
 
 # ---- API tokens --------------------------------------------------------------------------------

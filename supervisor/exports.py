@@ -10,7 +10,7 @@ from dataclasses import dataclass
 
 import asyncpg
 
-from supervisor.db import SAMPLE_COLUMNS
+from actors.store import SAMPLE_COLUMNS
 
 # A sample as the API shows it: the row without its session.
 _SAMPLE_FIELDS = ", ".join(SAMPLE_COLUMNS[1:])

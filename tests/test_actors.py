@@ -19,9 +19,11 @@ from actors.messages import SessionSpec
 from actors.ports import PortPool, port_is_free
 from actors.request import SessionRequest
 from actors.settings import SessionSettings, SupervisorSettings
+from actors.store import Mark, partition_name
 from actors.supervisor import SupervisorActor, new_session_id
-from actors.writer import CsvChunk, Mark, WriterActor
+from actors.writer import CsvChunk, WriterActor
 from supervisor import db
+from supervisor.pgstore import PgStore
 from tests.harness.daemon import next_port_range
 from tests.harness.scenarios import SUMO_BIN, Scenario
 
@@ -51,7 +53,7 @@ async def wait_final(pool: asyncpg.Pool, session_id: str, timeout: float = 60) -
 
 
 def make_supervisor(
-    pool: asyncpg.Pool, writer: WriterActor, ports: PortPool, tmp_path: Path, max_running: int
+    store: PgStore, writer: WriterActor, ports: PortPool, tmp_path: Path, max_running: int
 ) -> SupervisorActor:
     settings = SupervisorSettings(
         temp_root=tmp_path / "sessions",
@@ -61,7 +63,7 @@ def make_supervisor(
             sumo_binary=str(SUMO_BIN / "sumo"), stop_grace_s=1.0, connect_timeout_s=30.0
         ),
     )
-    return SupervisorActor(settings, pool=pool, writer=writer, ports=ports)
+    return SupervisorActor(settings, store=store, writer=writer, ports=ports)
 
 
 async def _answer_garbage(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
@@ -85,9 +87,9 @@ async def test_port_refused_by_sumo_is_retried_on_another(
     holder.bind(("0.0.0.0", first))  # no SO_REUSEADDR: SUMO's bind must fail
     holder.listen()
     server = await asyncio.start_server(_answer_garbage, sock=holder) if answers else None
-    writer = WriterActor(pool, batch_rows=100, flush_s=0.05, queue_rows=1000)
+    writer = WriterActor(PgStore(pool), batch_rows=100, flush_s=0.05, queue_rows=1000)
     ports = PortPool(range(first, first + 3), probe=lambda port: True)
-    supervisor = make_supervisor(pool, writer, ports, tmp_path, max_running=2)
+    supervisor = make_supervisor(PgStore(pool), writer, ports, tmp_path, max_running=2)
     try:
         async with asyncio.TaskGroup() as tg:
             tg.create_task(writer.run())
@@ -124,8 +126,8 @@ class HeldFlushWriter(WriterActor):
 async def test_a_session_writing_down_its_end_frees_its_place(pool, scenarios, tmp_path: Path):
     """max_running bounds SUMO processes: the next session starts while the one before is still
     writing down its end."""
-    writer = HeldFlushWriter(pool, batch_rows=100, flush_s=0.05, queue_rows=1000)
-    supervisor = make_supervisor(pool, writer, PortPool(range(23410, 23420)), tmp_path, 1)
+    writer = HeldFlushWriter(PgStore(pool), batch_rows=100, flush_s=0.05, queue_rows=1000)
+    supervisor = make_supervisor(PgStore(pool), writer, PortPool(range(23410, 23420)), tmp_path, 1)
     async with asyncio.TaskGroup() as tg:
         tg.create_task(writer.run())
         tg.create_task(supervisor.run())
@@ -147,23 +149,24 @@ async def test_a_session_writing_down_its_end_frees_its_place(pool, scenarios, t
 
 
 async def test_a_session_ending_while_the_database_is_away_is_written_down_when_it_is_back(
-    scenarios, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    scenarios, tmp_path: Path
 ):
     """The database goes away for longer than a session's step waits for it, and a session ends
     meanwhile. Its end waits for the database, and the supervisor goes on meanwhile.
-    The wait (RETRY_S, 120 s) is shortened to 1 s: the one fake, an outage that long cannot be
-    shown in a test's time."""
+    The store waits 1 s for the database (its retry_s; the daemon's waits 120 s): an outage
+    that long cannot be shown in a test's time."""
     import pgserver
     from pgserver._commands import pg_ctl
 
-    monkeypatch.setattr(db, "RETRY_S", 1.0)
+    retry_s = 1.0
     pgdata = tmp_path / "pg"
     server = pgserver.get_server(pgdata, cleanup_mode="stop")
     pool = await db.create_pool(server.get_uri())
     try:
         await db.apply_schema(pool)
-        writer = WriterActor(pool, batch_rows=100, flush_s=0.05, queue_rows=1000)
-        supervisor = make_supervisor(pool, writer, PortPool(range(23420, 23430)), tmp_path, 2)
+        store = PgStore(pool, retry_s=retry_s)
+        writer = WriterActor(store, batch_rows=100, flush_s=0.05, queue_rows=1000)
+        supervisor = make_supervisor(store, writer, PortPool(range(23420, 23430)), tmp_path, 2)
         async with asyncio.TaskGroup() as tg:
             tg.create_task(writer.run())
             loop_task = tg.create_task(supervisor.run())
@@ -181,7 +184,7 @@ async def test_a_session_ending_while_the_database_is_away_is_written_down_when_
                 pg_ctl, ["-w", "stop", "-m", "fast"], pgdata=pgdata, user=server.system_user
             )
             assert await supervisor.stop(spec.id) == "running"
-            await asyncio.sleep(4 * db.RETRY_S)  # the outage, four times longer than a step waits
+            await asyncio.sleep(4 * retry_s)  # the outage, four times longer than a step waits
             assert not loop_task.done()
             await asyncio.to_thread(server.ensure_postgres_running)
             row = await wait_final(pool, spec.id)
@@ -200,8 +203,8 @@ async def test_a_session_ending_while_the_database_is_away_is_written_down_when_
 async def test_writer_keeps_every_row_and_flushes_on_close(pool, scenarios):
     """Rows written faster than one batch, with a queue smaller than the total: none is lost."""
     spec = await store_template(pool, "grid3", scenarios["grid3"])
-    await db.insert_sessions(pool, [spec.db_row()])
-    writer = WriterActor(pool, batch_rows=64, flush_s=0.01, queue_rows=50)
+    await PgStore(pool).insert_sessions([spec.db_row()])
+    writer = WriterActor(PgStore(pool), batch_rows=64, flush_s=0.01, queue_rows=50)
     task = asyncio.create_task(writer.run())
     try:
         for t in range(5000):
@@ -214,7 +217,7 @@ async def test_writer_keeps_every_row_and_flushes_on_close(pool, scenarios):
     assert len(rows) == 5000
     assert sum(r["departed"] for r in rows) == 5000
     # A rerun's duplicate rows are skipped, the new ones kept.
-    writer = WriterActor(pool, batch_rows=64, flush_s=0.01, queue_rows=50)
+    writer = WriterActor(PgStore(pool), batch_rows=64, flush_s=0.01, queue_rows=50)
     task = asyncio.create_task(writer.run())
     for t in range(4990, 5010):
         await writer.write((spec.id, float(t), 1, 1, 0, 1.0, 0, 0.0, 0))
@@ -244,15 +247,15 @@ class LosesFirstAnswer:
 
 async def test_writer_applies_a_recorded_chunk_once_when_a_commit_answer_is_lost(pool, scenarios):
     spec = await store_template(pool, "grid3", scenarios["grid3"])
-    await db.insert_sessions(pool, [spec.db_row()])
-    await db.create_record_partitions(pool, spec.id, ["trajectories", "trips"])
+    await PgStore(pool).insert_sessions([spec.db_row()])
+    await PgStore(pool).create_record_partitions(spec.id, ["trajectories", "trips"])
     flaky = LosesFirstAnswer(pool)
-    writer = WriterActor(flaky, batch_rows=10_000, flush_s=0.01, queue_rows=100)  # type: ignore[arg-type]
+    writer = WriterActor(PgStore(flaky), batch_rows=10_000, flush_s=0.01, queue_rows=100)
     task = asyncio.create_task(writer.run())
     columns = ("time", "vehicle", "x", "y", "speed", "angle", "lane")
     lines = b"".join(b"%d;v%d;1.0;2.0;3.0;90.0;e_0\n" % (t, t) for t in range(500))
-    trajectories = db.partition_name("trajectories", spec.id)
-    trips = db.partition_name("trips", spec.id)
+    trajectories = partition_name("trajectories", spec.id)
+    trips = partition_name("trips", spec.id)
     await writer.write_csv(CsvChunk(trajectories, columns, lines, 500, None, Mark(spec.id, 1)))
     await writer.flush()
     await writer.write_records(trips, ("vehicle", "duration"), [("v1", 10.0)], Mark(spec.id, 2))
@@ -272,13 +275,13 @@ async def test_writer_retries_a_copy_whose_connection_dies_while_the_server_is_n
     then drops the connection. asyncpg's COPY then waits for its socket to drain forever: the
     writer must notice the lost connection, retry, and keep every row."""
     spec = await store_template(pool, "grid3", scenarios["grid3"])
-    await db.insert_sessions(pool, [spec.db_row()])
-    await db.create_record_partitions(pool, spec.id, ["trajectories"])
-    trajectories = db.partition_name("trajectories", spec.id)
+    await PgStore(pool).insert_sessions([spec.db_row()])
+    await PgStore(pool).create_record_partitions(spec.id, ["trajectories"])
+    trajectories = partition_name("trajectories", spec.id)
     columns = ("time", "vehicle", "x", "y", "speed", "angle", "lane")
     # Far more than the socket buffers hold, so the COPY's writes must wait for the server.
     lines = b"".join(b"%d;v%d;1.0;2.0;3.0;90.0;e_0\n" % (t, t) for t in range(200_000))
-    writer = WriterActor(pool, batch_rows=1_000_000, flush_s=0.01, queue_rows=100)
+    writer = WriterActor(PgStore(pool), batch_rows=1_000_000, flush_s=0.01, queue_rows=100)
     task = asyncio.create_task(writer.run())
     locker = await asyncpg.connect(db_url)
     try:
@@ -337,13 +340,15 @@ async def test_one_sessions_refused_row_keeps_the_others_rows_and_fails_only_tha
     (the rows of several sessions in one COPY: the next test)."""
     good = await store_template(pool, "grid3", scenarios["grid3"])
     bad = await store_template(pool, "grid3", scenarios["grid3"])
-    await db.insert_sessions(pool, [good.db_row()])
+    await PgStore(pool).insert_sessions([good.db_row()])
     await pool.execute(
         f"ALTER TABLE samples ADD CONSTRAINT test_refuses CHECK (session_id <> '{bad.id}')"
     )
-    writer = WriterActor(pool, batch_rows=1000, flush_s=0.05, queue_rows=1000)
+    writer = WriterActor(PgStore(pool), batch_rows=1000, flush_s=0.05, queue_rows=1000)
     first, last = next_port_range(10)
-    supervisor = make_supervisor(pool, writer, PortPool(range(first, last + 1)), tmp_path, 2)
+    supervisor = make_supervisor(
+        PgStore(pool), writer, PortPool(range(first, last + 1)), tmp_path, 2
+    )
     async with asyncio.TaskGroup() as tg:
         tg.create_task(writer.run())
         tg.create_task(supervisor.run())
@@ -367,9 +372,9 @@ async def test_writer_fails_the_owner_of_a_refused_batch_and_keeps_the_rest_of_t
     """Rows of three sessions in one COPY, one row of one session refused by PostgreSQL: the
     other two sessions' rows are committed; the writer reports the failure for that session."""
     specs = [await store_template(pool, "grid3", scenarios["grid3"]) for _ in range(3)]
-    await db.insert_sessions(pool, [s.db_row() for s in specs])
+    await PgStore(pool).insert_sessions([s.db_row() for s in specs])
     await pool.execute("ALTER TABLE samples ADD CONSTRAINT test_refuses CHECK (vehicles >= 0)")
-    writer = WriterActor(pool, batch_rows=10_000, flush_s=0.05, queue_rows=10_000)
+    writer = WriterActor(PgStore(pool), batch_rows=10_000, flush_s=0.05, queue_rows=10_000)
     task = asyncio.create_task(writer.run())
     try:
         for t in range(100):

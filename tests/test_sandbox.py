@@ -34,6 +34,7 @@ from actors.writer import WriterActor
 from supervisor import db
 from supervisor.config import ConfigError, load_config
 from supervisor.db import FINAL_STATUSES
+from supervisor.pgstore import PgStore
 from tests.harness.daemon import next_port_range
 from tests.harness.http import create_session, get_session, template_form, upload, wait_status
 from tests.harness.scenarios import SUMO_BIN, Scenario
@@ -324,7 +325,8 @@ async def test_the_session_actor_runs_sumo_confined_in_either_mode(
     pool = await db.create_pool(db_url)
     try:
         await db.apply_schema(pool)
-        writer = WriterActor(pool, batch_rows=100, flush_s=0.05, queue_rows=1000)
+        store = PgStore(pool)
+        writer = WriterActor(store, batch_rows=100, flush_s=0.05, queue_rows=1000)
         first, last = next_port_range(10)
         supervisor = SupervisorActor(
             SupervisorSettings(
@@ -335,7 +337,7 @@ async def test_the_session_actor_runs_sumo_confined_in_either_mode(
                     sumo_binary=SUMO, stop_grace_s=1.0, connect_timeout_s=30.0, sandbox=confined
                 ),
             ),
-            pool=pool,
+            store=store,
             writer=writer,
             ports=PortPool(range(first, last + 1)),
         )
@@ -515,6 +517,7 @@ async def test_the_daemon_says_at_start_what_the_sandbox_enforces(daemons, db_ur
     assert status["level"] == "warning"
 
 
+@pytest.mark.e2e  # starts the daemon as a subprocess itself, with no fixture
 def test_a_reachable_daemon_without_the_sandbox_refuses_to_start(tmp_path):
     """Nothing is enforced (sandbox = false) and the host is not loopback: one clear line."""
     out = subprocess.run(

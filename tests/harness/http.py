@@ -178,13 +178,14 @@ async def recorded_session(
     """A completed session with `rows` trajectory rows, made in the database directly (a real
     run this size takes long)."""
     from supervisor import db
+    from supervisor.pgstore import PgStore
 
     await upload(http, at, "grid3", scenarios["grid3"])
     session = await create_session(http, at, template="grid3", end=10)
     await wait_status(http, at, session["id"], "completed")
     pool = await db.create_pool(db_url)
     try:
-        await db.create_record_partitions(pool, session["id"], ["trajectories"])
+        await PgStore(pool).create_record_partitions(session["id"], ["trajectories"])
         await pool.execute(
             "INSERT INTO trajectories (session_id, time, vehicle, x, y, angle, speed, lane)"
             " SELECT $1, g / 100, 'veh' || (g % 100), g * 0.5, g * 0.25, 90, 13.5, 'edge_0'"

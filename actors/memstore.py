@@ -1,0 +1,444 @@
+"""The actors' store in memory: dicts with PostgreSQL's semantics where the actors can tell
+(the conditional status write, events, duplicate samples skipped, ingest marks, partitions,
+column types and NOT NULL, refused rows), for tests that run the actors without a database.
+
+Every call is atomic: it checks all it takes before it changes anything, and yields to the event
+loop once first, as a round trip would. Besides the Store operations it has what a test needs to
+set up and look (`add_template`, `session`, `events`, `rows`, ...), and `refuse`, a hook that
+refuses chosen rows the way a CHECK constraint would.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import copy
+import csv
+import io
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from enum import StrEnum
+from typing import TYPE_CHECKING, Any, Final
+
+from actors.lifecycle import INITIAL, NOW, UPDATABLE, Status
+from actors.scenario import TemplateFile
+from actors.store import (
+    RECORD_TABLES,
+    SAMPLE_COLUMNS,
+    Mark,
+    NewSession,
+    NewSweep,
+    RecordedCommand,
+    RetryHook,
+    Row,
+    RowsRefused,
+    SessionGone,
+    SessionRecord,
+    Store,
+    StoreError,
+    partition_name,
+)
+
+# The bulk tables' columns as schema.sql has them: type, and whether NULL is refused.
+_FLOAT, _INT, _TEXT = float, int, str
+_TABLES: Final[dict[str, dict[str, tuple[type, bool]]]] = {
+    "samples": {c: (_TEXT if c == "session_id" else _FLOAT, True) for c in SAMPLE_COLUMNS}
+    | {c: (_INT, True) for c in ("vehicles", "departed", "arrived", "halting", "teleports")},
+    "trajectories": {
+        "session_id": (_TEXT, True),
+        "time": (_FLOAT, True),
+        "vehicle": (_TEXT, True),
+        "x": (_FLOAT, False),
+        "y": (_FLOAT, False),
+        "angle": (_FLOAT, False),
+        "speed": (_FLOAT, False),
+        "lane": (_TEXT, False),
+    },
+    "trips": {
+        "session_id": (_TEXT, True),
+        "vehicle": (_TEXT, True),
+        "vtype": (_TEXT, False),
+        "depart": (_FLOAT, False),
+        "arrival": (_FLOAT, False),
+        "duration": (_FLOAT, False),
+        "route_length": (_FLOAT, False),
+        "waiting_time": (_FLOAT, False),
+        "waiting_count": (_INT, False),
+        "time_loss": (_FLOAT, False),
+        "depart_delay": (_FLOAT, False),
+        "reroutes": (_INT, False),
+    },
+    "edge_data": {
+        "session_id": (_TEXT, True),
+        "interval_begin": (_FLOAT, True),
+        "interval_end": (_FLOAT, True),
+        "edge": (_TEXT, True),
+        "entered": (_INT, False),
+        "left_edge": (_INT, False),
+        "mean_speed": (_FLOAT, False),
+        "occupancy": (_FLOAT, False),
+        "density": (_FLOAT, False),
+        "sampled_seconds": (_FLOAT, False),
+    },
+}
+# Columns a row may leave out, and what they then hold (schema.sql's DEFAULTs).
+_DEFAULTS: Final = {"samples": {"teleports": 0}}
+
+# Given a table and a row (column -> value), an error message to refuse it with, or None.
+Refusal = Callable[[str, dict[str, Any]], str | None]
+
+
+class _Refused(Exception):
+    pass
+
+
+@dataclass
+class _Partition:
+    table: str
+    session_id: str
+    rows: list[dict[str, Any]] = field(default_factory=list)
+
+
+def _now() -> datetime:
+    return datetime.now(UTC)
+
+
+class MemStore:
+    def __init__(self) -> None:
+        self._templates: dict[tuple[str, int], tuple[str, list[TemplateFile]]] = {}
+        self._sessions: dict[str, dict[str, Any]] = {}
+        self._events: dict[str, list[dict[str, Any]]] = {}
+        self._sweeps: dict[str, dict[str, Any]] = {}
+        self._samples: dict[str, dict[float, dict[str, Any]]] = {}
+        self._partitions: dict[str, _Partition] = {}
+        self._marks: dict[tuple[str, str], int] = {}
+        self._statistics: dict[str, dict[str, Any]] = {}
+        self._commands: dict[str, list[dict[str, Any]]] = {}
+        self.refuse: Refusal | None = None
+
+    # ---- for tests: set up and look ------------------------------------------------------------
+
+    def add_template(self, name: str, config_path: str, files: Sequence[TemplateFile]) -> int:
+        """A new version of template `name`; its number."""
+        version = 1 + max((v for n, v in self._templates if n == name), default=0)
+        self._templates[(name, version)] = (config_path, list(files))
+        return version
+
+    def session(self, session_id: str) -> dict[str, Any] | None:
+        """The session's row as db.get_session reads it (sim_time falls back to its samples')."""
+        row = self._sessions.get(session_id)
+        if row is None:
+            return None
+        out = copy.deepcopy(row)
+        if out["sim_time"] is None and self._samples.get(session_id):
+            out["sim_time"] = max(self._samples[session_id])
+        return out
+
+    def events(self, session_id: str) -> list[dict[str, Any]]:
+        return copy.deepcopy(self._events.get(session_id, []))
+
+    def samples(self, session_id: str) -> list[dict[str, Any]]:
+        """The session's samples in sim-time order."""
+        by_time = self._samples.get(session_id, {})
+        return [copy.deepcopy(by_time[t]) for t in sorted(by_time)]
+
+    def rows(self, partition: str) -> list[dict[str, Any]] | None:
+        """A partition's rows in the order they came; None if it does not exist."""
+        part = self._partitions.get(partition)
+        return None if part is None else copy.deepcopy(part.rows)
+
+    def statistics(self, session_id: str) -> dict[str, Any] | None:
+        return copy.deepcopy(self._statistics.get(session_id))
+
+    def ingest_mark(self, session_id: str, target: str) -> int:
+        return self._marks.get((session_id, target), -1)
+
+    def sweep(self, sweep_id: str) -> dict[str, Any] | None:
+        return copy.deepcopy(self._sweeps.get(sweep_id))
+
+    # ---- templates -----------------------------------------------------------------------------
+
+    async def template_config_path(self, name: str, version: int) -> str | None:
+        await asyncio.sleep(0)
+        found = self._templates.get((name, version))
+        return None if found is None else found[0]
+
+    async def fetch_template_files(self, name: str, version: int) -> list[TemplateFile]:
+        await asyncio.sleep(0)
+        found = self._templates.get((name, version))
+        return [] if found is None else list(found[1])
+
+    # ---- sessions and their status -------------------------------------------------------------
+
+    async def insert_sessions(
+        self, sessions: Sequence[NewSession], sweep: NewSweep | None = None
+    ) -> None:
+        await asyncio.sleep(0)
+        ids = [s.id for s in sessions]
+        if len(set(ids)) < len(ids) or any(i in self._sessions for i in ids):
+            raise StoreError("a session with this id exists already")
+        if sweep is not None and sweep.id in self._sweeps:
+            raise StoreError(f"sweep {sweep.id} exists already")
+        for s in sessions:
+            if (s.template_name, s.template_version) not in self._templates:
+                raise StoreError(f"no template {s.template_name} version {s.template_version}")
+            if s.sweep_id is not None and s.sweep_id not in self._sweeps:
+                if sweep is None or s.sweep_id != sweep.id:
+                    raise StoreError(f"no sweep {s.sweep_id}")
+        now = _now()
+        if sweep is not None:
+            self._sweeps[sweep.id] = {
+                "id": sweep.id,
+                "request": copy.deepcopy(sweep.request),
+                "created_at": now,
+            }
+        for s in sessions:
+            self._sessions[s.id] = {
+                "id": s.id,
+                "template_name": s.template_name,
+                "template_version": s.template_version,
+                "status": INITIAL.value,
+                "request": copy.deepcopy(s.request),
+                "label": s.label,
+                "created_at": now,
+                "started_at": None,
+                "ended_at": None,
+                "end_time": s.end_time,
+                "sim_time": None,
+                "port": None,
+                "pid": None,
+                "pid_started_at": None,
+                "exit_code": None,
+                "cause": None,
+                "error": None,
+                "attempt": 1,
+                "sweep_id": s.sweep_id,
+            }
+            self._events[s.id] = [{"at": now, "status": INITIAL.value, "reason": "submitted"}]
+
+    async def get_status(self, session_id: str) -> Status | None:
+        await asyncio.sleep(0)
+        row = self._sessions.get(session_id)
+        return None if row is None else Status(row["status"])
+
+    async def sessions_in_status(self, statuses: Iterable[Status]) -> list[SessionRecord]:
+        await asyncio.sleep(0)
+        wanted = {str(s) for s in statuses}
+        return [
+            SessionRecord(
+                id=r["id"],
+                status=Status(r["status"]),
+                template_name=r["template_name"],
+                template_version=r["template_version"],
+                request=copy.deepcopy(r["request"]),
+                attempt=r["attempt"],
+                pid=r["pid"],
+                pid_started_at=r["pid_started_at"],
+            )
+            for _id, r in sorted(self._sessions.items())
+            if r["status"] in wanted
+        ]
+
+    async def set_status(
+        self,
+        session_id: str,
+        to: Status,
+        reason: str,
+        *,
+        only_from: frozenset[Status],
+        fields: Mapping[str, Any],
+        retry_s: float | None = None,
+    ) -> bool:
+        await asyncio.sleep(0)
+        if unknown := set(fields) - UPDATABLE:
+            raise ValueError(f"not updatable: {sorted(unknown)}")
+        row = self._sessions.get(session_id)
+        if row is None or row["status"] not in only_from:
+            return False
+        now = _now()
+        row["status"] = to.value
+        for key, value in fields.items():
+            # Stored as the database stores it: an enum (a Cause) as its plain string.
+            row[key] = now if value is NOW else copy.deepcopy(_plain(value))
+        self._events[session_id].append({"at": now, "status": to.value, "reason": reason})
+        return True
+
+    async def set_process(
+        self, session_id: str, port: int, pid: int | None, pid_started_at: float | None
+    ) -> None:
+        await asyncio.sleep(0)
+        if (row := self._sessions.get(session_id)) is not None:
+            row.update(port=port, pid=pid, pid_started_at=pid_started_at)
+
+    # ---- a session's rows ----------------------------------------------------------------------
+
+    async def clear_session_rows(self, session_id: str) -> None:
+        await asyncio.sleep(0)
+        self._samples.pop(session_id, None)
+        self._statistics.pop(session_id, None)
+        for key in [k for k in self._marks if k[0] == session_id]:
+            del self._marks[key]
+        for table in RECORD_TABLES.values():
+            self._partitions.pop(partition_name(table, session_id), None)
+
+    async def create_record_partitions(self, session_id: str, tables: Iterable[str]) -> None:
+        await asyncio.sleep(0)
+        names = {partition_name(table, session_id): table for table in tables}
+        for name, table in names.items():
+            self._partitions.setdefault(name, _Partition(table, session_id))
+
+    async def store_statistics(self, session_id: str, statistics: dict[str, Any]) -> None:
+        await asyncio.sleep(0)
+        self._require_session(session_id)
+        self._statistics[session_id] = copy.deepcopy(statistics)
+
+    async def add_commands(
+        self, session_id: str, sim_time: float, commands: Sequence[dict[str, Any]]
+    ) -> None:
+        await asyncio.sleep(0)
+        self._require_session(session_id)
+        stored = self._commands.setdefault(session_id, [])
+        first = 1 + max((c["seq"] for c in stored), default=0)
+        stored.extend(
+            {"seq": first + i, "sim_time": sim_time, "command": copy.deepcopy(c)}
+            for i, c in enumerate(commands)
+        )
+
+    async def session_commands(self, session_id: str) -> list[RecordedCommand]:
+        await asyncio.sleep(0)
+        return [
+            RecordedCommand(c["seq"], c["sim_time"], copy.deepcopy(c["command"]))
+            for c in sorted(self._commands.get(session_id, []), key=lambda c: c["seq"])
+        ]
+
+    def _require_session(self, session_id: str) -> None:
+        if session_id not in self._sessions:
+            raise StoreError(f"no session {session_id}")
+
+    # ---- bulk writes ---------------------------------------------------------------------------
+
+    async def copy_rows(
+        self,
+        target: str,
+        columns: Sequence[str],
+        rows: Sequence[Row],
+        mark: Mark | None = None,
+        *,
+        on_retry: RetryHook | None = None,
+    ) -> None:
+        await asyncio.sleep(0)
+        table = self._table_of(target)
+        if self._applied(mark, target):
+            return
+        try:
+            converted = [
+                self._convert(table, target, dict(zip(columns, row, strict=True)), parse=False)
+                for row in rows
+            ]
+        except (_Refused, ValueError) as exc:  # zip's own: a row of the wrong length
+            raise RowsRefused(str(exc)) from None
+        self._insert(target, converted, mark)
+
+    async def copy_csv(
+        self,
+        target: str,
+        columns: Sequence[str],
+        data: bytes,
+        *,
+        required: str | None = None,
+        mark: Mark | None = None,
+        on_retry: RetryHook | None = None,
+    ) -> None:
+        await asyncio.sleep(0)
+        table = self._table_of(target)
+        if self._applied(mark, target):
+            return
+        converted = []
+        try:
+            for fields in csv.reader(io.StringIO(data.decode()), delimiter=";"):
+                if len(fields) != len(columns):
+                    raise _Refused(f"{len(fields)} fields in a line, not {len(columns)}")
+                raw = {c: (v if v != "" else None) for c, v in zip(columns, fields, strict=True)}
+                row = self._convert(table, target, raw, parse=True, check=False)
+                if required is None or row.get(required) is not None:
+                    converted.append(self._check(table, row))
+        except (_Refused, UnicodeDecodeError) as exc:
+            raise RowsRefused(str(exc)) from None
+        self._insert(target, converted, mark)
+
+    def _table_of(self, target: str) -> str:
+        if target == "samples":
+            return target
+        part = self._partitions.get(target)
+        if part is None:
+            # PostgreSQL's UndefinedTable: the session's partitions were dropped with it.
+            raise SessionGone(f"no partition {target}")
+        return part.table
+
+    def _applied(self, mark: Mark | None, target: str) -> bool:
+        """True when `mark`'s chunk was committed before (nothing to do)."""
+        if mark is None:
+            return False
+        if mark.session_id not in self._sessions:
+            raise SessionGone(f"no session {mark.session_id}")
+        return self._marks.get((mark.session_id, target), -1) >= mark.seq
+
+    def _convert(
+        self, table: str, target: str, raw: dict[str, Any], *, parse: bool, check: bool = True
+    ) -> dict[str, Any]:
+        spec = _TABLES[table]
+        if unknown := set(raw) - set(spec):
+            raise _Refused(f"no column {sorted(unknown)} in {table}")
+        row: dict[str, Any] = {c: None for c in spec} | _DEFAULTS.get(table, {})
+        if table != "samples":
+            row["session_id"] = self._partitions[target].session_id
+        for column, value in raw.items():
+            kind = spec[column][0]
+            row[column] = None if value is None else _typed(kind, value, parse, column)
+        return self._check(table, row) if check else row
+
+    def _check(self, table: str, row: dict[str, Any]) -> dict[str, Any]:
+        for column, (_kind, not_null) in _TABLES[table].items():
+            if not_null and row[column] is None:
+                raise _Refused(f'null value in column "{column}" of relation "{table}"')
+        if self.refuse is not None and (error := self.refuse(table, row)) is not None:
+            raise _Refused(error)
+        return row
+
+    def _insert(self, target: str, rows: list[dict[str, Any]], mark: Mark | None) -> None:
+        if target == "samples":
+            if missing := {r["session_id"] for r in rows} - set(self._sessions):
+                raise SessionGone(f"no session {sorted(missing)}")
+            for row in rows:
+                # A rerun wrote this sample before: keep the first (ON CONFLICT DO NOTHING).
+                self._samples.setdefault(row["session_id"], {}).setdefault(row["sim_time"], row)
+        else:
+            self._partitions[target].rows.extend(rows)
+        if mark is not None:
+            self._marks[(mark.session_id, target)] = mark.seq
+
+
+def _plain(value: Any) -> Any:
+    return value.value if isinstance(value, StrEnum) else value
+
+
+def _typed(kind: type, value: Any, parse: bool, column: str) -> Any:
+    """`value` as a column of `kind` takes it: parsed from CSV text, or checked as asyncpg's
+    COPY checks a Python value (an int is a float; nothing else is converted)."""
+    try:
+        if parse:
+            return kind(value) if kind is not int else int(value)
+        if kind is float and isinstance(value, int | float) and not isinstance(value, bool):
+            return float(value)
+        if kind is int and isinstance(value, int) and not isinstance(value, bool):
+            return value
+        if kind is str and isinstance(value, str):
+            return value
+    except ValueError:
+        raise _Refused(f"invalid input for column {column}: {value!r}") from None
+    raise _Refused(f"invalid input for column {column}: {value!r} is not {kind.__name__}")
+
+
+if TYPE_CHECKING:
+    # mypy holds the class to the protocol here, where no caller would.
+    _conforms: Store = MemStore()

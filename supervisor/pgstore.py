@@ -1,0 +1,386 @@
+"""The actors' store on PostgreSQL (actors/store.py's Store, over an asyncpg pool).
+
+The named queries the actors need live here, one method each; the reads the API shares with
+them stay in supervisor/db.py and are called from here. Retries follow supervisor/pgretry.py,
+with this store's budget (`retry_s`) for the writes that wait for the database, and no end for
+the writer's bulk writes. The database's own errors never reach the actors: a refused bulk
+write is RowsRefused or SessionGone.
+"""
+
+from __future__ import annotations
+
+import io
+import math
+import re
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, TypeVar
+
+import asyncpg
+
+from actors.lifecycle import INITIAL, NOW, UPDATABLE, Status
+from actors.scenario import TemplateFile
+from actors.store import (
+    RECORD_TABLES,
+    Mark,
+    NewSession,
+    NewSweep,
+    RecordedCommand,
+    RetryHook,
+    Row,
+    RowsRefused,
+    SessionGone,
+    SessionRecord,
+    Store,
+    partition_name,
+)
+from supervisor import db
+from supervisor.pgretry import while_connected, with_retry
+
+T = TypeVar("T")
+
+# How long a write that waits for the database (a status, a session's setup) waits by default
+# before it fails.
+RETRY_S = 120.0
+# How long the writer waits for a pool connection before that counts as the database away.
+ACQUIRE_TIMEOUT_S = 10.0
+
+_COLUMN = re.compile(r"^[a-z_][a-z0-9_]*$")
+# Refusals that mean the owning session was deleted while its rows were queued.
+_SESSION_GONE = (
+    asyncpg.exceptions.ForeignKeyViolationError,
+    asyncpg.exceptions.UndefinedTableError,
+)
+
+
+class PgStore:
+    def __init__(self, pool: asyncpg.Pool, *, retry_s: float = RETRY_S) -> None:
+        self._pool = pool
+        self._retry_s = retry_s
+
+    async def _retrying(
+        self, op: Callable[[], Awaitable[T]], what: str, retry_s: float | None = None
+    ) -> T:
+        return await with_retry(
+            op, what=what, deadline_s=self._retry_s if retry_s is None else retry_s
+        )
+
+    # ---- templates -----------------------------------------------------------------------------
+
+    async def template_config_path(self, name: str, version: int) -> str | None:
+        row = await db.resolve_template_version(self._pool, name, version)
+        return None if row is None else str(row["config_path"])
+
+    async def fetch_template_files(self, name: str, version: int) -> list[TemplateFile]:
+        rows = await self._pool.fetch(
+            "SELECT path, sha256, content FROM template_files WHERE name = $1 AND version = $2",
+            name,
+            version,
+        )
+        return [TemplateFile(r["path"], r["sha256"], bytes(r["content"])) for r in rows]
+
+    # ---- sessions and their status -------------------------------------------------------------
+
+    async def insert_sessions(
+        self, sessions: Sequence[NewSession], sweep: NewSweep | None = None
+    ) -> None:
+        async with self._pool.acquire() as conn, conn.transaction():
+            if sweep is not None:
+                await conn.execute(
+                    "INSERT INTO sweeps (id, request) VALUES ($1, $2)", sweep.id, sweep.request
+                )
+            await conn.executemany(
+                "INSERT INTO sessions (id, template_name, template_version, status, request,"
+                " label, end_time, sweep_id) VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
+                [
+                    (s.id, s.template_name, s.template_version, INITIAL, s.request, s.label,
+                     s.end_time, s.sweep_id)
+                    for s in sessions
+                ],
+            )  # fmt: skip
+            await conn.executemany(
+                "INSERT INTO session_events (session_id, status, reason) VALUES ($1, $2, $3)",
+                [(s.id, INITIAL, "submitted") for s in sessions],
+            )
+
+    async def get_status(self, session_id: str) -> Status | None:
+        status = await self._pool.fetchval("SELECT status FROM sessions WHERE id = $1", session_id)
+        return None if status is None else Status(status)
+
+    async def sessions_in_status(self, statuses: Iterable[Status]) -> list[SessionRecord]:
+        rows = await self._pool.fetch(
+            "SELECT id, status, request, template_name, template_version, pid, pid_started_at,"
+            " attempt FROM sessions WHERE status = ANY($1::text[]) ORDER BY id",
+            [str(s) for s in statuses],
+        )
+        return [
+            SessionRecord(
+                id=r["id"],
+                status=Status(r["status"]),
+                template_name=r["template_name"],
+                template_version=r["template_version"],
+                request=r["request"],
+                attempt=r["attempt"],
+                pid=r["pid"],
+                pid_started_at=r["pid_started_at"],
+            )
+            for r in rows
+        ]
+
+    async def set_status(
+        self,
+        session_id: str,
+        to: Status,
+        reason: str,
+        *,
+        only_from: frozenset[Status],
+        fields: Mapping[str, Any],
+        retry_s: float | None = None,
+    ) -> bool:
+        sets = ["status = $3"]
+        args: list[Any] = [session_id, sorted(str(s) for s in only_from), str(to)]
+        for key, value in fields.items():
+            # Column names are written into the statement: only known ones.
+            if key not in UPDATABLE:
+                raise ValueError(f"not updatable: {key}")
+            if value is NOW:
+                sets.append(f"{key} = clock_timestamp()")
+            else:
+                args.append(value)
+                sets.append(f"{key} = ${len(args)}")
+        tries = 0
+
+        async def op() -> bool:
+            nonlocal tries
+            tries += 1
+            async with self._pool.acquire() as conn, conn.transaction():
+                # The status in the WHERE is the transition check (lifecycle.transition): a
+                # fence (owner, lease epoch) joins it here when several daemons share one
+                # database.
+                changed = await conn.fetchval(
+                    f"UPDATE sessions SET {', '.join(sets)}"
+                    " WHERE id = $1 AND status = ANY($2::text[]) RETURNING true",
+                    *args,
+                )
+                if not changed:
+                    # A retry that finds the status already written: the earlier try committed
+                    # it and only its answer was lost.
+                    now = await conn.fetchval(
+                        "SELECT status FROM sessions WHERE id = $1", session_id
+                    )
+                    return tries > 1 and now == to
+                await conn.execute(
+                    "INSERT INTO session_events (session_id, status, reason) VALUES ($1, $2, $3)",
+                    session_id,
+                    str(to),
+                    reason,
+                )
+                return True
+
+        return await self._retrying(op, f"session_status:{to}", retry_s)
+
+    async def set_process(
+        self, session_id: str, port: int, pid: int | None, pid_started_at: float | None
+    ) -> None:
+        async def op() -> None:
+            await self._pool.execute(
+                "UPDATE sessions SET port = $2, pid = $3, pid_started_at = $4 WHERE id = $1",
+                session_id,
+                port,
+                pid,
+                pid_started_at,
+            )
+
+        await self._retrying(op, "session_process")
+
+    # ---- a session's rows ----------------------------------------------------------------------
+
+    async def clear_session_rows(self, session_id: str) -> None:
+        async def op() -> None:
+            async with self._pool.acquire() as conn, conn.transaction():
+                await conn.execute("DELETE FROM samples WHERE session_id = $1", session_id)
+                await conn.execute("DELETE FROM ingest_marks WHERE session_id = $1", session_id)
+                await conn.execute(
+                    "DELETE FROM session_statistics WHERE session_id = $1", session_id
+                )
+                for table in RECORD_TABLES.values():
+                    part = partition_name(table, session_id)
+                    await conn.execute(f'DROP TABLE IF EXISTS "{part}"')
+
+        await self._retrying(op, "clear_session_rows")
+
+    async def create_record_partitions(self, session_id: str, tables: Iterable[str]) -> None:
+        tables = list(tables)
+
+        async def op() -> None:
+            async with self._pool.acquire() as conn, conn.transaction():
+                for table in tables:
+                    part = partition_name(table, session_id)
+                    await conn.execute(
+                        f'CREATE TABLE IF NOT EXISTS "{part}" PARTITION OF {table}'
+                        f" FOR VALUES IN ('{session_id}')"
+                    )
+                    # COPY into the partition leaves session_id out; the default fills it in.
+                    await conn.execute(
+                        f"ALTER TABLE \"{part}\" ALTER COLUMN session_id SET DEFAULT '{session_id}'"
+                    )
+                    if table == "trajectories":
+                        # Rows arrive in time order: a BRIN index costs almost nothing to keep.
+                        await conn.execute(
+                            f'CREATE INDEX IF NOT EXISTS "{part}_time" ON "{part}"'
+                            " USING brin (time)"
+                        )
+
+        await self._retrying(op, "create_partitions")
+
+    async def store_statistics(self, session_id: str, statistics: dict[str, Any]) -> None:
+        async def op() -> None:
+            await self._pool.execute(
+                "INSERT INTO session_statistics (session_id, statistics) VALUES ($1, $2)"
+                " ON CONFLICT (session_id) DO UPDATE SET statistics = EXCLUDED.statistics",
+                session_id,
+                statistics,
+            )
+
+        await self._retrying(op, "store_session_statistics")
+
+    async def add_commands(
+        self, session_id: str, sim_time: float, commands: Sequence[dict[str, Any]]
+    ) -> None:
+        async def op() -> None:
+            async with self._pool.acquire() as conn, conn.transaction():
+                first = await conn.fetchval(
+                    "SELECT coalesce(max(seq), 0) + 1 FROM session_commands WHERE session_id = $1",
+                    session_id,
+                )
+                await conn.executemany(
+                    "INSERT INTO session_commands (session_id, seq, sim_time, command)"
+                    " VALUES ($1, $2, $3, $4)",
+                    [(session_id, first + i, sim_time, c) for i, c in enumerate(commands)],
+                )
+
+        await self._retrying(op, "session_commands")
+
+    async def session_commands(self, session_id: str) -> list[RecordedCommand]:
+        return [
+            RecordedCommand(r["seq"], r["sim_time"], r["command"])
+            for r in await db.session_commands(self._pool, session_id)
+        ]
+
+    # ---- bulk writes ---------------------------------------------------------------------------
+
+    async def copy_rows(
+        self,
+        target: str,
+        columns: Sequence[str],
+        rows: Sequence[Row],
+        mark: Mark | None = None,
+        *,
+        on_retry: RetryHook | None = None,
+    ) -> None:
+        async def op(conn: asyncpg.Connection) -> None:
+            await _copy_records(conn, target, columns, rows)
+
+        await self._bulk(target, op, mark, on_retry)
+
+    async def copy_csv(
+        self,
+        target: str,
+        columns: Sequence[str],
+        data: bytes,
+        *,
+        required: str | None = None,
+        mark: Mark | None = None,
+        on_retry: RetryHook | None = None,
+    ) -> None:
+
+        if required is not None and not _COLUMN.match(required):
+            raise ValueError(f"bad column name {required!r}")  # it is written into the WHERE
+
+        async def op(conn: asyncpg.Connection) -> None:
+            await conn.copy_to_table(
+                target,
+                source=io.BytesIO(data),
+                columns=list(columns),
+                format="csv",
+                delimiter=";",
+                null="",
+                where=None if required is None else f"{required} IS NOT NULL",
+            )
+
+        await self._bulk(target, op, mark, on_retry)
+
+    async def _bulk(
+        self,
+        target: str,
+        op: Callable[[asyncpg.Connection], Awaitable[None]],
+        mark: Mark | None,
+        on_retry: RetryHook | None,
+    ) -> None:
+        """Commit `op` (at most once per `mark`), retrying for as long as the database is
+        away: the writer never drops rows it could still write."""
+
+        async def attempt() -> None:
+            async with (
+                self._pool.acquire(timeout=ACQUIRE_TIMEOUT_S) as conn,
+                while_connected(conn),
+                conn.transaction(),
+            ):
+                if mark is not None:
+                    if await _ingest_mark(conn, mark.session_id, target) >= mark.seq:
+                        return  # an earlier try committed these; only its answer was lost
+                    await op(conn)
+                    await _set_ingest_mark(conn, mark.session_id, target, mark.seq)
+                else:
+                    await op(conn)
+
+        try:
+            await with_retry(attempt, what=f"copy:{target}", deadline_s=math.inf, on_retry=on_retry)
+        except _SESSION_GONE as exc:
+            raise SessionGone(f"{type(exc).__name__}: {exc}") from exc
+        except Exception as exc:
+            # Not transient (those are retried): the same rows would be refused again.
+            raise RowsRefused(f"{type(exc).__name__}: {exc}") from exc
+
+
+async def _copy_records(
+    conn: asyncpg.Connection, table: str, columns: Sequence[str], rows: Sequence[Row]
+) -> None:
+    try:
+        async with conn.transaction():  # a savepoint: the slow path below may follow it
+            await conn.copy_records_to_table(table, records=rows, columns=list(columns))
+    except asyncpg.exceptions.UniqueViolationError:
+        if table != "samples":
+            raise
+        # A rerun wrote some of these before; keep the rest.
+        values = ", ".join(f"${i + 1}" for i in range(len(columns)))
+        await conn.executemany(
+            f"INSERT INTO samples ({', '.join(columns)}) VALUES ({values}) ON CONFLICT DO NOTHING",
+            rows,
+        )
+
+
+async def _ingest_mark(conn: asyncpg.Connection, session_id: str, target: str) -> int:
+    """The sequence number of the last chunk committed into `target`; -1 before the first."""
+    seq = await conn.fetchval(
+        "SELECT seq FROM ingest_marks WHERE session_id = $1 AND target = $2 FOR UPDATE",
+        session_id,
+        target,
+    )
+    return -1 if seq is None else int(seq)
+
+
+async def _set_ingest_mark(
+    conn: asyncpg.Connection, session_id: str, target: str, seq: int
+) -> None:
+    await conn.execute(
+        "INSERT INTO ingest_marks (session_id, target, seq) VALUES ($1, $2, $3)"
+        " ON CONFLICT (session_id, target) DO UPDATE SET seq = excluded.seq",
+        session_id,
+        target,
+        seq,
+    )
+
+
+if TYPE_CHECKING:
+    # mypy holds the class to the protocol here, where no caller would.
+    _conforms: Store = PgStore(None)
