@@ -65,6 +65,13 @@ def _may_select_e2e(markexpr: str) -> bool:
     return expr.evaluate(carries("e2e")) or expr.evaluate(carries("e2e", "slow"))
 
 
+def _require_e2e(request: pytest.FixtureRequest) -> None:
+    """A test that reaches PostgreSQL or a daemon with getfixturevalue, which collection cannot
+    see, fails here unless it carries the e2e mark itself: `-m "not e2e"` must start neither."""
+    if request.node.get_closest_marker("e2e") is None:
+        pytest.fail(f"{request.node.nodeid} uses {request.fixturename} but is not marked e2e")
+
+
 # ---- database ----------------------------------------------------------------------------------
 
 
@@ -76,8 +83,9 @@ def pg_admin_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
 
 
 @pytest.fixture
-async def db_url(pg_admin_url: str) -> AsyncIterator[str]:
+async def db_url(request: pytest.FixtureRequest, pg_admin_url: str) -> AsyncIterator[str]:
     """A fresh, empty database for one test."""
+    _require_e2e(request)
     async with pg.fresh_database(pg_admin_url) as url:
         yield url
 
@@ -119,8 +127,9 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) ->
 
 
 @pytest.fixture
-async def daemons(tmp_path: Path) -> AsyncIterator[DaemonFactory]:
+async def daemons(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[DaemonFactory]:
     """Daemons for one test; none of them (nor their SUMOs) outlives it."""
+    _require_e2e(request)
     factory = DaemonFactory(tmp_path)
     yield factory
     factory.kill_all()

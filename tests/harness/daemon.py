@@ -195,15 +195,14 @@ class DaemonFactory:
             d.kill()
 
     def last_words(self, lines: int = 40) -> str:
-        """What each daemon said last: shown with a failure, often the only clue to a hang."""
+        """What each daemon said last, and every error it logged before that: shown with a
+        failure, often the only clue to a hang or to a session's end."""
         out = []
         for i, d in enumerate(self.started):
-            # Errors first: the one that explains a failure is often long before the last lines.
-            errors = [line for line in d.raw if '"level": "error"' in line][-10:]
-            out.append(f"---- daemon {i} (pid {d.proc.pid}), its errors ----")
-            out += [line[:600] for line in errors]
-            out.append(f"---- daemon {i} (pid {d.proc.pid}), last lines ----")
-            out += [line[:400] for line in d.raw[-lines:]]
+            raw = list(d.raw)
+            errors = [line for line in raw[:-lines] if '"level": "error"' in line]
+            out.append(f"---- daemon {i} (pid {d.proc.pid}), errors, then last lines ----")
+            out += [line[:600] for line in errors[-20:] + raw[-lines:]]
         return "\n".join(out)
 
 
