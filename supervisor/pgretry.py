@@ -33,8 +33,19 @@ def is_transient(exc: BaseException) -> bool:
     """True for errors after which the same statement can succeed later. A connection that
     closed under an open transaction surfaces as a plain InterfaceError from asyncpg (it has no
     class of its own), so that one is told by its message."""
-    return isinstance(exc, TRANSIENT_ERRORS) or (
-        isinstance(exc, asyncpg.exceptions.InterfaceError) and "connection is closed" in str(exc)
+    if isinstance(exc, TRANSIENT_ERRORS):
+        return True
+    message = str(exc)
+    # A server shutting down under a running query can leave asyncpg's protocol mid-operation:
+    # the next use of that connection fails with this InternalClientError (seen ending a live
+    # stream and failing a session's rows during a restart). The pool drops the connection on
+    # release; a retry gets a new one.
+    return (
+        isinstance(exc, asyncpg.exceptions.InterfaceError) and "connection is closed" in message
+    ) or (
+        isinstance(exc, asyncpg.exceptions.InternalClientError)
+        and "another operation" in message
+        and "is in progress" in message
     )
 
 
