@@ -16,6 +16,11 @@ import pytest
 from tests.harness.daemon import pid_alive
 from tests.harness.poll import wait_until
 
+# pgserver serializes every embedded server's start and stop on the machine through one lock
+# file: with six test workers, a daemon's stop can wait behind other workers' initdb for over a
+# minute. A bound on a hang, not a timing.
+EMBEDDED_STOP_S = 240.0
+
 
 def postgres_of(pgdata: Path) -> list[psutil.Process]:
     """The postmasters serving `pgdata` (named with -D on their command line). A child the
@@ -52,7 +57,7 @@ async def test_kill_9_then_restart_stops_the_orphaned_server(daemons, http, left
     old_pid = old[0].pid
 
     first.signal(signal.SIGKILL)
-    await first.wait_exit()
+    await first.wait_exit(EMBEDDED_STOP_S)
     # kill -9 gives the daemon no chance to stop its server: it still runs.
     assert pid_alive(old_pid)
 
@@ -66,7 +71,7 @@ async def test_kill_9_then_restart_stops_the_orphaned_server(daemons, http, left
     assert second.events("embedded_postgres_orphan_stopped", pid=old_pid)
 
     second.signal(signal.SIGTERM)
-    assert await second.wait_exit() == 0
+    assert await second.wait_exit(EMBEDDED_STOP_S) == 0
     assert postgres_of(pgdata) == []
     assert not (pgdata / "postmaster.pid").exists()
 
@@ -76,7 +81,7 @@ async def test_sigterm_leaves_no_postgres(daemons, http, scenarios, leftover_pos
     pgdata = (daemon.state_dir / "pgdata").resolve()
     assert len(postgres_of(pgdata)) == 1
     daemon.signal(signal.SIGTERM)
-    assert await daemon.wait_exit() == 0
+    assert await daemon.wait_exit(EMBEDDED_STOP_S) == 0
     assert postgres_of(pgdata) == []
 
 
@@ -95,7 +100,7 @@ async def test_stale_postmaster_pid(daemons, http, whose, leftover_postgres):
     pgdata = (first.state_dir / "pgdata").resolve()
     saved = (pgdata / "postmaster.pid").read_text()
     first.signal(signal.SIGTERM)
-    assert await first.wait_exit() == 0
+    assert await first.wait_exit(EMBEDDED_STOP_S) == 0
     assert postgres_of(pgdata) == []
 
     other = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(600)"])
@@ -116,7 +121,7 @@ async def test_stale_postmaster_pid(daemons, http, whose, leftover_postgres):
         assert [p.pid for p in postgres_of(pgdata)] == [postmaster_pid(pgdata)]
         assert other.poll() is None  # the process that reuses the pid is left alone
         second.signal(signal.SIGTERM)
-        assert await second.wait_exit() == 0
+        assert await second.wait_exit(EMBEDDED_STOP_S) == 0
         assert postgres_of(pgdata) == []
     finally:
         other.kill()
