@@ -117,7 +117,6 @@ Message = (
 class _Running:
     actor: SessionActor
     task: asyncio.Task[None]
-    workdir: Path
     wall_deadline: float | None
     ports: set[int] = field(default_factory=set)
     # False once its SUMO has exited for good: it no longer counts against max_running.
@@ -392,7 +391,7 @@ class SupervisorActor:
             wall = spec.request.max_wall_s or self._settings.max_wall_s_default
             task = tg.create_task(self._session_main(actor), name=f"session-{spec.id}")
             self._running[spec.id] = _Running(
-                actor, task, workdir, loop.time() + wall if wall is not None else None
+                actor, task, loop.time() + wall if wall is not None else None
             )
             self._log.info("session_admitted", session_id=spec.id, running=len(self._running))
             self._on_started()
