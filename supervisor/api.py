@@ -710,7 +710,7 @@ async def create_token(request: web.Request) -> web.Response:
         raise SessionConflict(
             f"a token named {name!r} exists: revoke it first", name=name
         ) from None
-    await s.tokens.reload()
+    await s.tokens.refresh()
     request[AUDIT]["token_made"] = name
     # The only time the token is shown.
     return _json({"token": secret, **row}, status=201)
@@ -729,6 +729,9 @@ async def revoke_token(request: web.Request) -> web.Response:
     if row is None:
         raise TokenNotFound(f"no live token named {name!r}", name=name)
     s.tokens.forget(name)
+    # A reload already under way may have read the token before the revocation: this one,
+    # queued behind it, has the last word.
+    await s.tokens.refresh()
     request[AUDIT]["token_revoked"] = name
     return _json(row)
 

@@ -99,6 +99,9 @@ class TokenBook:
         self._by_hash: dict[bytes, Holder] = {}
         self._last_used: dict[str, float] = {}
         self._changed = asyncio.Event()
+        # Reloads run one at a time: one whose query ran before a token was made must not
+        # land after the reload that saw it, or a fresh token (or a revocation) is undone.
+        self._reloading = asyncio.Lock()
 
     @property
     def required(self) -> bool:
@@ -112,9 +115,14 @@ class TokenBook:
         return holder
 
     async def reload(self) -> None:
-        rows = await db.live_token_hashes(self._pool)
-        now = time.monotonic()
-        self._by_hash = {
+        async with self._reloading:
+            rows = await db.live_token_hashes(self._pool)
+            now = time.monotonic()
+            self._by_hash = self._book_of(rows, now)
+
+    @staticmethod
+    def _book_of(rows: list[dict[str, Any]], now: float) -> dict[bytes, Holder]:
+        return {
             bytes(r["hash"]): Holder(
                 r["name"],
                 Role[r["role"]],
@@ -156,10 +164,16 @@ class TokenBook:
                 self._last_used.setdefault(name, at)
             raise
 
-    async def _sync(self) -> None:
+    async def refresh(self) -> None:
+        """Reload after this daemon changed a token. The change is already written: a
+        database gone away now leaves the book to the next round, not the caller an error."""
+        await self._sync(flush=False)
+
+    async def _sync(self, flush: bool = True) -> None:
         try:
             await self.reload()
-            await self.flush()
+            if flush:
+                await self.flush()
         except Exception as exc:
             if not db.is_transient(exc):
                 raise
