@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import faulthandler
 import os
 import shutil
 import signal
@@ -78,7 +79,7 @@ async def serve(cfg: Config) -> int:
             shared=f"{shared.start}-{shared.stop - 1}",
         )
     cfg.state_dir.mkdir(parents=True, exist_ok=True)
-    async with pgembed.database(cfg.database_url, cfg.pgdata) as url:
+    async with pgembed.database(cfg.database_url, cfg.pgdata, cfg.shutdown_timeout_s) as url:
         pool = await db.with_retry(
             lambda: db.create_pool(url, command_timeout=cfg.db_command_timeout_s),
             what="connect",
@@ -254,6 +255,9 @@ async def _run(
         )
         reason = await stop_reason
         log.info("daemon_stopping", reason=reason)
+        # Every stage below is bounded; should the process still be here well past them all,
+        # stderr gets every thread's stack, so that a stuck shutdown says where it is stuck.
+        faulthandler.dump_traceback_later(3 * cfg.shutdown_timeout_s + HTTP_SHUTDOWN_S + 60)
         notifier.notify("STOPPING=1", f"STATUS=stopping ({reason})")
         # Ordered: no new sessions, every session stopped, every row written, then HTTP closed.
         await supervisor.shutdown(reason)

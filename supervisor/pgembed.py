@@ -11,7 +11,10 @@ begins from a server this process owns or shares with a live one."""
 from __future__ import annotations
 
 import asyncio
+import atexit
 import json
+import os
+import threading
 import warnings
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager, suppress
@@ -31,11 +34,55 @@ STOP_WAIT_S = 10.0
 @dataclass
 class EmbeddedPostgres:
     url: str
+    pgdata: Path
     _server: Any
 
-    async def stop(self) -> None:
-        await asyncio.to_thread(self._server.cleanup)
+    async def stop(self, timeout_s: float) -> None:
+        """pgserver's stop: it waits, unbounded, for the data dir's lock, then for `pg_ctl -w
+        stop`. Past `timeout_s` the server is stopped here instead, rather than never exit."""
+        done = asyncio.get_running_loop().create_future()
+
+        def cleanup() -> None:
+            try:
+                self._server.cleanup()
+                error = None
+            except Exception as exc:  # reported below, in the loop
+                error = exc
+            done.get_loop().call_soon_threadsafe(_settle, done, error)
+
+        # A thread of its own, not the loop's executor: a cleanup stuck on the lock must not
+        # hold up the interpreter's exit, which waits for the executor's threads.
+        threading.Thread(target=cleanup, name="pgserver-cleanup", daemon=True).start()
+        try:
+            await asyncio.wait_for(asyncio.shield(done), timeout_s)
+        except TimeoutError:
+            log.error("embedded_postgres_stop_stuck", timeout_s=timeout_s)
+            # pgserver would try again at exit, under the same lock.
+            atexit.unregister(self._server._cleanup)
+            await asyncio.to_thread(_stop_unshared, self.pgdata)
+        except Exception as exc:
+            log.error("embedded_postgres_stop_failed", error=repr(exc))
+            await asyncio.to_thread(_stop_unshared, self.pgdata)
         log.info("embedded_postgres_stopped")
+
+
+def _settle(done: asyncio.Future[None], error: Exception | None) -> None:
+    if done.done():
+        return
+    if error is None:
+        done.set_result(None)
+    else:
+        done.set_exception(error)
+
+
+def _stop_unshared(pgdata: Path) -> None:
+    """Stop the server unless another live process still holds it (without pgserver's lock:
+    the fallback when that lock cannot be had)."""
+    if [pid for pid in _live_handles(pgdata) if pid != os.getpid()]:
+        return
+    for proc in _postgres_of(pgdata):
+        log.warning("embedded_postgres_stopped_directly", pid=proc.pid)
+        _stop(proc)
 
 
 def _postgres_of(pgdata: Path) -> list[psutil.Process]:
@@ -109,6 +156,13 @@ def _get_server(pgdata: Path) -> Any:
         from pgserver.postgres_server import PostgresServer
 
     pgdata = pgdata.resolve()
+    # pgserver guards each data dir's handle list and start/stop with one lock file shared by
+    # every server of the user: unrelated daemons then queue behind each other's initdb. The
+    # guarded state is the data dir's own (its socket dir too), so the lock is made the data
+    # dir's: every process of this data dir goes through this function and takes the same one.
+    import fasteners
+
+    PostgresServer._lock = fasteners.InterProcessLock(pgdata.with_name(pgdata.name + ".lock"))
     if (pgdata / "PG_VERSION").exists():
         with PostgresServer._lock:
             _reclaim(pgdata)
@@ -122,11 +176,11 @@ async def start(pgdata: Path) -> EmbeddedPostgres:
     server = await asyncio.to_thread(_get_server, pgdata)
     url = server.get_uri()
     log.info("embedded_postgres_ready", pgdata=str(pgdata), pid=server.get_pid())
-    return EmbeddedPostgres(url, server)
+    return EmbeddedPostgres(url, Path(server.pgdata), server)
 
 
 @asynccontextmanager
-async def database(url: str | None, pgdata: Path) -> AsyncIterator[str]:
+async def database(url: str | None, pgdata: Path, stop_timeout_s: float) -> AsyncIterator[str]:
     """The configured database's URL, or the embedded server's (started, or joined if another
     live process of this state dir runs it, and stopped when the last one leaves)."""
     if url is not None:
@@ -136,4 +190,4 @@ async def database(url: str | None, pgdata: Path) -> AsyncIterator[str]:
     try:
         yield embedded.url
     finally:
-        await embedded.stop()
+        await embedded.stop(stop_timeout_s)

@@ -52,7 +52,7 @@ def run(args: argparse.Namespace, env: dict[str, str]) -> int:
 
 @asynccontextmanager
 async def _database(cfg: Config) -> AsyncIterator[asyncpg.Pool]:
-    async with pgembed.database(cfg.database_url, cfg.pgdata) as url:
+    async with pgembed.database(cfg.database_url, cfg.pgdata, cfg.shutdown_timeout_s) as url:
         pool = await db.create_pool(url, max_size=1, command_timeout=30)
         try:
             await db.apply_schema(pool)
