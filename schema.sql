@@ -206,3 +206,30 @@ END $$;
 CREATE OR REPLACE TRIGGER api_tokens_changed
     AFTER INSERT OR DELETE OR UPDATE OF role, expires_at, revoked_at ON api_tokens
     FOR EACH STATEMENT EXECUTE FUNCTION api_tokens_notify();
+
+-- Every daemon that uses this database, one row per process start: `id` is random for each
+-- start, `name` (the hostname by default) is for people and never an identity. `boot_id` is
+-- the kernel's, so a node can tell a dead node of its own machine, whose SUMO processes it may
+-- kill, from one elsewhere.
+CREATE TABLE IF NOT EXISTS nodes (
+    id            text PRIMARY KEY,
+    name          text NOT NULL,
+    api_url       text,
+    capacity      integer NOT NULL,
+    boot_id       text NOT NULL,
+    pid           integer NOT NULL,
+    started_at    timestamptz NOT NULL DEFAULT now(),
+    heartbeat_at  timestamptz NOT NULL DEFAULT now(),
+    draining      boolean NOT NULL DEFAULT false,
+    stopped_at    timestamptz
+);
+
+-- The node that runs a starting or running session, under a lease it renews: `lease_epoch`
+-- grows by one at every claim, and every write of the owner is conditioned on (owner_node,
+-- lease_epoch), so a node that lost its lease changes nothing. Times are the database's.
+ALTER TABLE sessions ADD COLUMN IF NOT EXISTS owner_node text;
+ALTER TABLE sessions ADD COLUMN IF NOT EXISTS lease_epoch bigint NOT NULL DEFAULT 0;
+ALTER TABLE sessions ADD COLUMN IF NOT EXISTS lease_expires_at timestamptz;
+CREATE INDEX IF NOT EXISTS sessions_owner_idx ON sessions (owner_node) WHERE owner_node IS NOT NULL;
+CREATE INDEX IF NOT EXISTS sessions_lease_idx ON sessions (lease_expires_at)
+    WHERE status IN ('starting', 'running');

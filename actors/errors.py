@@ -93,6 +93,13 @@ class ShuttingDown(SupervisorError):
     status = 503
 
 
+class OwnedElsewhere(SupervisorError):
+    """The session runs on another node of the database: the API forwards the request to it
+    (supervisor/forward.py); answered as is only when that node cannot be reached."""
+
+    status = 503
+
+
 class Busy(SupervisorError):
     """As many of these requests are running as the daemon allows at once; try again later."""
 

@@ -38,6 +38,8 @@ class Cause(StrEnum):
     PAUSE_TIMEOUT = "pause_timeout"  # paused longer than max_pause_s
     IDLE_TIMEOUT = "idle_timeout"  # a stepped session nobody stepped for idle_timeout_s
     DAEMON_RESTARTED = "daemon_restarted"  # the daemon died under it, no attempt left
+    NODE_LOST = "node_lost"  # its node stopped renewing its lease, no attempt left
+    NODE_DRAINED = "node_drained"  # its node drained before it ended, no attempt left
     RESOURCE_LIMIT = "resource_limit"  # SUMO went over one of its sandbox caps
     SANDBOX_FAILED = "sandbox_failed"  # SUMO's sandbox could not be set up
     ROW_QUOTA = "row_quota"  # over max_session_rows
@@ -59,8 +61,11 @@ ACTIVE: Final = frozenset({Status.STARTING, Status.RUNNING})
 #   starting -> failed          SUMO refused the scenario, no port, sandbox, internal error...
 #   starting -> stopped/timed_out  a stop or max_wall_s while SUMO starts
 #   running -> completed/failed/stopped/timed_out  how the run ended
-#   starting/running -> queued  a restarted daemon reruns it (on_interrupt = rerun)
-#   starting/running -> failed  a restarted daemon fails it (daemon_restarted)
+#   starting/running -> queued  a restarted daemon, or a node rescuing a lapsed lease, reruns
+#                               it (on_interrupt = rerun); a draining node hands it back
+#   starting/running -> failed  the same, no attempt left (daemon_restarted, node_lost)
+# queued -> starting is written by a node's claim (the store's `claim`, many at once), fenced
+# like the rest by the lease it gives.
 # `completed` needs `running`: only a connected session can reach its end. Final statuses are
 # final: nothing leaves them.
 TRANSITIONS: Final[Mapping[Status, frozenset[Status]]] = {
@@ -132,6 +137,7 @@ class StatusStore(Protocol):
         only_from: frozenset[Status],
         fields: Mapping[str, Any],
         retry_s: float | None = None,
+        fence: Any = None,
     ) -> bool: ...
 
     async def get_status(self, session_id: str) -> Status | None: ...
@@ -144,29 +150,38 @@ async def transition(
     reason: str,
     *,
     retry_s: float | None = None,
+    fence: Any = None,
     **fields: Any,
 ) -> None:
     """Move a session to `to`, set `fields` (UPDATABLE; NOW for the store's clock) and record
     the change with `reason` as an event, atomically. The only way a status is written.
 
     The write is conditional: it changes the row only while the session is in one of
-    PREDECESSORS[to], and raises IllegalTransition when it was not (nothing written). That
-    condition is where fencing goes when several daemons share a database: the owner node and
-    its lease epoch join the status in the write's WHERE, so a daemon that lost a session
-    cannot write its status. Transient store errors are retried for `retry_s` (None: the
-    store's own budget; math.inf: until the store answers).
+    PREDECESSORS[to], and raises IllegalTransition when it was not (nothing written). It is
+    fenced too: the owner node and its lease epoch join the status in the write's WHERE (the
+    store's lease of the session, or `fence`, a store.Lease a rescuer takes over), so a node
+    that lost a session cannot write its status (store.LeaseLost). Transient store errors are
+    retried for `retry_s` (None: the store's own budget; math.inf: until the store answers).
     """
     unknown = set(fields) - UPDATABLE
     if unknown:
         raise ValueError(f"not updatable: {sorted(unknown)}")
     written = await store.set_status(
-        session_id, to, reason, only_from=PREDECESSORS[to], fields=fields, retry_s=retry_s
+        session_id,
+        to,
+        reason,
+        only_from=PREDECESSORS[to],
+        fields=fields,
+        retry_s=retry_s,
+        fence=fence,
     )
     if not written:
         raise IllegalTransition(session_id, await store.get_status(session_id), to)
 
 
-async def requeue(store: StatusStore, session_id: str, attempt: int, reason: str) -> None:
+async def requeue(
+    store: StatusStore, session_id: str, attempt: int, reason: str, *, fence: Any = None
+) -> None:
     """An interrupted session goes back to the queue for another attempt, its last run's
     process, port and times forgotten."""
     await transition(
@@ -174,6 +189,7 @@ async def requeue(store: StatusStore, session_id: str, attempt: int, reason: str
         session_id,
         Status.QUEUED,
         reason,
+        fence=fence,
         attempt=attempt,
         port=None,
         pid=None,
@@ -181,3 +197,51 @@ async def requeue(store: StatusStore, session_id: str, attempt: int, reason: str
         started_at=None,
         sim_time=None,
     )
+
+
+class Reruns(Protocol):
+    """What a session asked for when interrupted (actors/request.py's SessionRequest)."""
+
+    @property
+    def on_interrupt(self) -> str: ...
+
+    @property
+    def max_attempts(self) -> int: ...
+
+
+async def interrupted(
+    store: StatusStore,
+    session_id: str,
+    request: Reruns,
+    attempt: int,
+    why: str,
+    cause: Cause,
+    *,
+    fence: Any = None,
+) -> Status:
+    """A run cut off from outside (its daemon died, its node lost the lease, a drain handed it
+    back): queued again for another attempt when it asked for reruns and has one left, else
+    failed with `cause`. The status written."""
+    rerun = request.on_interrupt == "rerun"
+    max_attempts = request.max_attempts
+    if rerun and attempt < max_attempts:
+        # A fixed-seed SUMO run is deterministic: running it again gives the same data.
+        await requeue(
+            store,
+            session_id,
+            attempt + 1,
+            f"{why}: rerun, attempt {attempt + 1} of {max_attempts}",
+            fence=fence,
+        )
+        return Status.QUEUED
+    await transition(
+        store,
+        session_id,
+        Status.FAILED,
+        why,
+        fence=fence,
+        ended_at=NOW,
+        cause=cause,
+        error=f"{why}: the session was interrupted" + (" (no attempts left)" if rerun else ""),
+    )
+    return Status.FAILED

@@ -14,20 +14,26 @@ import asyncio
 import copy
 import csv
 import io
-from collections.abc import Callable, Iterable, Mapping, Sequence
+import time
+from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from enum import StrEnum
 from typing import TYPE_CHECKING, Any, Final
 
-from actors.lifecycle import INITIAL, NOW, UPDATABLE, Status
+from actors.lifecycle import ACTIVE, INITIAL, NOW, UPDATABLE, Status
 from actors.scenario import TemplateFile
 from actors.store import (
     RECORD_TABLES,
     SAMPLE_COLUMNS,
+    Claimed,
+    Lapsed,
+    Lease,
+    LeaseLost,
     Mark,
     NewSession,
     NewSweep,
+    Node,
     RecordedCommand,
     RetryHook,
     Row,
@@ -114,7 +120,17 @@ class MemStore:
         self._marks: dict[tuple[str, str], int] = {}
         self._statistics: dict[str, dict[str, Any]] = {}
         self._commands: dict[str, list[dict[str, Any]]] = {}
+        self._nodes: dict[str, dict[str, Any]] = {}
+        # This store's claims, as a PgStore keeps them: the memory is shared by the nodes of a
+        # test only through `view`, which gives another node's store over the same rows.
+        self._leases: dict[str, Lease] = {}
         self.refuse: Refusal | None = None
+
+    def view(self) -> MemStore:
+        """Another node's store over the same rows: its own leases, everything else shared."""
+        other = copy.copy(self)
+        other._leases = {}
+        return other
 
     # ---- for tests: set up and look ------------------------------------------------------------
 
@@ -130,6 +146,7 @@ class MemStore:
         if row is None:
             return None
         out = copy.deepcopy(row)
+        out["node"] = out["owner_node"]
         if out["sim_time"] is None and self._samples.get(session_id):
             out["sim_time"] = max(self._samples[session_id])
         return out
@@ -213,6 +230,9 @@ class MemStore:
                 "error": None,
                 "attempt": 1,
                 "sweep_id": s.sweep_id,
+                "owner_node": None,
+                "lease_epoch": 0,
+                "lease_expires_at": None,
             }
             self._events[s.id] = [{"at": now, "status": INITIAL.value, "reason": "submitted"}]
 
@@ -221,23 +241,14 @@ class MemStore:
         row = self._sessions.get(session_id)
         return None if row is None else Status(row["status"])
 
+    async def count_queued(self) -> int:
+        await asyncio.sleep(0)
+        return sum(r["status"] == Status.QUEUED for r in self._sessions.values())
+
     async def sessions_in_status(self, statuses: Iterable[Status]) -> list[SessionRecord]:
         await asyncio.sleep(0)
         wanted = {str(s) for s in statuses}
-        return [
-            SessionRecord(
-                id=r["id"],
-                status=Status(r["status"]),
-                template_name=r["template_name"],
-                template_version=r["template_version"],
-                request=copy.deepcopy(r["request"]),
-                attempt=r["attempt"],
-                pid=r["pid"],
-                pid_started_at=r["pid_started_at"],
-            )
-            for _id, r in sorted(self._sessions.items())
-            if r["status"] in wanted
-        ]
+        return [_record(r) for _id, r in sorted(self._sessions.items()) if r["status"] in wanted]
 
     async def set_status(
         self,
@@ -248,6 +259,7 @@ class MemStore:
         only_from: frozenset[Status],
         fields: Mapping[str, Any],
         retry_s: float | None = None,
+        fence: Lease | None = None,
     ) -> bool:
         await asyncio.sleep(0)
         if unknown := set(fields) - UPDATABLE:
@@ -255,8 +267,16 @@ class MemStore:
         row = self._sessions.get(session_id)
         if row is None or row["status"] not in only_from:
             return False
+        own = fence is None
+        lease = self._leases.get(session_id) if own else fence
+        if lease is not None and not _holds(row, lease):
+            raise LeaseLost(f"session {session_id}: lease {lease.epoch} is lost")
         now = _now()
         row["status"] = to.value
+        if to not in ACTIVE:
+            row.update(owner_node=None, lease_expires_at=None)
+            if own:
+                self._leases.pop(session_id, None)
         for key, value in fields.items():
             # Stored as the database stores it: an enum (a Cause) as its plain string.
             row[key] = now if value is NOW else copy.deepcopy(_plain(value))
@@ -267,6 +287,7 @@ class MemStore:
         self, session_id: str, port: int, pid: int | None, pid_started_at: float | None
     ) -> None:
         await asyncio.sleep(0)
+        self._fence(session_id)
         if (row := self._sessions.get(session_id)) is not None:
             row.update(port=port, pid=pid, pid_started_at=pid_started_at)
 
@@ -274,6 +295,7 @@ class MemStore:
 
     async def clear_session_rows(self, session_id: str) -> None:
         await asyncio.sleep(0)
+        self._fence(session_id)
         self._samples.pop(session_id, None)
         self._statistics.pop(session_id, None)
         for key in [k for k in self._marks if k[0] == session_id]:
@@ -283,6 +305,7 @@ class MemStore:
 
     async def create_record_partitions(self, session_id: str, tables: Iterable[str]) -> None:
         await asyncio.sleep(0)
+        self._fence(session_id)
         names = {partition_name(table, session_id): table for table in tables}
         for name, table in names.items():
             self._partitions.setdefault(name, _Partition(table, session_id))
@@ -290,6 +313,7 @@ class MemStore:
     async def store_statistics(self, session_id: str, statistics: dict[str, Any]) -> None:
         await asyncio.sleep(0)
         self._require_session(session_id)
+        self._fence(session_id)
         self._statistics[session_id] = copy.deepcopy(statistics)
 
     async def add_commands(
@@ -297,6 +321,7 @@ class MemStore:
     ) -> None:
         await asyncio.sleep(0)
         self._require_session(session_id)
+        self._fence(session_id)
         stored = self._commands.setdefault(session_id, [])
         first = 1 + max((c["seq"] for c in stored), default=0)
         stored.extend(
@@ -310,6 +335,125 @@ class MemStore:
             RecordedCommand(c["seq"], c["sim_time"], copy.deepcopy(c["command"]))
             for c in sorted(self._commands.get(session_id, []), key=lambda c: c["seq"])
         ]
+
+    def _fence(self, session_id: str) -> None:
+        lease = self._leases.get(session_id)
+        row = self._sessions.get(session_id)
+        if lease is not None and row is not None and not _holds(row, lease):
+            raise LeaseLost(f"session {session_id}: lease {lease.epoch} is no longer held")
+
+    # ---- nodes, claims and leases --------------------------------------------------------------
+
+    def node(self, node_id: str) -> dict[str, Any] | None:
+        return copy.deepcopy(self._nodes.get(node_id))
+
+    def lapse(self, session_id: str) -> None:
+        """For tests: the session's lease runs out now, as if its owner had stopped renewing."""
+        self._sessions[session_id]["lease_expires_at"] = time.monotonic() - 1
+
+    async def register_node(self, node: Node) -> None:
+        await asyncio.sleep(0)
+        self._nodes[node.id] = {
+            "id": node.id,
+            "name": node.name,
+            "api_url": node.api_url,
+            "capacity": node.capacity,
+            "boot_id": node.boot_id,
+            "pid": node.pid,
+            "heartbeat_at": time.monotonic(),
+            "draining": False,
+            "stopped_at": None,
+        }
+
+    async def node_stopped(self, node_id: str) -> None:
+        await asyncio.sleep(0)
+        if (node := self._nodes.get(node_id)) is not None:
+            node.update(stopped_at=_now(), draining=False)
+
+    async def set_draining(self, node_id: str) -> None:
+        await asyncio.sleep(0)
+        if (node := self._nodes.get(node_id)) is not None:
+            node["draining"] = True
+
+    async def dead_nodes(self, boot_id: str, alive: Callable[[int], bool]) -> list[str]:
+        await asyncio.sleep(0)
+        dead = [
+            n["id"]
+            for n in self._nodes.values()
+            if n["boot_id"] == boot_id and n["stopped_at"] is None and not alive(n["pid"])
+        ]
+        for node_id in dead:
+            self._nodes[node_id]["stopped_at"] = _now()
+        for row in self._sessions.values():
+            if row["owner_node"] in dead and row["status"] in ACTIVE:
+                row["lease_expires_at"] = time.monotonic() - 1
+        return dead
+
+    async def claim(
+        self, node_id: str, limit: int, ttl_s: float, exclude: Collection[str] = ()
+    ) -> list[Claimed]:
+        await asyncio.sleep(0)
+        picked = [
+            r
+            for _id, r in sorted(self._sessions.items())
+            if r["status"] == Status.QUEUED and r["id"] not in exclude
+        ][: max(0, limit)]
+        out = []
+        now = _now()
+        for row in picked:
+            row.update(
+                status=Status.STARTING.value,
+                owner_node=node_id,
+                lease_epoch=row["lease_epoch"] + 1,
+                lease_expires_at=time.monotonic() + ttl_s,
+                started_at=now,
+            )
+            self._events[row["id"]].append(
+                {
+                    "at": now,
+                    "status": Status.STARTING.value,
+                    "reason": f"claimed by node {node_id} (attempt {row['attempt']})",
+                }
+            )
+            lease = Lease(node_id, row["lease_epoch"])
+            self._leases[row["id"]] = lease
+            config_path = self._templates[(row["template_name"], row["template_version"])][0]
+            out.append(Claimed(_record(row), config_path, lease))
+        return out
+
+    async def renew(self, node_id: str, ttl_s: float, held: Mapping[str, int]) -> set[str]:
+        await asyncio.sleep(0)
+        now = time.monotonic()
+        if (node := self._nodes.get(node_id)) is not None:
+            node["heartbeat_at"] = now
+        renewed = set()
+        for session_id, epoch in held.items():
+            row = self._sessions.get(session_id)
+            if row is not None and row["status"] in ACTIVE and _holds(row, Lease(node_id, epoch)):
+                row["lease_expires_at"] = now + ttl_s
+                renewed.add(session_id)
+        return renewed
+
+    async def lapsed(self, limit: int) -> list[Lapsed]:
+        await asyncio.sleep(0)
+        now = time.monotonic()
+        out = []
+        for _id, row in sorted(self._sessions.items()):
+            expires = row["lease_expires_at"]
+            if row["status"] in ACTIVE and (expires is None or expires < now):
+                node = self._nodes.get(row["owner_node"] or "")
+                out.append(
+                    Lapsed(
+                        _record(row),
+                        Lease(row["owner_node"], row["lease_epoch"]),
+                        None if node is None else node["name"],
+                        None if node is None else node["boot_id"],
+                    )
+                )
+        return out[:limit]
+
+    def release(self, session_id: str) -> None:
+        self._leases.pop(session_id, None)
 
     def _require_session(self, session_id: str) -> None:
         if session_id not in self._sessions:
@@ -330,6 +474,16 @@ class MemStore:
         table = self._table_of(target)
         if self._applied(mark, target):
             return
+        if target == "samples":
+            # Rows of many sessions: those of a session this node lost are left out.
+            lost = {
+                str(r[0])
+                for r in rows
+                if str(r[0]) in self._leases
+                and str(r[0]) in self._sessions
+                and not _holds(self._sessions[str(r[0])], self._leases[str(r[0])])
+            }
+            rows = [r for r in rows if str(r[0]) not in lost]
         try:
             converted = [
                 self._convert(table, target, dict(zip(columns, row, strict=True)), parse=False)
@@ -381,6 +535,7 @@ class MemStore:
             return False
         if mark.session_id not in self._sessions:
             raise SessionGone(f"no session {mark.session_id}")
+        self._fence(mark.session_id)
         return self._marks.get((mark.session_id, target), -1) >= mark.seq
 
     def _convert(
@@ -416,6 +571,23 @@ class MemStore:
             self._partitions[target].rows.extend(rows)
         if mark is not None:
             self._marks[(mark.session_id, target)] = mark.seq
+
+
+def _holds(row: dict[str, Any], lease: Lease) -> bool:
+    return (row["owner_node"], row["lease_epoch"]) == (lease.node_id, lease.epoch)
+
+
+def _record(r: dict[str, Any]) -> SessionRecord:
+    return SessionRecord(
+        id=r["id"],
+        status=Status(r["status"]),
+        template_name=r["template_name"],
+        template_version=r["template_version"],
+        request=copy.deepcopy(r["request"]),
+        attempt=r["attempt"],
+        pid=r["pid"],
+        pid_started_at=r["pid_started_at"],
+    )
 
 
 def _plain(value: Any) -> Any:

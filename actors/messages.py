@@ -9,7 +9,7 @@ import asyncio
 from dataclasses import dataclass
 from typing import Any
 
-from actors.lifecycle import Status
+from actors.lifecycle import Cause, Status
 from actors.request import SessionRequest
 from actors.store import NewSession
 
@@ -39,10 +39,13 @@ class SessionSpec:
 
 @dataclass(frozen=True)
 class StopSession:
-    """End the session; it ends with `status` (stopped or timed_out)."""
+    """End the session; it ends with `status` (stopped or timed_out). With `interrupt`, the
+    run was cut off from outside (its node lost the lease, a drain handed it back): it is
+    queued again or failed with that cause (lifecycle.interrupted), whatever SUMO did."""
 
     status: Status
     reason: str
+    interrupt: Cause | None = None
 
 
 @dataclass(frozen=True)

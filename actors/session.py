@@ -34,14 +34,14 @@ from traci.exceptions import FatalTraCIError, TraCIException
 from actors import handover, scenario, statistics, traci_commands
 from actors.ask import reply, reply_error
 from actors.errors import CommandFailed, SessionConflict, SupervisorError
-from actors.lifecycle import NOW, Cause, IllegalTransition, Status, transition
+from actors.lifecycle import NOW, Cause, IllegalTransition, Status, interrupted, transition
 from actors.messages import Commands, Control, Message, Pause, Resume, SessionSpec, StopSession
 from actors.network import read_network
 from actors.outcome import Ending, Outcome, Seen, classify
 from actors.quota import RowQuota
 from actors.recorder import Recorder
 from actors.settings import SessionSettings
-from actors.store import SAMPLE_COLUMNS, RecordedCommand, Store
+from actors.store import SAMPLE_COLUMNS, LeaseLost, RecordedCommand, Store
 from actors.summary import SummaryFeed, SummaryLost
 from actors.sumo_process import SumoProcess
 from actors.traci_driver import (
@@ -151,7 +151,7 @@ class SessionActor:
         """Deliver a message. A stop always gets through; control waits in a bounded inbox."""
         if isinstance(msg, StopSession):
             # The stop jumps the queue: it must not wait behind control messages.
-            self._stop = self._stop or msg
+            self._take_stop(msg)
             self._interrupt.set()
             return
         try:
@@ -177,13 +177,8 @@ class SessionActor:
     async def run(self) -> Outcome:
         outcome = Outcome(Status.FAILED, "internal error", cause=Cause.INTERNAL)
         try:
-            await transition(
-                self._store,
-                self.spec.id,
-                Status.STARTING,
-                f"admitted (attempt {self.spec.attempt})",
-                started_at=NOW,
-            )
+            # Its node's claim made it `starting` (store.claim): every write from here on is
+            # fenced by that claim's lease.
             outcome = await self._run()
             await self._broker.simulation_done(self.spec.id)
         except asyncio.CancelledError:
@@ -195,6 +190,9 @@ class SessionActor:
                 sim_time=self._sim_time,
             )
             raise
+        except LeaseLost:
+            # Another node runs it now (the SUMO of this run is killed as the actor ends).
+            self._take_stop(StopSession(Status.FAILED, "lease lost", interrupt=Cause.NODE_LOST))
         except Exception as exc:
             self._log.exception("session_crashed")
             outcome = Outcome(
@@ -212,6 +210,21 @@ class SessionActor:
         return outcome
 
     async def _finish(self, outcome: Outcome) -> Outcome:
+        try:
+            return await self._write_end(outcome)
+        except LeaseLost:
+            # The session is another node's now: what this run did does not count, and nothing
+            # of it is written.
+            self._log.warning("session_lease_lost", status=outcome.status)
+            await asyncio.to_thread(shutil.rmtree, self._workdir, ignore_errors=True)
+            return Outcome(Status.FAILED, "lease lost", cause=Cause.NODE_LOST)
+        except IllegalTransition as exc:
+            self._log.error("session_end_not_written", status=outcome.status, error=str(exc))
+            return outcome
+
+    async def _write_end(self, outcome: Outcome) -> Outcome:
+        if self._stop is not None and self._stop.interrupt is not None:
+            return await self._write_interrupted(self._stop)
         try:
             # Every sample is committed before the final status is visible: readers who see
             # 'completed' see all of its rows.
@@ -258,6 +271,24 @@ class SessionActor:
             sim_time=outcome.sim_time,
         )
         return outcome
+
+    async def _write_interrupted(self, stop: StopSession) -> Outcome:
+        """Cut off from outside: its rows so far are of a run that will not count (a rerun
+        replaces them), so only the interruption is written."""
+        assert stop.interrupt is not None
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._writer.flush(), timeout=60)
+        await asyncio.to_thread(shutil.rmtree, self._workdir, ignore_errors=True)
+        status = await interrupted(
+            self._store,
+            self.spec.id,
+            self.spec.request,
+            self.spec.attempt,
+            stop.reason,
+            stop.interrupt,
+        )
+        self._log.info("session_interrupted", status=status, reason=stop.reason)
+        return Outcome(status, stop.reason, cause=stop.interrupt)
 
     async def _store_statistics(self) -> None:
         """SUMO's own statistics of the run, stored before the final status is visible."""
@@ -703,9 +734,15 @@ class SessionActor:
 
     # ---- the inbox -----------------------------------------------------------------------------
 
+    def _take_stop(self, msg: StopSession) -> None:
+        # The first stop stands, unless the run is then cut off from outside: no status this
+        # node writes for it counts any more but the interruption.
+        if self._stop is None or (msg.interrupt is not None and self._stop.interrupt is None):
+            self._stop = msg
+
     def _route(self, msg: Message) -> None:
         if isinstance(msg, StopSession):
-            self._stop = self._stop or msg
+            self._take_stop(msg)
         else:
             self._control.append(msg)
 

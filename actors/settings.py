@@ -38,3 +38,10 @@ class SupervisorSettings:
     session: SessionSettings
     # A session's max_wall_s when it asks for none.
     max_wall_s_default: float | None = None
+    # This node among the daemons of one database: its name (for people), how long its leases
+    # last and how often it renews them (and looks for lapsed ones to rescue), and how often it
+    # looks for queued sessions when nothing woke it.
+    node_name: str = "node"
+    lease_ttl_s: float = 10.0
+    lease_renew_s: float = 3.0
+    claim_poll_s: float = 1.0

@@ -10,7 +10,7 @@ but the typed ones below.
 from __future__ import annotations
 
 import re
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Final, Protocol
 
@@ -97,6 +97,48 @@ class Mark:
     seq: int
 
 
+@dataclass(frozen=True)
+class Node:
+    """One daemon process on the shared database. `id` is new at every start; `name` is for
+    people. `boot_id` and `pid` let a node of the same machine tell that this one is dead."""
+
+    id: str
+    name: str
+    api_url: str | None
+    capacity: int
+    boot_id: str
+    pid: int
+
+
+@dataclass(frozen=True)
+class Lease:
+    """A node's hold on a session: the owner and the epoch the claim gave it. A later claim
+    gives a higher epoch, so a write conditioned on a lease that was taken over changes
+    nothing."""
+
+    node_id: str | None
+    epoch: int
+
+
+@dataclass(frozen=True)
+class Claimed:
+    """A queued session this node now runs (its status moved to `starting` with the claim)."""
+
+    record: SessionRecord
+    config_path: str
+    lease: Lease
+
+
+@dataclass(frozen=True)
+class Lapsed:
+    """An active session whose owner stopped renewing its lease (or that has no owner)."""
+
+    record: SessionRecord
+    lease: Lease
+    owner_name: str | None
+    owner_boot_id: str | None
+
+
 class StoreError(Exception):
     """Base of what a store raises that the actors act on."""
 
@@ -108,6 +150,11 @@ class RowsRefused(StoreError):
 
 class SessionGone(StoreError):
     """The rows' session (or its partition) no longer exists: it was deleted meanwhile."""
+
+
+class LeaseLost(StoreError):
+    """This node no longer holds the session: its lease lapsed and another node took the
+    session over. Nothing was written."""
 
 
 # Called before each retry of a write the store could not make yet: the error, the wait.
@@ -136,6 +183,10 @@ class Store(Protocol):
 
     async def get_status(self, session_id: str) -> Status | None: ...
 
+    async def count_queued(self) -> int:
+        """How many sessions wait in the queue, every node's."""
+        ...
+
     async def sessions_in_status(self, statuses: Iterable[Status]) -> list[SessionRecord]:
         """Sessions in any of `statuses`, oldest first (ids sort by creation)."""
         ...
@@ -149,16 +200,59 @@ class Store(Protocol):
         only_from: frozenset[Status],
         fields: Mapping[str, Any],
         retry_s: float | None = None,
+        fence: Lease | None = None,
     ) -> bool:
         """If the session is in one of `only_from`: set its status and `fields` (lifecycle.NOW
         for the store's clock) and record the change with `reason` as an event, atomically;
-        True. Otherwise write nothing; False. Only lifecycle.transition calls this."""
+        True. Otherwise write nothing; False. Only lifecycle.transition calls this.
+
+        Fenced: by `fence` if given (a rescuer names the lease it takes over), else by the
+        lease this store claimed the session under, if any; LeaseLost when the session is held
+        under another. A status out of ACTIVE ends the lease (no owner)."""
         ...
 
     async def set_process(
         self, session_id: str, port: int, pid: int | None, pid_started_at: float | None
     ) -> None:
         """The TraCI port and SUMO process of the session's current run."""
+        ...
+
+    # ---- nodes, claims and leases --------------------------------------------------------------
+    # Every write this store makes for a session it claimed (status, process, rows, commands,
+    # statistics, partitions) is conditioned on that lease, until `release`.
+
+    async def register_node(self, node: Node) -> None: ...
+
+    async def node_stopped(self, node_id: str) -> None:
+        """The node has left (its leases are all ended or handed back)."""
+        ...
+
+    async def set_draining(self, node_id: str) -> None: ...
+
+    async def dead_nodes(self, boot_id: str, alive: Callable[[int], bool]) -> list[str]:
+        """Nodes of this machine (`boot_id`) not marked stopped whose pid `alive` says is gone;
+        they are marked stopped and their leases made to lapse now."""
+        ...
+
+    async def claim(
+        self, node_id: str, limit: int, ttl_s: float, exclude: Collection[str] = ()
+    ) -> list[Claimed]:
+        """Up to `limit` of the oldest queued sessions no other node is claiming at the same
+        moment (not `exclude`): each moves to `starting`, owned by `node_id` under a new lease
+        that lapses `ttl_s` from now on the store's clock."""
+        ...
+
+    async def renew(self, node_id: str, ttl_s: float, held: Mapping[str, int]) -> set[str]:
+        """One round trip: the node's heartbeat, and every lease in `held` (session -> epoch)
+        extended to `ttl_s` from now. The sessions whose lease it still held."""
+        ...
+
+    async def lapsed(self, limit: int) -> list[Lapsed]:
+        """Active sessions whose lease has lapsed (or that have no owner), oldest first."""
+        ...
+
+    def release(self, session_id: str) -> None:
+        """Forget this store's lease of the session (its run has ended here)."""
         ...
 
     # ---- a session's rows ----------------------------------------------------------------------

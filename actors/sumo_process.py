@@ -105,6 +105,14 @@ def kill_orphan(pid: int | None, started_at: float | None) -> bool:
     return True
 
 
+def pid_alive(pid: int) -> bool:
+    """Whether a process with this pid runs (a zombie does not count). Blocking: /proc."""
+    try:
+        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
+    except psutil.Error:
+        return False
+
+
 def _killpg(pgid: int) -> None:
     with contextlib.suppress(ProcessLookupError, PermissionError):
         os.killpg(pgid, signal.SIGKILL)

@@ -1,6 +1,10 @@
-"""The supervisor actor: admission, the TraCI port pool, wall-clock timeouts and escalation.
+"""The supervisor actor: this node's claims on the shared queue, the TraCI port pool,
+wall-clock timeouts and escalation, drain.
 
-It owns which sessions exist in this process, their tasks, and the port pool: it is the only
+The queue is the store's, shared by every node of the database: a session is stored queued,
+and a node with a free run slot claims the oldest queued sessions (store.claim), which makes
+them its own under a lease (actors/leases.py renews it and rescues other nodes' lapsed ones).
+It owns which sessions run in this process, their tasks, and the port pool: it is the only
 place ports are leased and given back. Everything reaches it through one bounded inbox and is
 handled by one loop, so its state needs no locks: the service layer submits, stops and controls
 sessions through its methods, session actors lease ports, and each session task reports its own
@@ -13,10 +17,11 @@ session dirs it left, which no live session owns.
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import os
 import secrets
 import shutil
-from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from functools import partial
@@ -26,24 +31,47 @@ from typing import Any
 import structlog
 
 from actors.ask import ask
-from actors.errors import QueueFull, SessionConflict, SessionNotFound, ShuttingDown
-from actors.lifecycle import ACTIVE, NOW, Cause, Status, requeue, transition
+from actors.errors import (
+    OwnedElsewhere,
+    QueueFull,
+    SessionConflict,
+    SessionNotFound,
+    ShuttingDown,
+)
+from actors.leases import LeaseKeeper
+from actors.lifecycle import ACTIVE, NOW, Cause, IllegalTransition, Status, interrupted, transition
 from actors.messages import Commands, Control, Pause, Resume, SessionSpec, Step, StopSession
 from actors.outcome import Outcome
 from actors.ports import PortPool
 from actors.request import SessionRequest
 from actors.session import PortsExhausted, SessionActor
 from actors.settings import SupervisorSettings
-from actors.store import NewSweep, Store
-from actors.sumo_process import kill_orphan
+from actors.store import Claimed, Lapsed, LeaseLost, NewSweep, Node, Store
+from actors.sumo_process import kill_orphan, pid_alive
 from actors.writer import WriterActor
 
+# A claim is one statement: longer means the store is away, and the loop has other work.
+CLAIM_TIMEOUT_S = 5.0
 # A reply from the supervisor to one of its own actors never takes this long unless it is stuck.
 REPLY_TIMEOUT_S = 30.0
 INBOX_SIZE = 1024
 # How long a control message (pause, resume, step, commands) may take to be answered: a step
 # of many sim seconds can take long.
 CONTROL_TIMEOUT_S = 120.0
+
+
+def new_node_id() -> str:
+    """New at every start: a node's identity is its process, never its name."""
+    return secrets.token_hex(8)
+
+
+def boot_id() -> str:
+    """The kernel's id of this boot: nodes that share it run on this machine."""
+    try:
+        with open("/proc/sys/kernel/random/boot_id") as f:
+            return f.read().strip()
+    except OSError:
+        return "unknown"
 
 
 def new_session_id() -> str:
@@ -108,8 +136,23 @@ class Shutdown:
     reason: str
 
 
+@dataclass(frozen=True)
+class Drain:
+    """Claim nothing more; running sessions may end until `timeout_s`, then are handed back."""
+
+    timeout_s: float
+
+
 Message = (
-    Submit | Stop | LeasePort | PortRefused | SimulationDone | SessionEnded | Forward | Shutdown
+    Submit
+    | Stop
+    | LeasePort
+    | PortRefused
+    | SimulationDone
+    | SessionEnded
+    | Forward
+    | Shutdown
+    | Drain
 )
 
 
@@ -160,20 +203,39 @@ class SupervisorActor:
         ports: PortPool,
         on_started: Callable[[], None] = lambda: None,
         on_finished: Callable[[str], None] = lambda status: None,
+        on_drained: Callable[[], None] = lambda: None,
     ) -> None:
         self._on_started = on_started
         self._on_finished = on_finished
+        self._on_drained = on_drained
         self._settings = settings
         self._store = store
         self._writer = writer
         self._ports = ports
         self._inbox: asyncio.Queue[Message] = asyncio.Queue(maxsize=INBOX_SIZE)
-        self._queue: deque[SessionSpec] = deque()
         self._running: dict[str, _Running] = {}
+        # The epoch of each running session's lease (what the lease keeper renews).
+        self._leases: dict[str, int] = {}
         self._accepting = True
         self._shutdown_reason: str | None = None
         self._broker = _Broker(self)
-        self._log = structlog.get_logger(component="supervisor")
+        self.node_id = new_node_id()
+        self._boot_id = boot_id()
+        self._api_url: str | None = None
+        # Nodes of this machine found dead at start: their sessions' rescue says so.
+        self._dead_here: set[str] = set()
+        self._keeper = LeaseKeeper(
+            store,
+            self.node_id,
+            self,
+            ttl_s=settings.lease_ttl_s,
+            renew_s=settings.lease_renew_s,
+        )
+        # Claims: due at once when something was queued here, else every claim_poll_s.
+        self._claim_due = 0.0
+        self._queued_seen = 0
+        self._drain_deadline: float | None = None
+        self._log = structlog.get_logger(component="supervisor").bind(node_id=self.node_id)
 
     # ---- what others may read (same event loop, so always consistent) --------------------------
 
@@ -183,7 +245,22 @@ class SupervisorActor:
 
     @property
     def queued_count(self) -> int:
-        return len(self._queue)
+        """Sessions waiting in the shared queue, as last counted."""
+        return self._queued_seen
+
+    @property
+    def draining(self) -> bool:
+        return self._drain_deadline is not None
+
+    def node(self) -> Node:
+        return Node(
+            id=self.node_id,
+            name=self._settings.node_name,
+            api_url=self._api_url,
+            capacity=self._settings.max_running,
+            boot_id=self._boot_id,
+            pid=os.getpid(),
+        )
 
     @property
     def ports_leased(self) -> int:
@@ -238,60 +315,91 @@ class SupervisorActor:
     async def shutdown(self, reason: str) -> None:
         await self.send(Shutdown(reason))
 
+    async def drain(self, timeout_s: float) -> None:
+        await self.send(Drain(timeout_s))
+
+    async def advertise(self, api_url: str) -> None:
+        """Where other nodes reach this one's API (known once it listens)."""
+        self._api_url = api_url
+        await self._store.register_node(self.node())
+
+    # ---- leases (actors/leases.py calls these) -------------------------------------------------
+
+    def held_leases(self) -> Mapping[str, int]:
+        return self._leases
+
+    def leases_lost(self, session_ids: set[str], why: str) -> None:
+        for session_id in session_ids:
+            run = self._running.get(session_id)
+            if run is None:
+                continue
+            # Killed now, not after a grace: another node may run it any moment.
+            run.actor.send(StopSession(Status.FAILED, why, interrupt=Cause.NODE_LOST))
+            if run.stop_sent_at is None:
+                run.stop_sent_at = asyncio.get_running_loop().time()
+            run.killed = True
+            run.actor.kill_sumo()
+            self._log.warning("session_lease_lost", session_id=session_id, why=why)
+
+    async def rescue(self, lapsed: list[Lapsed]) -> None:
+        for x in lapsed:
+            await self._rescue_one(x)
+
+    async def _rescue_one(self, x: Lapsed) -> None:
+        owner = x.lease.node_id
+        here = owner is None or x.owner_boot_id == self._boot_id
+        if here and x.record.pid is not None:
+            # Its SUMO may still run on this machine: only the recorded process is killed.
+            killed = await asyncio.to_thread(kill_orphan, x.record.pid, x.record.pid_started_at)
+            self._log.warning(
+                "session_orphaned", session_id=x.record.id, pid=x.record.pid, sumo_killed=killed
+            )
+        if owner is None or owner in self._dead_here:
+            why, cause = "daemon restarted", Cause.DAEMON_RESTARTED
+        else:
+            why, cause = f"node {x.owner_name or owner} stopped renewing its lease", Cause.NODE_LOST
+        try:
+            status = await interrupted(
+                self._store,
+                x.record.id,
+                SessionRequest.from_json(x.record.request),
+                x.record.attempt,
+                why,
+                cause,
+                fence=x.lease,
+            )
+        except (LeaseLost, IllegalTransition):
+            return  # another node rescued it first, or it ended meanwhile
+        self._log.warning("session_rescued", session_id=x.record.id, from_node=owner, status=status)
+
     # ---- start-up reconciliation ---------------------------------------------------------------
 
     async def recover(self) -> None:
-        """Make the database true again after a previous run of the daemon ended, however it ended.
-
-        Sessions it left starting/running are failed (their SUMO killed if it still lives); queued
-        ones are admitted again in their original order; leftover session dirs are removed.
-        """
-        for row in await self._store.sessions_in_status(ACTIVE):
-            killed = await asyncio.to_thread(kill_orphan, row.pid, row.pid_started_at)
-            request = SessionRequest.from_json(row.request)
-            self._log.warning(
-                "session_orphaned", session_id=row.id, pid=row.pid, sumo_killed=killed
-            )
-            if request.on_interrupt == "rerun" and row.attempt < request.max_attempts:
-                # A fixed-seed SUMO run is deterministic: running it again gives the same data.
-                attempt = row.attempt + 1
-                await requeue(
-                    self._store,
-                    row.id,
-                    attempt,
-                    f"daemon restarted: rerun, attempt {attempt} of {request.max_attempts}",
-                )
-                continue
-            await transition(
-                self._store,
-                row.id,
-                Status.FAILED,
-                "daemon restarted while the session was active",
-                ended_at=NOW,
-                cause=Cause.DAEMON_RESTARTED,
-                error="the daemon stopped before the session ended"
-                + (" (no attempts left)" if request.on_interrupt == "rerun" else ""),
-            )
-        requeued = 0
-        # Reruns and sessions that were waiting, in their original order (ids sort by creation).
-        for row in await self._store.sessions_in_status([Status.QUEUED]):
-            config_path = await self._store.template_config_path(
-                row.template_name, row.template_version
-            )
-            assert config_path is not None  # a foreign key keeps it
-            self._queue.append(
-                SessionSpec(
-                    id=row.id,
-                    template_name=row.template_name,
-                    template_version=row.template_version,
-                    config_path=config_path,
-                    request=SessionRequest.from_json(row.request),
-                    attempt=row.attempt,
-                )
-            )
-            requeued += 1
+        """Make the database true again after a previous run of the daemon on this machine
+        ended, however it ended: register this node, fail or rerun (on_interrupt) the sessions
+        of this machine's dead nodes at once (their SUMO killed if it still lives; other nodes'
+        wait for their leases to lapse), and remove leftover session dirs."""
+        await self._store.register_node(self.node())
+        self._dead_here = set(await self._store.dead_nodes(self._boot_id, pid_alive))
+        rescued = 0
+        while batch := [
+            x
+            for x in await self._store.lapsed(500)
+            if x.lease.node_id is None or x.lease.node_id in self._dead_here
+        ]:
+            for x in batch:
+                await self._rescue_one(x)
+            rescued += len(batch)
+        self._queued_seen = await self._store.count_queued()
         swept = await asyncio.to_thread(_remove_leftover_dirs, self._settings.temp_root)
-        self._log.info("recovered", requeued=requeued, temp_dirs_removed=swept)
+        self._log.info(
+            "recovered",
+            node_name=self._settings.node_name,
+            dead_nodes=len(self._dead_here),
+            rescued=rescued,
+            queued=self._queued_seen,
+            temp_dirs_removed=swept,
+        )
 
     # ---- the loop ------------------------------------------------------------------------------
 
@@ -299,7 +407,8 @@ class SupervisorActor:
         """Run until a Shutdown has stopped every session. Session tasks are owned here."""
         loop = asyncio.get_running_loop()
         async with asyncio.TaskGroup() as tg:
-            self._admit(tg)
+            keeper = tg.create_task(self._keeper.run(), name="leases")
+            await self._admit(tg)
             while self._accepting or self._running:
                 # Woken at the next deadline, and at least every second regardless.
                 timeout = min(self._next_deadline(loop.time()), 1.0)
@@ -320,31 +429,38 @@ class SupervisorActor:
                             self._log.exception(
                                 "supervisor_message_failed", message=type(msg).__name__
                             )
+                self._keeper.check_deadline()
                 self._enforce_deadlines(loop.time())
-                self._admit(tg)
+                await self._admit(tg)
+                self._check_drained(loop.time())
+            keeper.cancel()
+        with contextlib.suppress(Exception):
+            await asyncio.wait_for(self._store.node_stopped(self.node_id), 5)
         self._log.info("supervisor_stopped", reason=self._shutdown_reason)
 
     async def _handle(self, msg: Message) -> None:
         match msg:
             case Submit(specs, reply, sweep):
-                if not self._accepting:
+                if not self._accepting or self.draining:
                     reply.set_exception(ShuttingDown("the daemon is shutting down"))
-                elif len(self._queue) + len(specs) > self._settings.max_queued:
-                    room = self._settings.max_queued - len(self._queue)
+                    return
+                # The shared queue's length: nodes submitting at once may overshoot a little.
+                waiting = await self._store.count_queued()
+                if waiting + len(specs) > self._settings.max_queued:
+                    room = max(0, self._settings.max_queued - waiting)
                     reply.set_exception(
                         QueueFull(
                             f"queue is full: room for {room} more sessions, not {len(specs)}"
                             f" ({self._settings.max_queued} may wait)"
                         )
                     )
-                else:
-                    # The rows are written here, in admission order, so a full queue or a
-                    # shutdown never leaves a session in the database that will not run.
-                    await self._store.insert_sessions(
-                        [s.db_row() for s in specs], NewSweep(*sweep) if sweep else None
-                    )
-                    self._queue.extend(specs)
-                    reply.set_result(None)
+                    return
+                await self._store.insert_sessions(
+                    [s.db_row() for s in specs], NewSweep(*sweep) if sweep else None
+                )
+                self._queued_seen = waiting + len(specs)
+                self._claim_due = 0.0
+                reply.set_result(None)
             case Stop(session_id, reply):
                 reply.set_result(await self._stop(session_id))
             case LeasePort(session_id, reply):
@@ -368,33 +484,78 @@ class SupervisorActor:
                 reply.set_result(None)
             case Shutdown(reason):
                 await self._begin_shutdown(reason)
+            case Drain(timeout_s):
+                await self._begin_drain(timeout_s)
 
-    def _admit(self, tg: asyncio.TaskGroup) -> None:
+    async def _admit(self, tg: asyncio.TaskGroup) -> None:
+        """Claim as many queued sessions as there are free run slots, and start them."""
         loop = asyncio.get_running_loop()
         # max_running bounds SUMO processes (the CPU): a session that is only writing down its
         # end lets the next one start.
-        while (
-            self._accepting
-            and self._queue
-            and sum(r.simulating for r in self._running.values()) < self._settings.max_running
+        free = self._settings.max_running - sum(r.simulating for r in self._running.values())
+        if (
+            not self._accepting
+            or self.draining
+            or free <= 0
+            or loop.time() < self._claim_due
+            or not self._keeper.healthy
         ):
-            spec = self._queue.popleft()
-            workdir = self._settings.temp_root / spec.id
-            actor = SessionActor(
-                spec,
-                settings=self._settings.session,
-                store=self._store,
-                writer=self._writer,
-                broker=self._broker,
-                workdir=workdir,
+            return
+        self._claim_due = loop.time() + self._settings.claim_poll_s
+        try:
+            claimed = await asyncio.wait_for(
+                self._store.claim(
+                    self.node_id, free, self._settings.lease_ttl_s, exclude=list(self._running)
+                ),
+                CLAIM_TIMEOUT_S,
             )
-            wall = spec.request.max_wall_s or self._settings.max_wall_s_default
-            task = tg.create_task(self._session_main(actor), name=f"session-{spec.id}")
-            self._running[spec.id] = _Running(
-                actor, task, loop.time() + wall if wall is not None else None
-            )
-            self._log.info("session_admitted", session_id=spec.id, running=len(self._running))
-            self._on_started()
+            if len(claimed) < free:
+                self._queued_seen = 0  # it took every queued session there was
+            else:
+                self._queued_seen = await asyncio.wait_for(
+                    self._store.count_queued(), CLAIM_TIMEOUT_S
+                )
+        except Exception as exc:  # the store away: the next round tries again
+            self._log.warning("claim_failed", error=repr(exc))
+            return
+        for c in claimed:
+            self._start(tg, c)
+        if len(claimed) == free:
+            self._claim_due = 0.0  # there may be more: look again next turn
+
+    def _start(self, tg: asyncio.TaskGroup, claim: Claimed) -> None:
+        loop = asyncio.get_running_loop()
+        row = claim.record
+        spec = SessionSpec(
+            id=row.id,
+            template_name=row.template_name,
+            template_version=row.template_version,
+            config_path=claim.config_path,
+            request=SessionRequest.from_json(row.request),
+            attempt=row.attempt,
+        )
+        actor = SessionActor(
+            spec,
+            settings=self._settings.session,
+            store=self._store,
+            writer=self._writer,
+            broker=self._broker,
+            workdir=self._settings.temp_root / spec.id,
+        )
+        wall = spec.request.max_wall_s or self._settings.max_wall_s_default
+        task = tg.create_task(self._session_main(actor), name=f"session-{spec.id}")
+        self._running[spec.id] = _Running(
+            actor, task, loop.time() + wall if wall is not None else None
+        )
+        self._leases[spec.id] = claim.lease.epoch
+        self._log.info(
+            "session_admitted",
+            session_id=spec.id,
+            attempt=spec.attempt,
+            epoch=claim.lease.epoch,
+            running=len(self._running),
+        )
+        self._on_started()
 
     async def _session_main(self, actor: SessionActor) -> None:
         outcome: Outcome | None = None
@@ -412,19 +573,26 @@ class SupervisorActor:
         await self._inbox.put(SessionEnded(actor.spec.id, outcome))
 
     async def _stop(self, session_id: str) -> str:
-        for spec in self._queue:
-            if spec.id == session_id:
-                self._queue.remove(spec)
-                await transition(
-                    self._store, session_id, Status.STOPPED, "stopped while queued", ended_at=NOW
-                )
-                self._log.info("session_ended", session_id=session_id, status="stopped")
-                return "queued"
         run = self._running.get(session_id)
         if run is None:
             status = await self._store.get_status(session_id)
+            if status == Status.QUEUED:
+                # Any node may stop a queued session: the write loses to a claim, if one is
+                # made at the same moment (then the claiming node is asked to stop it).
+                try:
+                    await transition(
+                        self._store, session_id, Status.STOPPED, "stopped while queued",
+                        ended_at=NOW,
+                    )  # fmt: skip
+                except IllegalTransition:
+                    status = await self._store.get_status(session_id)
+                else:
+                    self._log.info("session_ended", session_id=session_id, status="stopped")
+                    return "queued"
             if status is None:
                 raise SessionNotFound(f"no session {session_id!r}")
+            if status in ACTIVE:
+                raise OwnedElsewhere(f"session {session_id} runs on another node")
             raise SessionConflict(
                 f"session {session_id} has already ended ({status})", status=status.value
             )
@@ -434,11 +602,13 @@ class SupervisorActor:
     async def _forward(self, session_id: str, control: Control) -> None:
         run = self._running.get(session_id)
         if run is None:
-            if any(spec.id == session_id for spec in self._queue):
-                raise SessionConflict(f"session {session_id} is queued, not running yet")
             status = await self._store.get_status(session_id)
             if status is None:
                 raise SessionNotFound(f"no session {session_id!r}")
+            if status == Status.QUEUED:
+                raise SessionConflict(f"session {session_id} is queued, not running yet")
+            if status in ACTIVE:
+                raise OwnedElsewhere(f"session {session_id} runs on another node")
             raise SessionConflict(
                 f"session {session_id} is not running ({status})", status=status.value
             )
@@ -462,23 +632,37 @@ class SupervisorActor:
             return
         self._accepting = False
         self._shutdown_reason = reason
-        self._log.info(
-            "supervisor_shutting_down",
-            reason=reason,
-            running=len(self._running),
-            queued=len(self._queue),
-        )
-        while self._queue:
-            spec = self._queue.popleft()
-            await transition(
-                self._store,
-                spec.id,
-                Status.STOPPED,
-                f"daemon shutting down ({reason})",
-                ended_at=NOW,
-            )
+        # The queue is every node's: what waits in it stays there, for another node or this
+        # one's next start.
+        self._log.info("supervisor_shutting_down", reason=reason, running=len(self._running))
         for run in self._running.values():
             self._request_stop(run, StopSession(Status.STOPPED, f"daemon shutting down ({reason})"))
+
+    async def _begin_drain(self, timeout_s: float) -> None:
+        if self.draining or not self._accepting:
+            return
+        self._drain_deadline = asyncio.get_running_loop().time() + timeout_s
+        self._log.info("node_draining", running=len(self._running), timeout_s=timeout_s)
+        with contextlib.suppress(Exception):
+            await asyncio.wait_for(self._store.set_draining(self.node_id), CLAIM_TIMEOUT_S)
+
+    def _check_drained(self, now: float) -> None:
+        if self._drain_deadline is None or not self._accepting:
+            return
+        if not self._running:
+            self._log.info("node_drained")
+            self._accepting = False  # the loop ends; the daemon's shutdown finds it done
+            self._shutdown_reason = "drained"
+            self._on_drained()
+            return
+        if now >= self._drain_deadline:
+            for session_id, run in self._running.items():
+                if run.stop_sent_at is None:
+                    self._log.info("session_handed_back", session_id=session_id)
+                    self._request_stop(
+                        run,
+                        StopSession(Status.STOPPED, "node drained", interrupt=Cause.NODE_DRAINED),
+                    )
 
     # ---- timeouts and escalation ---------------------------------------------------------------
 
@@ -514,6 +698,8 @@ class SupervisorActor:
                 run.task.cancel()
 
     async def _cleanup(self, session_id: str) -> None:
+        self._leases.pop(session_id, None)
+        self._store.release(session_id)
         run = self._running.pop(session_id, None)
         if run is None:
             return

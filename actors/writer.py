@@ -19,7 +19,16 @@ from functools import partial
 
 import structlog
 
-from actors.store import SAMPLE_COLUMNS, Mark, Row, RowsRefused, SessionGone, Store, StoreError
+from actors.store import (
+    SAMPLE_COLUMNS,
+    LeaseLost,
+    Mark,
+    Row,
+    RowsRefused,
+    SessionGone,
+    Store,
+    StoreError,
+)
 
 # One of the store's bulk writes with everything bound but `on_retry` (and, for a recorded
 # output, `mark`), both passed by keyword.
@@ -263,6 +272,10 @@ class WriterActor:
         if isinstance(error, SessionGone):
             # The session was deleted while its rows were queued: nothing to keep them for.
             self._log.warning("batch_discarded_deleted_session", target=target)
+            return
+        if isinstance(error, LeaseLost):
+            # Another node runs the session now: these rows are of a run that no longer counts.
+            self._log.warning("batch_discarded_lease_lost", target=target, session_id=session_id)
             return
         # Data the database (or the driver) refuses will be refused again: the session that
         # owns it fails with the error, and writing goes on for every other session.

@@ -169,6 +169,9 @@ class Access:
         self._public = urlsplit(cfg.public_url) if cfg.public_url else None
         if self._public is not None and self._public.hostname:
             names.add(self._public.hostname.lower())
+        # Other nodes forward control requests to this name.
+        if cfg.advertise_url and (advertised := urlsplit(cfg.advertise_url).hostname):
+            names.add(advertised.lower())
         self._names = frozenset(names)
         self._origins = frozenset(o.rstrip("/").lower() for o in cfg.allowed_origins)
         self._buckets = Buckets(cfg.rate_limit_per_s, cfg.rate_burst)

@@ -9,7 +9,7 @@ import asyncio
 import contextlib
 import json
 import time
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import unquote
@@ -24,6 +24,7 @@ from actors.errors import (
     Busy,
     InvalidRequest,
     InvalidTemplate,
+    OwnedElsewhere,
     PayloadTooLarge,
     SessionConflict,
     SessionNotFound,
@@ -34,7 +35,7 @@ from actors.errors import (
 from actors.request import parse_session_request
 from actors.supervisor import SupervisorActor
 from actors.writer import WriterActor
-from supervisor import db, exports, plots, service, sweeps, text, tokens
+from supervisor import db, exports, forward, plots, service, sweeps, text, tokens
 from supervisor.access import AUDIT, Access, Route, error_response
 from supervisor.config import Config
 from supervisor.feeds import EndEvent, FeedHub, LaggedEvent, SampleEvent, StatusEvent, Watcher
@@ -331,6 +332,9 @@ def _session_json(row: dict[str, Any]) -> dict[str, Any]:
         "exit_code": row["exit_code"],
         "cause": row["cause"],
         "error": row["error"],
+        "attempt": row["attempt"],
+        # The id of the node that runs it (GET /v1/nodes), while one does.
+        "node": row["node"],
         "request": row["request"],
     }
 
@@ -376,10 +380,26 @@ async def session_events(request: web.Request) -> web.Response:
     return _json({"id": row["id"], "events": events})
 
 
+async def _or_forward(
+    request: web.Request, act: Callable[[], Awaitable[web.Response]], body: Any = None
+) -> web.Response:
+    """Act on a session here, or, when another node runs it, have that node act."""
+    try:
+        return await act()
+    except OwnedElsewhere:
+        session_id = request.match_info["id"]
+        owner = await db.session_owner(request.app[SERVICES].pool, session_id)
+        return await forward.to_owner(request, owner, session_id, body)
+
+
 async def stop_session(request: web.Request) -> web.Response:
     session_id = request.match_info["id"]
-    was = await service.stop(request.app[SERVICES].supervisor, session_id)
-    return _json({"id": session_id, "stopping": True, "was": was}, status=202)
+
+    async def act() -> web.Response:
+        was = await service.stop(request.app[SERVICES].supervisor, session_id)
+        return _json({"id": session_id, "stopping": True, "was": was}, status=202)
+
+    return await _or_forward(request, act)
 
 
 # ---- sweeps ----------------------------------------------------------------------------------
@@ -408,14 +428,22 @@ async def get_sweep(request: web.Request) -> web.Response:
 
 async def pause_session(request: web.Request) -> web.Response:
     session_id = request.match_info["id"]
-    await service.pause(request.app[SERVICES].supervisor, session_id)
-    return _json({"id": session_id, "paused": True})
+
+    async def act() -> web.Response:
+        await service.pause(request.app[SERVICES].supervisor, session_id)
+        return _json({"id": session_id, "paused": True})
+
+    return await _or_forward(request, act)
 
 
 async def resume_session(request: web.Request) -> web.Response:
     session_id = request.match_info["id"]
-    await service.resume(request.app[SERVICES].supervisor, session_id)
-    return _json({"id": session_id, "paused": False})
+
+    async def act() -> web.Response:
+        await service.resume(request.app[SERVICES].supervisor, session_id)
+        return _json({"id": session_id, "paused": False})
+
+    return await _or_forward(request, act)
 
 
 def parse_step(body: Any) -> float:
@@ -428,16 +456,28 @@ def parse_step(body: Any) -> float:
 
 async def step_session(request: web.Request) -> web.Response:
     session_id = request.match_info["id"]
-    seconds = parse_step(await _json_body(request))
-    sample = await service.step(request.app[SERVICES].supervisor, session_id, seconds)
-    return _json({"id": session_id, "sample": sample})
+    body = await _json_body(request)
+    seconds = parse_step(body)
+
+    async def act() -> web.Response:
+        sample = await service.step(request.app[SERVICES].supervisor, session_id, seconds)
+        return _json({"id": session_id, "sample": sample})
+
+    return await _or_forward(request, act, body)
 
 
 async def session_commands_post(request: web.Request) -> web.Response:
     session_id = request.match_info["id"]
-    commands = traci_commands.parse(await _json_body(request))
-    answer = await service.apply_commands(request.app[SERVICES].supervisor, session_id, commands)
-    return _json({"id": session_id, **answer})
+    body = await _json_body(request)
+    commands = traci_commands.parse(body)
+
+    async def act() -> web.Response:
+        answer = await service.apply_commands(
+            request.app[SERVICES].supervisor, session_id, commands
+        )
+        return _json({"id": session_id, **answer})
+
+    return await _or_forward(request, act, body)
 
 
 async def session_logs(request: web.Request) -> web.Response:
@@ -688,6 +728,44 @@ async def block_loop(request: web.Request) -> web.Response:
     return _json({"blocked_s": seconds})
 
 
+# ---- nodes -------------------------------------------------------------------------------------
+
+
+async def list_nodes(request: web.Request) -> web.Response:
+    s = request.app[SERVICES]
+    nodes = await db.list_nodes(s.pool, s.config.lease_ttl_s)
+    for node in nodes:
+        node["this"] = node["id"] == s.supervisor.node_id
+    return _json({"nodes": nodes})
+
+
+def parse_drain(body: Any, default_s: float) -> float:
+    """The seconds a drain lets running sessions end before handing them back."""
+    if not isinstance(body, dict) or set(body) - {"timeout_s"}:
+        raise InvalidRequest('send {} or {"timeout_s": seconds}')
+    timeout = body.get("timeout_s", default_s)
+    if isinstance(timeout, bool) or not isinstance(timeout, int | float) or not 0 <= timeout <= 1e6:
+        raise InvalidRequest("timeout_s must be a number of seconds, 0 to 1e6", field="timeout_s")
+    return float(timeout)
+
+
+async def drain_node(request: web.Request) -> web.Response:
+    s = request.app[SERVICES]
+    raw = await _json_body(request)
+    timeout_s = parse_drain(raw, s.config.drain_timeout_s)
+    await s.supervisor.drain(timeout_s)
+    request[AUDIT]["drain_s"] = timeout_s
+    return _json(
+        {
+            "node_id": s.supervisor.node_id,
+            "draining": True,
+            "running": s.supervisor.running_count,
+            "timeout_s": timeout_s,
+        },
+        status=202,
+    )
+
+
 # ---- tokens and template deletion (admin) ------------------------------------------------------
 
 
@@ -819,6 +897,8 @@ ROUTES: list[Route] = [
     Route("GET", "/v1/storage", storage, R.reader),
     Route("POST", "/v1/sweeps", create_sweep, R.operator, "json"),
     Route("GET", "/v1/sweeps/{id}", get_sweep, R.reader),
+    Route("GET", "/v1/nodes", list_nodes, R.reader),
+    Route("POST", "/v1/node/drain", drain_node, R.admin, "json"),
     Route("POST", "/v1/tokens", create_token, R.admin, "json"),
     Route("GET", "/v1/tokens", list_tokens, R.admin),
     Route("DELETE", "/v1/tokens/{name}", revoke_token, R.admin),
@@ -835,6 +915,7 @@ def make_app(services: Services, *, test_hooks: bool = False) -> web.Application
     )
     app[SERVICES] = services
     app[ACCESS] = access
+    app.cleanup_ctx.append(forward.client_ctx)
     app.on_response_prepare.append(access.on_prepare)
     for route in routes:
         app.router.add_route(route.method, route.path, route.handler)

@@ -9,9 +9,12 @@ import faulthandler
 import os
 import shutil
 import signal
+import socket
 import ssl
 from collections.abc import Callable
+from functools import partial
 from pathlib import Path
+from typing import Any
 
 import asyncpg
 import structlog
@@ -61,8 +64,12 @@ async def serve(cfg: Config) -> int:
     loop = asyncio.get_running_loop()
     stop_reason: asyncio.Future[str] = loop.create_future()
 
+    drain = asyncio.Event()
+
     def on_signal(sig: signal.Signals) -> None:
-        if not stop_reason.done():
+        if sig == signal.SIGTERM and cfg.drain_on_sigterm and not drain.is_set():
+            drain.set()  # a second SIGTERM stops at once
+        elif not stop_reason.done():
             stop_reason.set_result(sig.name)
 
     for sig in (signal.SIGTERM, signal.SIGINT):
@@ -95,9 +102,14 @@ async def serve(cfg: Config) -> int:
                     " first: sumo-supervisor token create NAME --role admin (same --state-dir /"
                     " --database-url)"
                 )
-            return await _run(cfg, pool, book, sumo, sandbox_plan, stop_reason, tls)
+            return await _run(cfg, pool, book, sumo, sandbox_plan, stop_reason, drain, tls)
         finally:
             await asyncio.wait_for(pool.close(), timeout=10)
+
+
+def _settle(future: asyncio.Future[str], value: str) -> None:
+    if not future.done():
+        future.set_result(value)
 
 
 async def _stage(task: asyncio.Task[None], timeout_s: float, what: str) -> bool:
@@ -138,6 +150,9 @@ def supervisor_settings(
         max_running=cfg.max_running,
         max_queued=cfg.max_queued,
         max_wall_s_default=min(cfg.max_wall_s_default, cfg.max_wall_s_limit),
+        node_name=cfg.node_name or socket.gethostname(),
+        lease_ttl_s=cfg.lease_ttl_s,
+        lease_renew_s=cfg.lease_renew_s,
         session=SessionSettings(
             sumo_binary=sumo,
             stop_grace_s=cfg.stop_grace_s,
@@ -182,6 +197,7 @@ async def _run(
     sumo: str,
     sandbox_plan: sandbox.SandboxPlan | None,
     stop_reason: asyncio.Future[str],
+    drain: asyncio.Event,
     tls: ssl.SSLContext | None,
 ) -> int:
     metrics = Metrics()
@@ -195,6 +211,7 @@ async def _run(
         ports=PortPool(cfg.traci_ports.ports()),
         on_started=metrics.sessions_started.inc,
         on_finished=lambda status: metrics.sessions_finished.labels(status).inc(),
+        on_drained=partial(_settle, stop_reason, "drained"),
     )
     notifier = Notifier()
     monitor = LoopMonitor(
@@ -238,6 +255,9 @@ async def _run(
         await site.start()
         host, port = runner.addresses[0][:2]
         scheme = "https" if tls else "http"
+        await supervisor.advertise(
+            cfg.advertise_url or cfg.public_url or f"{scheme}://{_url_host(host)}:{port}"
+        )
         log.info(
             "daemon_ready",
             host=host,
@@ -249,10 +269,18 @@ async def _run(
             traci_ports=str(cfg.traci_ports),
             max_running=cfg.max_running,
             sumo=sumo,
+            node_id=supervisor.node_id,
         )
         notifier.notify(
             "READY=1", f"STATUS=ready, {cfg.max_running} sessions at once, on {host}:{port}"
         )
+        drain_task = tg.create_task(drain.wait(), name="drain-signal")
+        waits: list[asyncio.Future[Any]] = [stop_reason, drain_task]
+        await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
+        if drain.is_set() and not stop_reason.done():
+            await supervisor.drain(cfg.drain_timeout_s)
+        drain_task.cancel()
+        # After a drain: once its sessions have ended or been handed back (on_drained).
         reason = await stop_reason
         log.info("daemon_stopping", reason=reason)
         # Every stage below is bounded; should the process still be here well past them all,

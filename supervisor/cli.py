@@ -68,6 +68,18 @@ def _serve_parser(sub: Any) -> None:
         default=None,
         help="serve a non-loopback host even where the kernel cannot sandbox SUMO fully",
     )
+    serve.add_argument("--node-name", dest="node_name", help="this node's name (the hostname)")
+    serve.add_argument(
+        "--advertise-url", dest="advertise_url", help="where other nodes reach this one's API"
+    )
+    serve.add_argument(
+        "--drain-on-sigterm",
+        dest="drain_on_sigterm",
+        action="store_true",
+        default=None,
+        help="on SIGTERM let running sessions end (up to drain_timeout_s), hand back the rest",
+    )
+    serve.add_argument("--drain-timeout-s", dest="drain_timeout_s", help="(default 300)")
 
 
 def _database_flags(parser: Any) -> None:
@@ -132,6 +144,11 @@ def _client_parsers(sub: Any) -> None:
     storage.add_argument("--limit", type=int, default=20, help="sessions shown (biggest first)")
     storage.add_argument("--offset", type=int, default=0)
     storage.add_argument("--order", choices=["bytes", "created"], default="bytes")
+    _command(sub, "nodes", "the daemons that share this daemon's database")
+    drain = _command(sub, "drain", "stop this daemon claiming sessions; it exits once drained")
+    drain.add_argument(
+        "--timeout", type=float, help="seconds running sessions may take to end (drain_timeout_s)"
+    )
 
 
 def _parser() -> argparse.ArgumentParser:

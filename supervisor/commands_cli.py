@@ -360,6 +360,40 @@ def storage(client: Client, args: argparse.Namespace) -> int:
     return 0
 
 
+def nodes(client: Client, args: argparse.Namespace) -> int:
+    listed = client.get("/v1/nodes")["nodes"]
+    if args.json:
+        _json(listed)
+        return 0
+    rows = [
+        n
+        | {
+            "this": "*" if n["this"] else "",
+            "heartbeat": f"{n['heartbeat_age_s']:.0f} s ago",
+            "draining": "yes" if n["draining"] else "",
+        }
+        for n in listed
+    ]
+    _table(
+        rows,
+        ["this", "name", "id", "state", "running", "capacity", "heartbeat", "draining", "api_url"],
+    )
+    return 0
+
+
+def drain(client: Client, args: argparse.Namespace) -> int:
+    body = {} if args.timeout is None else {"timeout_s": args.timeout}
+    answer = client.post("/v1/node/drain", body)
+    if args.json:
+        _json(answer)
+    else:
+        out.print(
+            f"node {answer['node_id']} drains: {answer['running']} running sessions have"
+            f" {answer['timeout_s']:g} s to end, then are handed back; then it exits"
+        )
+    return 0
+
+
 COMMANDS: dict[str, Callable[[Client, argparse.Namespace], int]] = {
     "template_add": template_add,
     "template_list": template_list,
@@ -374,4 +408,6 @@ COMMANDS: dict[str, Callable[[Client, argparse.Namespace], int]] = {
     "summary": summary,
     "compare": compare,
     "storage": storage,
+    "nodes": nodes,
+    "drain": drain,
 }

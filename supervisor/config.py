@@ -139,6 +139,19 @@ class Config:
     trajectory_period_min: float = _LIMITS.trajectory_period_min
     scale_limit: float = _LIMITS.scale_limit
     end_limit: float = _LIMITS.end_limit
+    # Several daemons on one database (README "Several machines"). `node_name` is for people
+    # (default: the hostname); `advertise_url` is where other nodes reach this one's API to
+    # forward control of the sessions it runs (default: public_url, else where it listens).
+    node_name: str | None = None
+    advertise_url: str | None = None
+    # A node renews its sessions' leases every lease_renew_s; the database lets them lapse
+    # lease_ttl_s after the last renewal, and then any node rescues them.
+    lease_ttl_s: float = 10.0
+    lease_renew_s: float = 3.0
+    # On SIGTERM: stop at once (false), or drain: claim nothing more, let running sessions end
+    # for up to drain_timeout_s, hand the rest back to the queue, then exit.
+    drain_on_sigterm: bool = False
+    drain_timeout_s: float = 300.0
     config_file: Path | None = None
 
     @property
@@ -240,6 +253,8 @@ def _validate(cfg: Config) -> None:
         "stream_send_timeout_s",
         "shutdown_timeout_s",
         "writer_flush_s",
+        "lease_renew_s",
+        "drain_timeout_s",
     ):
         if getattr(cfg, name) <= 0:
             raise ConfigError(f"{name}: must be positive, got {getattr(cfg, name)}")
@@ -250,9 +265,16 @@ def _validate(cfg: Config) -> None:
         raise ConfigError(f"rate_limit_per_s: must be positive, got {cfg.rate_limit_per_s}")
     if (cfg.tls_cert is None) != (cfg.tls_key is None):
         raise ConfigError("tls_cert and tls_key: give both, or neither")
-    if cfg.public_url is not None and not cfg.public_url.startswith(("http://", "https://")):
+    for name in ("public_url", "advertise_url"):
+        url = getattr(cfg, name)
+        if url is not None and not url.startswith(("http://", "https://")):
+            raise ConfigError(f"{name}: must start with http:// or https://, got {url!r}")
+    if not cfg.lease_ttl_s >= 2 * cfg.lease_renew_s:
+        # A node kills its SUMOs when it could not renew for lease_ttl_s - lease_renew_s: that
+        # must leave it at least one more try.
         raise ConfigError(
-            f"public_url: must start with http:// or https://, got {cfg.public_url!r}"
+            f"lease_ttl_s: must be at least twice lease_renew_s ({cfg.lease_renew_s}),"
+            f" got {cfg.lease_ttl_s}"
         )
     for origin in cfg.allowed_origins:
         # No wildcard: a page allowed in must be named.

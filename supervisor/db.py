@@ -183,7 +183,7 @@ async def resolve_template_version(
 
 _SESSION_FIELDS = """s.id, s.template_name, s.template_version, s.status, s.request, s.label,
     s.created_at, s.started_at, s.ended_at, s.end_time, s.port, s.pid, s.exit_code, s.cause,
-    s.error,
+    s.error, s.attempt, s.owner_node AS node,
     coalesce(s.sim_time, (SELECT max(sim_time) FROM samples WHERE session_id = s.id)) AS sim_time"""
 
 
@@ -609,3 +609,34 @@ async def session_summaries(
         figures = dict(r)
         out[figures.pop("session_id")] = figures
     return out
+
+
+# ---- nodes -------------------------------------------------------------------------------------
+
+
+async def list_nodes(pool: asyncpg.Pool, ttl_s: float, limit: int = 200) -> list[dict[str, Any]]:
+    """Nodes, live ones first, then the most recently started. `state`: alive (heartbeat within
+    the lease TTL), lost (silent longer, never said it stopped) or stopped."""
+    rows = await pool.fetch(
+        "SELECT n.id, n.name, n.api_url, n.capacity, n.started_at, n.heartbeat_at, n.draining,"
+        " n.stopped_at, extract(epoch FROM now() - n.heartbeat_at)::float8 AS heartbeat_age_s,"
+        " CASE WHEN n.stopped_at IS NOT NULL THEN 'stopped'"
+        "  WHEN n.heartbeat_at > now() - make_interval(secs => $1) THEN 'alive' ELSE 'lost' END"
+        " AS state,"
+        " (SELECT count(*) FROM sessions s WHERE s.owner_node = n.id"
+        "  AND s.status IN ('starting', 'running')) AS running"
+        " FROM nodes n ORDER BY (n.stopped_at IS NULL) DESC, n.started_at DESC LIMIT $2",
+        ttl_s,
+        limit,
+    )
+    return [dict(r) for r in rows]
+
+
+async def session_owner(pool: asyncpg.Pool, session_id: str) -> dict[str, Any] | None:
+    """The node that holds a session's lease (id, name, api_url), if one does."""
+    row = await pool.fetchrow(
+        "SELECT n.id, n.name, n.api_url FROM sessions s JOIN nodes n ON n.id = s.owner_node"
+        " WHERE s.id = $1 AND s.status IN ('starting', 'running')",
+        session_id,
+    )
+    return dict(row) if row else None

@@ -12,18 +12,23 @@ from __future__ import annotations
 import io
 import math
 import re
-from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Collection, Iterable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, TypeVar
 
 import asyncpg
 
-from actors.lifecycle import INITIAL, NOW, UPDATABLE, Status
+from actors.lifecycle import ACTIVE, INITIAL, NOW, UPDATABLE, Status
 from actors.scenario import TemplateFile
 from actors.store import (
     RECORD_TABLES,
+    Claimed,
+    Lapsed,
+    Lease,
+    LeaseLost,
     Mark,
     NewSession,
     NewSweep,
+    Node,
     RecordedCommand,
     RetryHook,
     Row,
@@ -44,6 +49,11 @@ RETRY_S = 120.0
 # How long the writer waits for a pool connection before that counts as the database away.
 ACQUIRE_TIMEOUT_S = 10.0
 
+_ACTIVE = sorted(str(s) for s in ACTIVE)
+_SESSION_RECORD = (
+    "s.id, s.status, s.request, s.template_name, s.template_version, s.pid, s.pid_started_at,"
+    " s.attempt"
+)
 _COLUMN = re.compile(r"^[a-z_][a-z0-9_]*$")
 # Refusals that mean the owning session was deleted while its rows were queued.
 _SESSION_GONE = (
@@ -56,6 +66,38 @@ class PgStore:
     def __init__(self, pool: asyncpg.Pool, *, retry_s: float = RETRY_S) -> None:
         self._pool = pool
         self._retry_s = retry_s
+        # The sessions this node claimed and still runs: every write for one is fenced by its
+        # lease (actors/store.py).
+        self._leases: dict[str, Lease] = {}
+
+    async def _fence(self, conn: asyncpg.Connection, session_id: str) -> None:
+        """Raise LeaseLost unless this node still holds the session (when it claimed it). The
+        row is KEY SHARE locked to the transaction's end, so a rescuer, which locks it FOR
+        UPDATE first, waits for the write or the write sees the rescue."""
+        lease = self._leases.get(session_id)
+        if lease is not None and not await conn.fetchval(
+            "SELECT true FROM sessions WHERE id = $1 AND owner_node IS NOT DISTINCT FROM $2"
+            " AND lease_epoch = $3 FOR KEY SHARE",
+            session_id,
+            lease.node_id,
+            lease.epoch,
+        ):
+            raise LeaseLost(f"session {session_id}: lease {lease.epoch} is no longer held")
+
+    async def _fenced_out(self, conn: asyncpg.Connection, session_ids: Iterable[str]) -> set[str]:
+        """Of `session_ids`, those this node claimed but no longer holds (see _fence)."""
+        held = {i: self._leases[i] for i in set(session_ids) if i in self._leases}
+        if not held:
+            return set()
+        rows = await conn.fetch(
+            "SELECT s.id FROM sessions s JOIN unnest($1::text[], $2::bigint[]) AS l(id, epoch)"
+            " ON s.id = l.id AND s.lease_epoch = l.epoch"
+            " WHERE s.owner_node IS NOT DISTINCT FROM $3 FOR KEY SHARE OF s",
+            list(held),
+            [lease.epoch for lease in held.values()],
+            next(iter(held.values())).node_id,
+        )
+        return set(held) - {r["id"] for r in rows}
 
     async def _retrying(
         self, op: Callable[[], Awaitable[T]], what: str, retry_s: float | None = None
@@ -106,25 +148,18 @@ class PgStore:
         status = await self._pool.fetchval("SELECT status FROM sessions WHERE id = $1", session_id)
         return None if status is None else Status(status)
 
+    async def count_queued(self) -> int:
+        return int(
+            await self._pool.fetchval("SELECT count(*) FROM sessions WHERE status = 'queued'")
+        )
+
     async def sessions_in_status(self, statuses: Iterable[Status]) -> list[SessionRecord]:
         rows = await self._pool.fetch(
-            "SELECT id, status, request, template_name, template_version, pid, pid_started_at,"
-            " attempt FROM sessions WHERE status = ANY($1::text[]) ORDER BY id",
+            f"SELECT {_SESSION_RECORD} FROM sessions s WHERE s.status = ANY($1::text[])"
+            " ORDER BY s.id",
             [str(s) for s in statuses],
         )
-        return [
-            SessionRecord(
-                id=r["id"],
-                status=Status(r["status"]),
-                template_name=r["template_name"],
-                template_version=r["template_version"],
-                request=r["request"],
-                attempt=r["attempt"],
-                pid=r["pid"],
-                pid_started_at=r["pid_started_at"],
-            )
-            for r in rows
-        ]
+        return [_record(r) for r in rows]
 
     async def set_status(
         self,
@@ -135,6 +170,7 @@ class PgStore:
         only_from: frozenset[Status],
         fields: Mapping[str, Any],
         retry_s: float | None = None,
+        fence: Lease | None = None,
     ) -> bool:
         sets = ["status = $3"]
         args: list[Any] = [session_id, sorted(str(s) for s in only_from), str(to)]
@@ -147,27 +183,48 @@ class PgStore:
             else:
                 args.append(value)
                 sets.append(f"{key} = ${len(args)}")
+        if to not in ACTIVE:
+            sets.append("owner_node = NULL, lease_expires_at = NULL")
+        own = fence is None
+        lease = self._leases.get(session_id) if own else fence
+        where = "id = $1 AND status = ANY($2::text[])"
+        if lease is not None:
+            args += [lease.node_id, lease.epoch]
+            where += f" AND owner_node IS NOT DISTINCT FROM ${len(args) - 1}"
+            where += f" AND lease_epoch = ${len(args)}"
         tries = 0
 
         async def op() -> bool:
             nonlocal tries
             tries += 1
             async with self._pool.acquire() as conn, conn.transaction():
-                # The status in the WHERE is the transition check (lifecycle.transition): a
-                # fence (owner, lease epoch) joins it here when several daemons share one
-                # database.
+                if not own:
+                    # A rescuer: wait for the owner's writes in flight (they hold KEY SHARE).
+                    await conn.execute(
+                        "SELECT 1 FROM sessions WHERE id = $1 FOR UPDATE", session_id
+                    )
+                # The status in the WHERE is the transition check (lifecycle.transition), the
+                # owner and epoch the fence.
                 changed = await conn.fetchval(
-                    f"UPDATE sessions SET {', '.join(sets)}"
-                    " WHERE id = $1 AND status = ANY($2::text[]) RETURNING true",
-                    *args,
+                    f"UPDATE sessions SET {', '.join(sets)} WHERE {where} RETURNING true", *args
                 )
                 if not changed:
+                    now = await conn.fetchrow(
+                        "SELECT status, owner_node, lease_epoch FROM sessions WHERE id = $1",
+                        session_id,
+                    )
                     # A retry that finds the status already written: the earlier try committed
                     # it and only its answer was lost.
-                    now = await conn.fetchval(
-                        "SELECT status FROM sessions WHERE id = $1", session_id
-                    )
-                    return tries > 1 and now == to
+                    if now is not None and tries > 1 and now["status"] == to:
+                        return True
+                    if (
+                        now is not None
+                        and lease is not None
+                        and now["status"] in only_from
+                        and (now["owner_node"], now["lease_epoch"]) != (lease.node_id, lease.epoch)
+                    ):
+                        raise LeaseLost(f"session {session_id}: lease {lease.epoch} is lost")
+                    return False
                 await conn.execute(
                     "INSERT INTO session_events (session_id, status, reason) VALUES ($1, $2, $3)",
                     session_id,
@@ -176,19 +233,26 @@ class PgStore:
                 )
                 return True
 
-        return await self._retrying(op, f"session_status:{to}", retry_s)
+        # A lost lease stays remembered (until `release`): every later write of that run is
+        # fenced by it too.
+        written = await self._retrying(op, f"session_status:{to}", retry_s)
+        if written and own and to not in ACTIVE:
+            self._leases.pop(session_id, None)
+        return written
 
     async def set_process(
         self, session_id: str, port: int, pid: int | None, pid_started_at: float | None
     ) -> None:
         async def op() -> None:
-            await self._pool.execute(
-                "UPDATE sessions SET port = $2, pid = $3, pid_started_at = $4 WHERE id = $1",
-                session_id,
-                port,
-                pid,
-                pid_started_at,
-            )
+            async with self._pool.acquire() as conn, conn.transaction():
+                await self._fence(conn, session_id)
+                await conn.execute(
+                    "UPDATE sessions SET port = $2, pid = $3, pid_started_at = $4 WHERE id = $1",
+                    session_id,
+                    port,
+                    pid,
+                    pid_started_at,
+                )
 
         await self._retrying(op, "session_process")
 
@@ -197,6 +261,7 @@ class PgStore:
     async def clear_session_rows(self, session_id: str) -> None:
         async def op() -> None:
             async with self._pool.acquire() as conn, conn.transaction():
+                await self._fence(conn, session_id)
                 await conn.execute("DELETE FROM samples WHERE session_id = $1", session_id)
                 await conn.execute("DELETE FROM ingest_marks WHERE session_id = $1", session_id)
                 await conn.execute(
@@ -213,6 +278,7 @@ class PgStore:
 
         async def op() -> None:
             async with self._pool.acquire() as conn, conn.transaction():
+                await self._fence(conn, session_id)
                 for table in tables:
                     part = partition_name(table, session_id)
                     await conn.execute(
@@ -234,12 +300,14 @@ class PgStore:
 
     async def store_statistics(self, session_id: str, statistics: dict[str, Any]) -> None:
         async def op() -> None:
-            await self._pool.execute(
-                "INSERT INTO session_statistics (session_id, statistics) VALUES ($1, $2)"
-                " ON CONFLICT (session_id) DO UPDATE SET statistics = EXCLUDED.statistics",
-                session_id,
-                statistics,
-            )
+            async with self._pool.acquire() as conn, conn.transaction():
+                await self._fence(conn, session_id)
+                await conn.execute(
+                    "INSERT INTO session_statistics (session_id, statistics) VALUES ($1, $2)"
+                    " ON CONFLICT (session_id) DO UPDATE SET statistics = EXCLUDED.statistics",
+                    session_id,
+                    statistics,
+                )
 
         await self._retrying(op, "store_session_statistics")
 
@@ -248,6 +316,7 @@ class PgStore:
     ) -> None:
         async def op() -> None:
             async with self._pool.acquire() as conn, conn.transaction():
+                await self._fence(conn, session_id)
                 first = await conn.fetchval(
                     "SELECT coalesce(max(seq), 0) + 1 FROM session_commands WHERE session_id = $1",
                     session_id,
@@ -266,6 +335,120 @@ class PgStore:
             for r in await db.session_commands(self._pool, session_id)
         ]
 
+    # ---- nodes, claims and leases --------------------------------------------------------------
+
+    async def register_node(self, node: Node) -> None:
+        await self._retrying(
+            lambda: self._pool.execute(
+                "WITH gone AS (DELETE FROM nodes WHERE stopped_at < now() - interval '7 days')"
+                " INSERT INTO nodes (id, name, api_url, capacity, boot_id, pid)"
+                " VALUES ($1, $2, $3, $4, $5, $6)"
+                " ON CONFLICT (id) DO UPDATE SET api_url = EXCLUDED.api_url,"
+                " heartbeat_at = now()",
+                node.id,
+                node.name,
+                node.api_url,
+                node.capacity,
+                node.boot_id,
+                node.pid,
+            ),
+            "register_node",
+        )
+
+    async def node_stopped(self, node_id: str) -> None:
+        await self._pool.execute(
+            "UPDATE nodes SET stopped_at = now(), draining = false WHERE id = $1", node_id
+        )
+
+    async def set_draining(self, node_id: str) -> None:
+        await self._pool.execute("UPDATE nodes SET draining = true WHERE id = $1", node_id)
+
+    async def dead_nodes(self, boot_id: str, alive: Callable[[int], bool]) -> list[str]:
+        rows = await self._pool.fetch(
+            "SELECT id, pid FROM nodes WHERE boot_id = $1 AND stopped_at IS NULL", boot_id
+        )
+        dead = [r["id"] for r in rows if not alive(r["pid"])]
+        if dead:
+            async with self._pool.acquire() as conn, conn.transaction():
+                await conn.execute(
+                    "UPDATE nodes SET stopped_at = now() WHERE id = ANY($1::text[])", dead
+                )
+                await conn.execute(
+                    "UPDATE sessions SET lease_expires_at = now() - interval '1 second'"
+                    " WHERE owner_node = ANY($1::text[]) AND status = ANY($2::text[])",
+                    dead,
+                    _ACTIVE,
+                )
+        return dead
+
+    async def claim(
+        self, node_id: str, limit: int, ttl_s: float, exclude: Collection[str] = ()
+    ) -> list[Claimed]:
+        if limit <= 0:
+            return []
+        # SKIP LOCKED: nodes claiming at the same moment each take other sessions, none waits.
+        rows = await self._pool.fetch(
+            "WITH picked AS ("
+            "  SELECT id FROM sessions WHERE status = 'queued' AND NOT (id = ANY($4::text[]))"
+            "  ORDER BY id LIMIT $2 FOR UPDATE SKIP LOCKED"
+            "), claimed AS ("
+            "  UPDATE sessions s SET status = 'starting', owner_node = $1,"
+            "   lease_epoch = s.lease_epoch + 1, started_at = clock_timestamp(),"
+            "   lease_expires_at = now() + make_interval(secs => $3)"
+            "  FROM picked WHERE s.id = picked.id"
+            f"  RETURNING {_SESSION_RECORD}, s.lease_epoch"
+            "), events AS ("
+            "  INSERT INTO session_events (session_id, status, reason)"
+            "  SELECT id, 'starting', 'claimed by node ' || $1 || ' (attempt ' || attempt || ')'"
+            "  FROM claimed"
+            ")"
+            " SELECT s.*, v.config_path FROM claimed s JOIN template_versions v"
+            "  ON v.name = s.template_name AND v.version = s.template_version ORDER BY s.id",
+            node_id,
+            limit,
+            ttl_s,
+            list(exclude),
+        )
+        out = []
+        for r in rows:
+            lease = Lease(node_id, r["lease_epoch"])
+            self._leases[r["id"]] = lease
+            out.append(Claimed(_record(r), r["config_path"], lease))
+        return out
+
+    async def renew(self, node_id: str, ttl_s: float, held: Mapping[str, int]) -> set[str]:
+        rows = await self._pool.fetch(
+            "WITH beat AS (UPDATE nodes SET heartbeat_at = now() WHERE id = $1)"
+            " UPDATE sessions s SET lease_expires_at = now() + make_interval(secs => $2)"
+            " FROM unnest($3::text[], $4::bigint[]) AS h(id, epoch)"
+            " WHERE s.id = h.id AND s.owner_node = $1 AND s.lease_epoch = h.epoch"
+            " AND s.status = ANY($5::text[]) RETURNING s.id",
+            node_id,
+            ttl_s,
+            list(held),
+            list(held.values()),
+            _ACTIVE,
+        )
+        return {r["id"] for r in rows}
+
+    async def lapsed(self, limit: int) -> list[Lapsed]:
+        rows = await self._pool.fetch(
+            f"SELECT {_SESSION_RECORD}, s.owner_node, s.lease_epoch, n.name, n.boot_id"
+            " FROM sessions s LEFT JOIN nodes n ON n.id = s.owner_node"
+            " WHERE s.status = ANY($1::text[])"
+            " AND (s.lease_expires_at IS NULL OR s.lease_expires_at < now())"
+            " ORDER BY s.id LIMIT $2",
+            _ACTIVE,
+            limit,
+        )
+        return [
+            Lapsed(_record(r), Lease(r["owner_node"], r["lease_epoch"]), r["name"], r["boot_id"])
+            for r in rows
+        ]
+
+    def release(self, session_id: str) -> None:
+        self._leases.pop(session_id, None)
+
     # ---- bulk writes ---------------------------------------------------------------------------
 
     async def copy_rows(
@@ -278,7 +461,13 @@ class PgStore:
         on_retry: RetryHook | None = None,
     ) -> None:
         async def op(conn: asyncpg.Connection) -> None:
-            await _copy_records(conn, target, columns, rows)
+            todo = rows
+            if target == "samples":
+                # Rows of many sessions: those of a session this node lost are left out.
+                if lost := await self._fenced_out(conn, {str(r[0]) for r in rows}):
+                    todo = [r for r in rows if str(r[0]) not in lost]
+            if todo:
+                await _copy_records(conn, target, columns, todo)
 
         await self._bulk(target, op, mark, on_retry)
 
@@ -326,6 +515,7 @@ class PgStore:
                 conn.transaction(),
             ):
                 if mark is not None:
+                    await self._fence(conn, mark.session_id)
                     if await _ingest_mark(conn, mark.session_id, target) >= mark.seq:
                         return  # an earlier try committed these; only its answer was lost
                     await op(conn)
@@ -335,11 +525,26 @@ class PgStore:
 
         try:
             await with_retry(attempt, what=f"copy:{target}", deadline_s=math.inf, on_retry=on_retry)
+        except LeaseLost:
+            raise
         except _SESSION_GONE as exc:
             raise SessionGone(f"{type(exc).__name__}: {exc}") from exc
         except Exception as exc:
             # Not transient (those are retried): the same rows would be refused again.
             raise RowsRefused(f"{type(exc).__name__}: {exc}") from exc
+
+
+def _record(r: asyncpg.Record) -> SessionRecord:
+    return SessionRecord(
+        id=r["id"],
+        status=Status(r["status"]),
+        template_name=r["template_name"],
+        template_version=r["template_version"],
+        request=r["request"],
+        attempt=r["attempt"],
+        pid=r["pid"],
+        pid_started_at=r["pid_started_at"],
+    )
 
 
 async def _copy_records(

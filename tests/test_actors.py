@@ -15,6 +15,7 @@ import asyncpg
 import pytest
 
 from actors import scenario
+from actors.lifecycle import NOW, Status, transition
 from actors.messages import SessionSpec
 from actors.ports import PortPool, port_is_free
 from actors.request import SessionRequest
@@ -341,6 +342,8 @@ async def test_one_sessions_refused_row_keeps_the_others_rows_and_fails_only_tha
     good = await store_template(pool, "grid3", scenarios["grid3"])
     bad = await store_template(pool, "grid3", scenarios["grid3"])
     await PgStore(pool).insert_sessions([good.db_row()])
+    # Only its rows are written here: ended, so that no node claims it to run.
+    await transition(PgStore(pool), good.id, Status.STOPPED, "rows only", ended_at=NOW)
     await pool.execute(
         f"ALTER TABLE samples ADD CONSTRAINT test_refuses CHECK (session_id <> '{bad.id}')"
     )

@@ -14,14 +14,25 @@ from typing import Any, Protocol
 import asyncpg
 import pytest
 
-from actors.lifecycle import NOW, IllegalTransition, Status, requeue, transition
+from actors.lifecycle import (
+    NOW,
+    Cause,
+    IllegalTransition,
+    Status,
+    interrupted,
+    requeue,
+    transition,
+)
 from actors.memstore import MemStore
+from actors.request import SessionRequest
 from actors.scenario import TemplateFile
 from actors.store import (
     SAMPLE_COLUMNS,
+    LeaseLost,
     Mark,
     NewSession,
     NewSweep,
+    Node,
     RecordedCommand,
     RowsRefused,
     SessionGone,
@@ -51,6 +62,12 @@ class Look(Protocol):
     async def refuse_negative(self, table: str, column: str) -> None:
         """From now on, refuse rows of `table` whose `column` is negative, as a CHECK named
         test_refuses would."""
+
+    async def lapse(self, session_id: str) -> None:
+        """The session's lease runs out now, as if its owner had stopped renewing it."""
+
+    def other_node(self) -> Store:
+        """Another node's store over the same rows (its own leases)."""
 
 
 class MemLook:
@@ -93,6 +110,12 @@ class MemLook:
             return None
 
         self.store.refuse = refuse
+
+    async def lapse(self, session_id: str) -> None:
+        self.store.lapse(session_id)
+
+    def other_node(self) -> Store:
+        return self.store.view()
 
 
 class PgLook:
@@ -146,6 +169,15 @@ class PgLook:
         await self.pool.execute(
             f"ALTER TABLE {table} ADD CONSTRAINT test_refuses CHECK ({column} >= 0)"
         )
+
+    async def lapse(self, session_id: str) -> None:
+        await self.pool.execute(
+            "UPDATE sessions SET lease_expires_at = now() - interval '1 second' WHERE id = $1",
+            session_id,
+        )
+
+    def other_node(self) -> Store:
+        return PgStore(self.pool, retry_s=5.0)
 
 
 @dataclass
@@ -544,3 +576,95 @@ async def test_bad_csv_is_refused_and_a_missing_partition_is_gone(b: Backend):
     assert await b.look.rows(part) == [] and await b.look.ingest_mark(sid, part) == -1
     with pytest.raises(SessionGone):
         await b.store.copy_csv(partition_name("trips", sid), ("vehicle",), b"v0\n")
+
+
+# ---- nodes, claims and leases ------------------------------------------------------------------
+
+
+async def _node(store: Store, node_id: str) -> None:
+    await store.register_node(Node(node_id, "host", None, 2, "boot", 1))
+
+
+async def test_claims_take_the_oldest_queued_sessions_up_to_the_limit(b: Backend):
+    ids = await queued(b, 3)
+    a, other = b.store, b.look.other_node()
+    await _node(a, "node-a")
+    await _node(other, "node-b")
+    first = await a.claim("node-a", 2, 10.0)
+    assert [c.record.id for c in first] == ids[:2]
+    assert all(c.lease.node_id == "node-a" and c.lease.epoch == 1 for c in first)
+    assert first[0].config_path == CONFIG
+    assert (await b.look.session(ids[0]))["status"] == "starting"
+    assert await b.look.events(ids[0]) == [
+        ("queued", "submitted"),
+        ("starting", "claimed by node node-a (attempt 1)"),
+    ]
+    assert [c.record.id for c in await other.claim("node-b", 5, 10.0)] == ids[2:]
+    assert await a.claim("node-a", 5, 10.0) == []
+    assert await a.count_queued() == 0
+
+
+async def test_nodes_claiming_at_once_never_take_the_same_session(b: Backend):
+    ids = await queued(b, 10)
+    stores = [b.store, b.look.other_node(), b.look.other_node()]
+    claims = await asyncio.gather(*(s.claim(f"n{i}", 4, 10.0) for i, s in enumerate(stores)))
+    taken = [c.record.id for claim in claims for c in claim]
+    assert sorted(taken) == ids  # every one once
+
+
+async def test_a_lapsed_lease_is_rescued_and_the_old_owner_is_fenced(b: Backend):
+    (sid,) = await queued(b)
+    old, rescuer = b.store, b.look.other_node()
+    (claim,) = await old.claim("node-a", 1, 10.0)
+    await transition(old, sid, Status.RUNNING, "traci connected")
+    assert await old.renew("node-a", 10.0, {sid: claim.lease.epoch}) == {sid}
+    assert await rescuer.lapsed(10) == []
+
+    await b.look.lapse(sid)
+    (lapsed,) = await rescuer.lapsed(10)
+    assert (lapsed.record.id, lapsed.lease) == (sid, claim.lease)
+    request = SessionRequest.from_json({"template": "city"})
+    status = await interrupted(
+        rescuer, sid, request, 1, "node a stopped renewing its lease", Cause.NODE_LOST,
+        fence=lapsed.lease,
+    )  # fmt: skip
+    assert status == Status.QUEUED
+    # A second rescuer that read the same lapsed lease finds it taken.
+    with pytest.raises((LeaseLost, IllegalTransition)):
+        await interrupted(
+            b.look.other_node(), sid, request, 1, "late", Cause.NODE_LOST, fence=lapsed.lease
+        )
+    (again,) = await rescuer.claim("node-b", 1, 10.0)
+    assert again.lease.epoch == claim.lease.epoch + 1 and again.record.attempt == 2
+
+    # The old owner comes back: nothing it writes of its run lands.
+    assert await old.renew("node-a", 10.0, {sid: claim.lease.epoch}) == set()
+    with pytest.raises(LeaseLost):
+        await transition(old, sid, Status.RUNNING, "traci connected")
+    with pytest.raises(LeaseLost):
+        await transition(old, sid, Status.FAILED, "SUMO died", ended_at=NOW)
+    with pytest.raises(LeaseLost):
+        await old.set_process(sid, 9001, 4242, 1.0)
+    with pytest.raises(LeaseLost):
+        await old.add_commands(sid, 5.0, [{"type": "x"}])
+    with pytest.raises(LeaseLost):
+        await old.store_statistics(sid, {"a": 1})
+    await old.copy_rows("samples", SAMPLE_COLUMNS, [sample(sid, 10.0)])  # left out, silently
+    assert await b.look.samples(sid) == []
+    row = await b.look.session(sid)
+    assert (row["status"], row["port"], row["node"]) == ("starting", None, "node-b")
+    # The new owner's writes land.
+    await transition(rescuer, sid, Status.RUNNING, "traci connected")
+    await rescuer.copy_rows("samples", SAMPLE_COLUMNS, [sample(sid, 10.0)])
+    assert len(await b.look.samples(sid)) == 1
+
+
+async def test_a_final_status_ends_the_lease(b: Backend):
+    (sid,) = await queued(b)
+    (claim,) = await b.store.claim("node-a", 1, 10.0)
+    await transition(b.store, sid, Status.RUNNING, "traci connected")
+    await transition(b.store, sid, Status.COMPLETED, "end time reached", ended_at=NOW)
+    assert (await b.look.session(sid))["node"] is None
+    assert await b.store.renew("node-a", 10.0, {sid: claim.lease.epoch}) == set()
+    await b.look.lapse(sid)
+    assert await b.store.lapsed(10) == []  # ended: nothing to rescue

@@ -1,0 +1,107 @@
+"""Control of a session that another node runs: the request is sent on, over HTTP, to the API
+of the node that holds the session's lease, and its answer is the caller's.
+
+Why HTTP and not a command table: a control request (pause, step, commands, stop) wants its
+answer now, from the process that holds the SUMO; the owner's API already checks, applies and
+answers it, with the caller's own token (tokens are the database's, valid on every node). The
+caller always gets a definite answer: the owner's (acked or failed), 409 `superseded` when the
+session changed hands while the request was on its way, or 503 with Retry-After when the owner
+cannot be reached (its lease lapses within the TTL; the session is then rescued and the same
+request meets its new state). A request is forwarded at most once.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import aiohttp
+import structlog
+from aiohttp import web
+
+from actors.errors import OwnedElsewhere, SessionConflict
+
+log = structlog.get_logger(component="forward")
+
+# Marks a forwarded request (its value: the forwarding node's id): never forwarded again.
+HEADER = "X-Sumo-Supervisor-Forwarded-By"
+# The node that answered, on a forwarded answer.
+NODE_HEADER = "X-Sumo-Supervisor-Node"
+# Beyond the owner's own control timeout (a long step), so its answer is what comes back.
+TIMEOUT_S = 150.0
+MAX_ANSWER = 1 << 20
+CLIENT = web.AppKey("forward_client", aiohttp.ClientSession)
+
+
+async def client_ctx(app: web.Application) -> Any:
+    """The one client session forwarded requests use, closed with the app."""
+    app[CLIENT] = aiohttp.ClientSession(
+        timeout=aiohttp.ClientTimeout(total=TIMEOUT_S, sock_connect=5),
+        # A forward goes to another node's API, never through a proxy from the environment.
+        trust_env=False,
+    )
+    yield
+    await app[CLIENT].close()
+
+
+async def to_owner(
+    request: web.Request, owner: dict[str, Any] | None, session_id: str, body: Any
+) -> web.Response:
+    """Send `request` (its JSON `body` already read, or None) on to `owner`, the node that
+    holds the session; its answer."""
+    if request.headers.get(HEADER):
+        raise SessionConflict(
+            f"session {session_id} changed hands while the request was on its way: send it again",
+            outcome="superseded",
+        )
+    if owner is None:
+        # Between a lapse and its rescue, or just ended: its state is about to be settled.
+        raise OwnedElsewhere(
+            f"session {session_id} is changing hands: try again shortly",
+            headers={"Retry-After": "2"},
+        )
+    if not owner["api_url"]:
+        raise OwnedElsewhere(
+            f"session {session_id} runs on node {owner['name']}, which gives no API URL",
+            headers={"Retry-After": "5"},
+            node=owner["name"],
+        )
+    headers = {HEADER: "1"}
+    if auth := request.headers.get("Authorization"):
+        headers["Authorization"] = auth
+    url = owner["api_url"].rstrip("/") + request.rel_url.path_qs
+    try:
+        async with request.app[CLIENT].request(
+            request.method, url, json=body, headers=headers, allow_redirects=False
+        ) as answer:
+            data = await _read_capped(answer)
+            log.info(
+                "request_forwarded",
+                session_id=session_id,
+                node=owner["name"],
+                node_id=owner["id"],
+                status=answer.status,
+            )
+            return web.Response(
+                body=data,
+                status=answer.status,
+                content_type=answer.content_type,
+                headers={NODE_HEADER: owner["name"]},
+            )
+    except (aiohttp.ClientError, TimeoutError) as exc:
+        log.warning("forward_failed", session_id=session_id, node=owner["name"], error=repr(exc))
+        raise OwnedElsewhere(
+            f"session {session_id} runs on node {owner['name']}, which does not answer: try"
+            " again (if the node is gone, the session is rescued within seconds)",
+            headers={"Retry-After": "5"},
+            node=owner["name"],
+        ) from None
+
+
+async def _read_capped(answer: aiohttp.ClientResponse) -> bytes:
+    """The whole answer (one read gives only what has arrived), up to MAX_ANSWER."""
+    chunks: list[bytes] = []
+    size = 0
+    while size < MAX_ANSWER and (chunk := await answer.content.read(MAX_ANSWER - size)):
+        chunks.append(chunk)
+        size += len(chunk)
+    return b"".join(chunks)
