@@ -77,8 +77,8 @@ class LeaseKeeper:
     def check_deadline(self) -> None:
         """Past the deadline with leases held: kill them all now (also called by the owner when
         it wakes, so that a node that was frozen kills before anything else it does)."""
-        if time.monotonic() < self.give_up_at:
-            return
+        if self._fenced or time.monotonic() < self.give_up_at:
+            return  # (once fenced, nothing more is claimed until a renewal gets through)
         held = set(self._owner.held_leases())
         if held:
             self._log.error(

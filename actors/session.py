@@ -305,15 +305,17 @@ class SessionActor:
             self._log.error("statistics_not_stored", error=repr(exc))
 
     async def _run(self) -> Outcome:
+        # The store's calls retry while the database is away (a connection error is an OSError
+        # too): only the session dir's own errors are io_error.
+        files = await self._store.fetch_template_files(
+            self.spec.template_name, self.spec.template_version
+        )
+        if self.spec.attempt > 1:
+            await self._store.clear_session_rows(self.spec.id)
+        if self._recorder.active:
+            await self._store.create_record_partitions(self.spec.id, self._recorder.tables)
         try:
-            files = await self._store.fetch_template_files(
-                self.spec.template_name, self.spec.template_version
-            )
             await asyncio.to_thread(self._prepare_workdir, files)
-            if self.spec.attempt > 1:
-                await self._store.clear_session_rows(self.spec.id)
-            if self._recorder.active:
-                await self._store.create_record_partitions(self.spec.id, self._recorder.tables)
         except OSError as exc:
             return Outcome(
                 Status.FAILED,

@@ -113,10 +113,13 @@ class PgStore:
         return None if row is None else str(row["config_path"])
 
     async def fetch_template_files(self, name: str, version: int) -> list[TemplateFile]:
-        rows = await self._pool.fetch(
-            "SELECT path, sha256, content FROM template_files WHERE name = $1 AND version = $2",
-            name,
-            version,
+        rows = await self._retrying(
+            lambda: self._pool.fetch(
+                "SELECT path, sha256, content FROM template_files WHERE name = $1 AND version = $2",
+                name,
+                version,
+            ),
+            "template_files",
         )
         return [TemplateFile(r["path"], r["sha256"], bytes(r["content"])) for r in rows]
 

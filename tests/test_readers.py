@@ -74,7 +74,8 @@ async def large_session(
 async def read_all(http: aiohttp.ClientSession, url: str) -> bytes:
     tail = b""
     count = 0
-    async with http.get(url) as r:
+    # A bound on a hang: six of these at once take a minute or more on a busy machine.
+    async with http.get(url, timeout=aiohttp.ClientTimeout(total=300)) as r:
         assert r.status == 200, await r.text()
         async for chunk in r.content.iter_chunked(1 << 20):
             count += (tail[-16:] + chunk).count(b'"sim_time"') - tail[-16:].count(b'"sim_time"')
