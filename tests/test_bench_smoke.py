@@ -31,6 +31,7 @@ def _env(db_url: str) -> dict[str, str]:
         "auth_cost",
         "sandbox",
         "readers",
+        "nodes",
     ],
 )
 def test_benchmark_runs_on_a_tiny_case(script, db_url):
