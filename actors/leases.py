@@ -57,6 +57,7 @@ class LeaseKeeper:
         # When the last renewal that the database took was sent (monotonic).
         self._renewed_at = time.monotonic()
         self._fenced = False
+        self._stopped = False
 
     @property
     def give_up_at(self) -> float:
@@ -67,8 +68,12 @@ class LeaseKeeper:
         """False while this node cannot renew: it should claim nothing new."""
         return not self._fenced
 
+    def stop(self) -> None:
+        """End `run` at its next turn, even should a cancellation of it be lost."""
+        self._stopped = True
+
     async def run(self) -> None:
-        while True:
+        while not self._stopped:
             round_at = time.monotonic()
             await self._renew()
             await self._rescue()
@@ -95,9 +100,10 @@ class LeaseKeeper:
         sent = time.monotonic()
         try:
             timeout = max(0.1, min(self._renew_s, self.give_up_at - sent))
-            renewed = await asyncio.wait_for(
-                self._store.renew(self._node_id, self._ttl_s, held), timeout
-            )
+            # asyncio.timeout, not wait_for: Python 3.11's wait_for can lose a cancellation
+            # that meets the inner call's end, and the keeper would outlive its owner.
+            async with asyncio.timeout(timeout):
+                renewed = await self._store.renew(self._node_id, self._ttl_s, held)
         except Exception as exc:  # the database away, or slow: the deadline decides
             self._log.warning("lease_renew_failed", error=repr(exc))
             self.check_deadline()
@@ -117,7 +123,8 @@ class LeaseKeeper:
         if self._fenced:
             return
         try:
-            lapsed = await asyncio.wait_for(self._store.lapsed(RESCUE_BATCH), self._renew_s)
+            async with asyncio.timeout(self._renew_s):
+                lapsed = await self._store.lapsed(RESCUE_BATCH)
         except Exception as exc:
             self._log.warning("lapsed_read_failed", error=repr(exc))
             return

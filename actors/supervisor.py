@@ -433,6 +433,7 @@ class SupervisorActor:
                 self._enforce_deadlines(loop.time())
                 await self._admit(tg)
                 self._check_drained(loop.time())
+            self._keeper.stop()
             keeper.cancel()
         with contextlib.suppress(Exception):
             await asyncio.wait_for(self._store.node_stopped(self.node_id), 5)
@@ -503,18 +504,13 @@ class SupervisorActor:
             return
         self._claim_due = loop.time() + self._settings.claim_poll_s
         try:
-            claimed = await asyncio.wait_for(
-                self._store.claim(
+            async with asyncio.timeout(CLAIM_TIMEOUT_S):
+                claimed = await self._store.claim(
                     self.node_id, free, self._settings.lease_ttl_s, exclude=list(self._running)
-                ),
-                CLAIM_TIMEOUT_S,
-            )
-            if len(claimed) < free:
-                self._queued_seen = 0  # it took every queued session there was
-            else:
-                self._queued_seen = await asyncio.wait_for(
-                    self._store.count_queued(), CLAIM_TIMEOUT_S
                 )
+                # All there was, or count what is left.
+                queued = 0 if len(claimed) < free else await self._store.count_queued()
+            self._queued_seen = queued
         except Exception as exc:  # the store away: the next round tries again
             self._log.warning("claim_failed", error=repr(exc))
             return

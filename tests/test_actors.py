@@ -314,13 +314,26 @@ async def test_writer_retries_a_copy_whose_connection_dies_while_the_server_is_n
     assert await pool.fetchval(f'SELECT count(*) FROM "{trajectories}"') == 200_000
 
 
+def _free_ports(n: int) -> list[int]:
+    """Ports free a moment ago (the kernel's picks: on a busy machine a neighbour of a free port
+    may well be taken)."""
+    socks = [socket.socket() for _ in range(n)]
+    try:
+        for s in socks:
+            s.bind(("127.0.0.1", 0))
+        return [s.getsockname()[1] for s in socks]
+    finally:
+        for s in socks:
+            s.close()
+
+
 def test_port_pool_skips_ports_held_elsewhere_and_rotates():
     holder = socket.socket()
     holder.bind(("127.0.0.1", 0))
     holder.listen()
     taken = holder.getsockname()[1]
     try:
-        pool = PortPool([taken, taken + 1, taken + 2])
+        pool = PortPool([taken, *_free_ports(2)])
         leased = pool.lease()
         assert leased is not None and leased != taken
         second = pool.lease()
