@@ -144,6 +144,9 @@ class SessionActor:
         self._recorder = Recorder(spec.id, spec.request, workdir, writer, self._quota)
         # The config's own summary-output, written from the stream the samples come from.
         self._own_summary: Path | None = None
+        # Set once its end is written (or given up) and its dir removed: until then its lease
+        # and its dir are still its own, even after its task was cancelled.
+        self.finished = asyncio.Event()
 
     # ---- messages ------------------------------------------------------------------------------
 
@@ -221,6 +224,9 @@ class SessionActor:
         except IllegalTransition as exc:
             self._log.error("session_end_not_written", status=outcome.status, error=str(exc))
             return outcome
+        finally:
+            # Also when the task was cancelled: this runs on, shielded, after the task ended.
+            self.finished.set()
 
     async def _write_end(self, outcome: Outcome) -> Outcome:
         if self._stop is not None and self._stop.interrupt is not None:

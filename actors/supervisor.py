@@ -214,6 +214,8 @@ class SupervisorActor:
         self._ports = ports
         self._inbox: asyncio.Queue[Message] = asyncio.Queue(maxsize=INBOX_SIZE)
         self._running: dict[str, _Running] = {}
+        # Sessions whose task was cancelled while their end was still being written.
+        self._finishing: dict[str, SessionActor] = {}
         # The epoch of each running session's lease (what the lease keeper renews).
         self._leases: dict[str, int] = {}
         self._accepting = True
@@ -409,7 +411,7 @@ class SupervisorActor:
         async with asyncio.TaskGroup() as tg:
             keeper = tg.create_task(self._keeper.run(), name="leases")
             await self._admit(tg)
-            while self._accepting or self._running:
+            while self._accepting or self._running or self._finishing:
                 # Woken at the next deadline, and at least every second regardless.
                 timeout = min(self._next_deadline(loop.time()), 1.0)
                 try:
@@ -430,6 +432,7 @@ class SupervisorActor:
                                 "supervisor_message_failed", message=type(msg).__name__
                             )
                 self._keeper.check_deadline()
+                self._reap_finishing()
                 self._enforce_deadlines(loop.time())
                 await self._admit(tg)
                 self._check_drained(loop.time())
@@ -506,7 +509,10 @@ class SupervisorActor:
         try:
             async with asyncio.timeout(CLAIM_TIMEOUT_S):
                 claimed = await self._store.claim(
-                    self.node_id, free, self._settings.lease_ttl_s, exclude=list(self._running)
+                    self.node_id,
+                    free,
+                    self._settings.lease_ttl_s,
+                    exclude=[*self._running, *self._finishing],
                 )
                 # All there was, or count what is left.
                 queued = 0 if len(claimed) < free else await self._store.count_queued()
@@ -645,7 +651,7 @@ class SupervisorActor:
     def _check_drained(self, now: float) -> None:
         if self._drain_deadline is None or not self._accepting:
             return
-        if not self._running:
+        if not self._running and not self._finishing:
             self._log.info("node_drained")
             self._accepting = False  # the loop ends; the daemon's shutdown finds it done
             self._shutdown_reason = "drained"
@@ -694,13 +700,27 @@ class SupervisorActor:
                 run.task.cancel()
 
     async def _cleanup(self, session_id: str) -> None:
-        self._leases.pop(session_id, None)
-        self._store.release(session_id)
         run = self._running.pop(session_id, None)
         if run is None:
             return
         for port in run.ports:
             self._ports.release(port)
+        if run.actor.finished.is_set():
+            self._release(session_id)
+        else:
+            # Cancelled while it writes its end: its lease stays held (and renewed), and the
+            # session is not claimed again here, until that write is done.
+            self._finishing[session_id] = run.actor
+
+    def _release(self, session_id: str) -> None:
+        self._leases.pop(session_id, None)
+        self._store.release(session_id)
+
+    def _reap_finishing(self) -> None:
+        for session_id, actor in list(self._finishing.items()):
+            if actor.finished.is_set():
+                del self._finishing[session_id]
+                self._release(session_id)
 
 
 def _remove_leftover_dirs(root: Path) -> int:

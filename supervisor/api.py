@@ -88,7 +88,7 @@ def _created(request: web.Request, body: dict[str, Any], path: str) -> web.Respo
 @web.middleware
 async def error_middleware(request: web.Request, handler: Any) -> web.StreamResponse:
     try:
-        response: web.StreamResponse = await handler(request)
+        response: web.StreamResponse = await _read_again_once(request, handler)
         return response
     except SupervisorError as exc:
         return error_response(exc)
@@ -100,10 +100,28 @@ async def error_middleware(request: web.Request, handler: Any) -> web.StreamResp
         return _failure(request, exc)
 
 
+async def _read_again_once(request: web.Request, handler: Any) -> web.StreamResponse:
+    """A read that met a pooled connection the database had dropped (a restart, a terminated
+    backend) is made once more, on a fresh one, before anything of it was sent."""
+    try:
+        response: web.StreamResponse = await handler(request)
+        return response
+    except Exception as exc:
+        if (
+            request.method not in ("GET", "HEAD")
+            or not db.is_transient(exc)
+            or request.writer.output_size > 0
+        ):
+            raise
+        log.info("api_read_retried", path=request.path, error=repr(exc))
+        response = await handler(request)
+        return response
+
+
 def _failure(request: web.Request, exc: Exception) -> web.StreamResponse:
     """The answer to a request that failed for a reason other than its own input."""
     transport = request.transport
-    transient = isinstance(exc, db.TRANSIENT_ERRORS)
+    transient = db.is_transient(exc)
     if transient and (transport is None or transport.is_closing()):
         # The OSError is the client's, gone in the middle of a stream or an export, not the
         # database's: nobody to answer (aiohttp drops an answer to a closed connection).
