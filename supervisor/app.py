@@ -255,9 +255,11 @@ async def _run(
         await site.start()
         host, port = runner.addresses[0][:2]
         scheme = "https" if tls else "http"
-        await supervisor.advertise(
-            cfg.advertise_url or cfg.public_url or f"{scheme}://{_url_host(host)}:{port}"
-        )
+        advertised = cfg.advertise_url or cfg.public_url or f"{scheme}://{_url_host(host)}:{port}"
+        if not cfg.advertise_url and host in ("0.0.0.0", "::"):
+            # Other nodes could not forward control requests to a wildcard address.
+            log.warning("advertise_url_unreachable", advertise_url=advertised)
+        await supervisor.advertise(advertised)
         log.info(
             "daemon_ready",
             host=host,
