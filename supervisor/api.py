@@ -209,6 +209,8 @@ async def healthz(request: web.Request) -> web.Response:
         "ports_leased": s.supervisor.ports_leased,
         "writer_queue": s.writer.queued,
         "stream_feeds": s.feeds.live,
+        # A draining node is on its way out: a load balancer may stop sending it clients.
+        "draining": s.supervisor.draining,
     }
     try:
         await db.ping(s.pool)

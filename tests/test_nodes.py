@@ -229,6 +229,14 @@ async def test_sigterm_with_drain_lets_the_session_end(daemons, db_url, http, sc
     s = await create_session(http, a, template="long", seed=4, end=END, sample_every=EVERY)
     await wait_status(http, a, s["id"], "running")
     a.signal(signal.SIGTERM)
+    # While its session runs on, the node says it is draining.
+    deadline = time.monotonic() + DEADLINE_S
+    while True:
+        async with http.get(f"{a.url}/healthz") as r:
+            if (await r.json())["draining"]:
+                break
+        assert time.monotonic() < deadline, "the node never said it was draining"
+        await asyncio.sleep(POLL_S)
     assert await a.wait_exit(DEADLINE_S * 3) == 0
     assert a.events("node_drained")
     conn = await asyncpg.connect(db_url)
