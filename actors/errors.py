@@ -93,6 +93,13 @@ class ShuttingDown(SupervisorError):
     status = 503
 
 
+class OutcomeUnknown(SupervisorError):
+    """A request forwarded to the node that runs the session got there, but its answer was
+    lost: whether it acted is unknown."""
+
+    status = 504
+
+
 class OwnedElsewhere(SupervisorError):
     """The session runs on another node of the database: the API forwards the request to it
     (supervisor/forward.py); answered as is only when that node cannot be reached."""

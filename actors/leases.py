@@ -73,6 +73,9 @@ class LeaseKeeper:
         self._stopped = True
 
     async def run(self) -> None:
+        # The clock starts with the first round, not with construction (a slow start-up
+        # recovery must not count as time without renewals).
+        self._renewed_at = time.monotonic()
         while not self._stopped:
             round_at = time.monotonic()
             await self._renew()
@@ -132,4 +135,9 @@ class LeaseKeeper:
         # This node's own lapsed sessions end through their actors.
         theirs = [x for x in lapsed if x.record.id not in mine]
         if theirs:
-            await self._owner.rescue(theirs)
+            try:
+                # Bounded: the next renewal must not wait behind a slow rescue.
+                async with asyncio.timeout(self._renew_s):
+                    await self._owner.rescue(theirs)
+            except TimeoutError:
+                self._log.warning("rescue_round_cut", sessions=len(theirs))

@@ -124,12 +124,14 @@ class MemStore:
         # This store's claims, as a PgStore keeps them: the memory is shared by the nodes of a
         # test only through `view`, which gives another node's store over the same rows.
         self._leases: dict[str, Lease] = {}
+        self._released: dict[str, Lease] = {}
         self.refuse: Refusal | None = None
 
     def view(self) -> MemStore:
         """Another node's store over the same rows: its own leases, everything else shared."""
         other = copy.copy(self)
         other._leases = {}
+        other._released = {}
         return other
 
     # ---- for tests: set up and look ------------------------------------------------------------
@@ -275,8 +277,8 @@ class MemStore:
         row["status"] = to.value
         if to not in ACTIVE:
             row.update(owner_node=None, lease_expires_at=None)
-            if own:
-                self._leases.pop(session_id, None)
+            if own and session_id in self._leases:
+                self.release(session_id)
         for key, value in fields.items():
             # Stored as the database stores it: an enum (a Cause) as its plain string.
             row[key] = now if value is NOW else copy.deepcopy(_plain(value))
@@ -337,6 +339,8 @@ class MemStore:
         ]
 
     def _fence(self, session_id: str) -> None:
+        if session_id not in self._leases and session_id in self._released:
+            raise LeaseLost(f"session {session_id}: its run here has ended")
         lease = self._leases.get(session_id)
         row = self._sessions.get(session_id)
         if lease is not None and row is not None and not _holds(row, lease):
@@ -416,6 +420,7 @@ class MemStore:
                 }
             )
             lease = Lease(node_id, row["lease_epoch"])
+            self._released.pop(row["id"], None)
             self._leases[row["id"]] = lease
             config_path = self._templates[(row["template_name"], row["template_version"])][0]
             out.append(Claimed(_record(row), config_path, lease))
@@ -453,7 +458,12 @@ class MemStore:
         return out[:limit]
 
     def release(self, session_id: str) -> None:
-        self._leases.pop(session_id, None)
+        lease = self._leases.pop(session_id, None)
+        if lease is not None:
+            self._released[session_id] = lease
+
+    def released(self) -> Collection[str]:
+        return self._released.keys()
 
     def _require_session(self, session_id: str) -> None:
         if session_id not in self._sessions:
@@ -479,9 +489,12 @@ class MemStore:
             lost = {
                 str(r[0])
                 for r in rows
-                if str(r[0]) in self._leases
-                and str(r[0]) in self._sessions
-                and not _holds(self._sessions[str(r[0])], self._leases[str(r[0])])
+                if (str(r[0]) not in self._leases and str(r[0]) in self._released)
+                or (
+                    str(r[0]) in self._leases
+                    and str(r[0]) in self._sessions
+                    and not _holds(self._sessions[str(r[0])], self._leases[str(r[0])])
+                )
             }
             rows = [r for r in rows if str(r[0]) not in lost]
         try:

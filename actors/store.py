@@ -252,7 +252,13 @@ class Store(Protocol):
         ...
 
     def release(self, session_id: str) -> None:
-        """Forget this store's lease of the session (its run has ended here)."""
+        """The session's run here has ended: its lease is no longer held, and a write for it
+        that still comes (a batch the writer retried) is refused, until this store claims it
+        again."""
+        ...
+
+    def released(self) -> Collection[str]:
+        """Sessions released here and not claimed again since (the most recent ones)."""
         ...
 
     # ---- a session's rows ----------------------------------------------------------------------

@@ -11,6 +11,7 @@ import asyncio
 import contextlib
 import os
 import signal
+import time
 from collections import deque
 from pathlib import Path
 from typing import Any, Literal
@@ -88,6 +89,9 @@ class SumoProcess:
         log.info("sumo_exited", exit_code=self._proc.returncode)
 
 
+ORPHAN_KILL_WAIT_S = 2.0
+
+
 def kill_orphan(pid: int | None, started_at: float | None) -> bool:
     """Kill a SUMO a previous daemon recorded, only if that pid still is the process that was
     started then (blocking: psutil). Whether it was killed."""
@@ -99,9 +103,13 @@ def kill_orphan(pid: int | None, started_at: float | None) -> bool:
             return False
         _killpg(pid)
         proc.kill()
-        proc.wait(timeout=5)
-    except (psutil.NoSuchProcess, psutil.TimeoutExpired, psutil.AccessDenied):
+    except (psutil.NoSuchProcess, psutil.AccessDenied):
         return False
+    # Dead once it is a zombie: its parent (a frozen daemon, say) may never reap it.
+    deadline = time.monotonic() + ORPHAN_KILL_WAIT_S
+    with contextlib.suppress(psutil.NoSuchProcess):
+        while proc.status() != psutil.STATUS_ZOMBIE and time.monotonic() < deadline:
+            time.sleep(0.01)
     return True
 
 

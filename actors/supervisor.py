@@ -320,6 +320,14 @@ class SupervisorActor:
     async def drain(self, timeout_s: float) -> None:
         await self.send(Drain(timeout_s))
 
+    def drain_overdue(self, grace_s: float) -> bool:
+        """A drain whose sessions have not all ended `grace_s` past its deadline (their ends
+        cannot be written, say): the daemon stops instead."""
+        return (
+            self._drain_deadline is not None
+            and asyncio.get_running_loop().time() > self._drain_deadline + grace_s
+        )
+
     async def advertise(self, api_url: str) -> None:
         """Where other nodes reach this one's API (known once it listens)."""
         self._api_url = api_url
@@ -372,6 +380,11 @@ class SupervisorActor:
             )
         except (LeaseLost, IllegalTransition):
             return  # another node rescued it first, or it ended meanwhile
+        except Exception as exc:
+            # The database slow or away, its owner's lock held, a request this version cannot
+            # read: this session waits for the next round; the others, and this node, go on.
+            self._log.warning("session_rescue_failed", session_id=x.record.id, error=repr(exc))
+            return
         self._log.warning("session_rescued", session_id=x.record.id, from_node=owner, status=status)
 
     # ---- start-up reconciliation ---------------------------------------------------------------
@@ -506,22 +519,30 @@ class SupervisorActor:
         ):
             return
         self._claim_due = loop.time() + self._settings.claim_poll_s
+        exclude = [*self._running, *self._finishing]
+        if not self._writer.idle:
+            # Rows of an earlier run here may still be on their way: that run's writes are
+            # refused while its lease is released, and would pass under a new claim's.
+            exclude += self._store.released()
         try:
             async with asyncio.timeout(CLAIM_TIMEOUT_S):
                 claimed = await self._store.claim(
-                    self.node_id,
-                    free,
-                    self._settings.lease_ttl_s,
-                    exclude=[*self._running, *self._finishing],
+                    self.node_id, free, self._settings.lease_ttl_s, exclude=exclude
                 )
-                # All there was, or count what is left.
-                queued = 0 if len(claimed) < free else await self._store.count_queued()
-            self._queued_seen = queued
         except Exception as exc:  # the store away: the next round tries again
             self._log.warning("claim_failed", error=repr(exc))
             return
         for c in claimed:
             self._start(tg, c)
+        try:
+            # All there was, or count what is left (for /healthz and the metrics only).
+            if len(claimed) < free:
+                self._queued_seen = 0
+            else:
+                async with asyncio.timeout(CLAIM_TIMEOUT_S):
+                    self._queued_seen = await self._store.count_queued()
+        except Exception as exc:
+            self._log.warning("queue_count_failed", error=repr(exc))
         if len(claimed) == free:
             self._claim_due = 0.0  # there may be more: look again next turn
 
@@ -575,6 +596,7 @@ class SupervisorActor:
         await self._inbox.put(SessionEnded(actor.spec.id, outcome))
 
     async def _stop(self, session_id: str) -> str:
+        self._refuse_if_ending(session_id)
         run = self._running.get(session_id)
         if run is None:
             status = await self._store.get_status(session_id)
@@ -601,7 +623,12 @@ class SupervisorActor:
         self._request_stop(run, StopSession(Status.STOPPED, "stop requested"))
         return "running"
 
+    def _refuse_if_ending(self, session_id: str) -> None:
+        if session_id in self._finishing:
+            raise SessionConflict(f"session {session_id} is ending: its end is being written")
+
     async def _forward(self, session_id: str, control: Control) -> None:
+        self._refuse_if_ending(session_id)
         run = self._running.get(session_id)
         if run is None:
             status = await self._store.get_status(session_id)

@@ -103,10 +103,16 @@ class WriterActor:
         self.stats = WriterStats()
         # Per session, the first error that made the database refuse its rows.
         self._failures: dict[str, str] = {}
+        self._committing = False
 
     @property
     def queued(self) -> int:
         return self._inbox.qsize()
+
+    @property
+    def idle(self) -> bool:
+        """Nothing queued and nothing being committed."""
+        return not self._committing and self._inbox.empty()
 
     async def write(self, row: Row) -> None:
         """One sample row."""
@@ -182,7 +188,11 @@ class WriterActor:
                         batch.append(late)
             if samples:
                 batch.append(Records("samples", SAMPLE_COLUMNS, samples))
-            await self._commit_batch(batch)
+            self._committing = True
+            try:
+                await self._commit_batch(batch)
+            finally:
+                self._committing = False
             for fut in waiting:
                 if not fut.done():
                     fut.set_result(None)

@@ -92,6 +92,13 @@ async def serve(cfg: Config) -> int:
             what="connect",
             deadline_s=60,
         )
+        # The lease keeper's own connections (actors/leases.py): renewals never queue for the
+        # main pool.
+        lease_pool = await db.with_retry(
+            lambda: db.create_pool(url, max_size=2, command_timeout=cfg.lease_renew_s * 3),
+            what="connect",
+            deadline_s=60,
+        )
         try:
             await db.apply_schema(pool)
             book = tokens.TokenBook(pool, lambda: asyncpg.connect(url))
@@ -102,9 +109,11 @@ async def serve(cfg: Config) -> int:
                     " first: sumo-supervisor token create NAME --role admin (same --state-dir /"
                     " --database-url)"
                 )
-            return await _run(cfg, pool, book, sumo, sandbox_plan, stop_reason, drain, tls)
+            store = PgStore(pool, lease_pool=lease_pool)
+            return await _run(cfg, pool, store, book, sumo, sandbox_plan, stop_reason, drain, tls)
         finally:
             await asyncio.wait_for(pool.close(), timeout=10)
+            await asyncio.wait_for(lease_pool.close(), timeout=10)
 
 
 def _settle(future: asyncio.Future[str], value: str) -> None:
@@ -193,6 +202,7 @@ def _tls_context(cfg: Config) -> ssl.SSLContext | None:
 async def _run(
     cfg: Config,
     pool: asyncpg.Pool,
+    store: PgStore,
     book: tokens.TokenBook,
     sumo: str,
     sandbox_plan: sandbox.SandboxPlan | None,
@@ -202,7 +212,6 @@ async def _run(
 ) -> int:
     metrics = Metrics()
     # The actors reach the database through the store; the API reads through the pool.
-    store = PgStore(pool)
     writer = make_writer(cfg, store, on_batch=metrics.batch_seconds.observe)
     supervisor = SupervisorActor(
         supervisor_settings(cfg, sumo, sandbox_plan),
@@ -282,8 +291,18 @@ async def _run(
         if drain.is_set() and not stop_reason.done():
             await supervisor.drain(cfg.drain_timeout_s)
         drain_task.cancel()
-        # After a drain: once its sessions have ended or been handed back (on_drained).
-        reason = await stop_reason
+        # After a drain: once its sessions have ended or been handed back (on_drained), or,
+        # should their ends never get written (the database away), once the drain is long over.
+        while True:
+            try:
+                async with asyncio.timeout(1.0):
+                    reason = await asyncio.shield(stop_reason)
+                break
+            except TimeoutError:
+                if supervisor.drain_overdue(cfg.shutdown_timeout_s):
+                    log.error("drain_timeout", grace_s=cfg.shutdown_timeout_s)
+                    reason = "drain timed out"
+                    break
         log.info("daemon_stopping", reason=reason)
         # Every stage below is bounded; should the process still be here well past them all,
         # stderr gets every thread's stack, so that a stuck shutdown says where it is stuck.

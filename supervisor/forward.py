@@ -5,9 +5,10 @@ Why HTTP and not a command table: a control request (pause, step, commands, stop
 answer now, from the process that holds the SUMO; the owner's API already checks, applies and
 answers it, with the caller's own token (tokens are the database's, valid on every node). The
 caller always gets a definite answer: the owner's (acked or failed), 409 `superseded` when the
-session changed hands while the request was on its way, or 503 with Retry-After when the owner
+session changed hands while the request was on its way, 503 with Retry-After when the owner
 cannot be reached (its lease lapses within the TTL; the session is then rescued and the same
-request meets its new state). A request is forwarded at most once.
+request meets its new state), or 504 when the owner may have had the request but its answer was
+lost (a step or commands sent again could act twice). A request is forwarded at most once.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ import aiohttp
 import structlog
 from aiohttp import web
 
-from actors.errors import OwnedElsewhere, SessionConflict
+from actors.errors import OutcomeUnknown, OwnedElsewhere, SessionConflict
 
 log = structlog.get_logger(component="forward")
 
@@ -26,8 +27,11 @@ log = structlog.get_logger(component="forward")
 HEADER = "X-Sumo-Supervisor-Forwarded-By"
 # The node that answered, on a forwarded answer.
 NODE_HEADER = "X-Sumo-Supervisor-Node"
-# Beyond the owner's own control timeout (a long step), so its answer is what comes back.
-TIMEOUT_S = 150.0
+# Beyond the owner's own worst case (30 s to reach its session, 120 s for the session to
+# answer), so that its answer is what comes back.
+TIMEOUT_S = 170.0
+# The owner's headers a caller acts on.
+PASSED_ON = ("Retry-After", "WWW-Authenticate", "Location")
 MAX_ANSWER = 1 << 20
 CLIENT = web.AppKey("forward_client", aiohttp.ClientSession)
 
@@ -73,7 +77,7 @@ async def to_owner(
         async with request.app[CLIENT].request(
             request.method, url, json=body, headers=headers, allow_redirects=False
         ) as answer:
-            data = await _read_capped(answer)
+            data, whole = await _read_capped(answer)
             log.info(
                 "request_forwarded",
                 session_id=session_id,
@@ -81,13 +85,20 @@ async def to_owner(
                 node_id=owner["id"],
                 status=answer.status,
             )
+            if not whole:
+                raise web.HTTPBadGateway(
+                    text='{"error": "the owner\'s answer was too large to pass on"}',
+                    content_type="application/json",
+                )
+            passed = {h: answer.headers[h] for h in PASSED_ON if h in answer.headers}
             return web.Response(
                 body=data,
                 status=answer.status,
                 content_type=answer.content_type,
-                headers={NODE_HEADER: owner["name"]},
+                headers={NODE_HEADER: owner["name"], **passed},
             )
-    except (aiohttp.ClientError, TimeoutError) as exc:
+    except aiohttp.ClientConnectorError as exc:
+        # Not even connected: the owner never had the request.
         log.warning("forward_failed", session_id=session_id, node=owner["name"], error=repr(exc))
         raise OwnedElsewhere(
             f"session {session_id} runs on node {owner['name']}, which does not answer: try"
@@ -95,13 +106,23 @@ async def to_owner(
             headers={"Retry-After": "5"},
             node=owner["name"],
         ) from None
+    except (aiohttp.ClientError, TimeoutError) as exc:
+        log.warning("forward_failed", session_id=session_id, node=owner["name"], error=repr(exc))
+        # Sent, then lost: the owner may have acted. Sending it again could step twice or
+        # apply commands twice, so the caller is told to look first.
+        raise OutcomeUnknown(
+            f"session {session_id}: node {owner['name']} may have the request, but its answer"
+            " was lost; look at the session before sending it again",
+            node=owner["name"],
+        ) from None
 
 
-async def _read_capped(answer: aiohttp.ClientResponse) -> bytes:
-    """The whole answer (one read gives only what has arrived), up to MAX_ANSWER."""
+async def _read_capped(answer: aiohttp.ClientResponse) -> tuple[bytes, bool]:
+    """The answer (one read gives only what has arrived), up to MAX_ANSWER; and whether that
+    was all of it."""
     chunks: list[bytes] = []
     size = 0
-    while size < MAX_ANSWER and (chunk := await answer.content.read(MAX_ANSWER - size)):
+    while size <= MAX_ANSWER and (chunk := await answer.content.read(MAX_ANSWER + 1 - size)):
         chunks.append(chunk)
         size += len(chunk)
-    return b"".join(chunks)
+    return b"".join(chunks)[:MAX_ANSWER], size <= MAX_ANSWER

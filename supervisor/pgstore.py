@@ -12,6 +12,7 @@ from __future__ import annotations
 import io
 import math
 import re
+from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Collection, Iterable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, TypeVar
 
@@ -50,6 +51,8 @@ RETRY_S = 120.0
 ACQUIRE_TIMEOUT_S = 10.0
 
 _ACTIVE = sorted(str(s) for s in ACTIVE)
+# Released leases remembered, the oldest forgotten first: far more than a writer's queue holds.
+RELEASED_KEPT = 10_000
 _SESSION_RECORD = (
     "s.id, s.status, s.request, s.template_name, s.template_version, s.pid, s.pid_started_at,"
     " s.attempt"
@@ -63,17 +66,30 @@ _SESSION_GONE = (
 
 
 class PgStore:
-    def __init__(self, pool: asyncpg.Pool, *, retry_s: float = RETRY_S) -> None:
+    def __init__(
+        self,
+        pool: asyncpg.Pool,
+        *,
+        retry_s: float = RETRY_S,
+        lease_pool: asyncpg.Pool | None = None,
+    ) -> None:
         self._pool = pool
         self._retry_s = retry_s
+        # Renewals and the lapsed read on connections of their own: behind a busy pool (exports,
+        # a claim's partition DDL) a healthy node would miss its renewals and fence itself.
+        self._lease_pool = lease_pool or pool
         # The sessions this node claimed and still runs: every write for one is fenced by its
-        # lease (actors/store.py).
+        # lease (actors/store.py). Those it ran and released are remembered a while: a late
+        # write of theirs (a batch the writer still retries) is refused, not let through.
         self._leases: dict[str, Lease] = {}
+        self._released: OrderedDict[str, Lease] = OrderedDict()
 
     async def _fence(self, conn: asyncpg.Connection, session_id: str) -> None:
         """Raise LeaseLost unless this node still holds the session (when it claimed it). The
         row is KEY SHARE locked to the transaction's end, so a rescuer, which locks it FOR
         UPDATE first, waits for the write or the write sees the rescue."""
+        if session_id not in self._leases and session_id in self._released:
+            raise LeaseLost(f"session {session_id}: its run here has ended")
         lease = self._leases.get(session_id)
         if lease is not None and not await conn.fetchval(
             "SELECT true FROM sessions WHERE id = $1 AND owner_node IS NOT DISTINCT FROM $2"
@@ -86,9 +102,11 @@ class PgStore:
 
     async def _fenced_out(self, conn: asyncpg.Connection, session_ids: Iterable[str]) -> set[str]:
         """Of `session_ids`, those this node claimed but no longer holds (see _fence)."""
-        held = {i: self._leases[i] for i in set(session_ids) if i in self._leases}
+        ids = set(session_ids)
+        ended = {i for i in ids if i not in self._leases and i in self._released}
+        held = {i: self._leases[i] for i in ids if i in self._leases}
         if not held:
-            return set()
+            return ended
         rows = await conn.fetch(
             "SELECT s.id FROM sessions s JOIN unnest($1::text[], $2::bigint[]) AS l(id, epoch)"
             " ON s.id = l.id AND s.lease_epoch = l.epoch"
@@ -97,7 +115,7 @@ class PgStore:
             [lease.epoch for lease in held.values()],
             next(iter(held.values())).node_id,
         )
-        return set(held) - {r["id"] for r in rows}
+        return ended | (set(held) - {r["id"] for r in rows})
 
     async def _retrying(
         self, op: Callable[[], Awaitable[T]], what: str, retry_s: float | None = None
@@ -239,8 +257,8 @@ class PgStore:
         # A lost lease stays remembered (until `release`): every later write of that run is
         # fenced by it too.
         written = await self._retrying(op, f"session_status:{to}", retry_s)
-        if written and own and to not in ACTIVE:
-            self._leases.pop(session_id, None)
+        if written and own and to not in ACTIVE and session_id in self._leases:
+            self.release(session_id)
         return written
 
     async def set_process(
@@ -415,12 +433,13 @@ class PgStore:
         out = []
         for r in rows:
             lease = Lease(node_id, r["lease_epoch"])
+            self._released.pop(r["id"], None)
             self._leases[r["id"]] = lease
             out.append(Claimed(_record(r), r["config_path"], lease))
         return out
 
     async def renew(self, node_id: str, ttl_s: float, held: Mapping[str, int]) -> set[str]:
-        rows = await self._pool.fetch(
+        rows = await self._lease_pool.fetch(
             "WITH beat AS (UPDATE nodes SET heartbeat_at = now() WHERE id = $1)"
             " UPDATE sessions s SET lease_expires_at = now() + make_interval(secs => $2)"
             " FROM unnest($3::text[], $4::bigint[]) AS h(id, epoch)"
@@ -435,7 +454,7 @@ class PgStore:
         return {r["id"] for r in rows}
 
     async def lapsed(self, limit: int) -> list[Lapsed]:
-        rows = await self._pool.fetch(
+        rows = await self._lease_pool.fetch(
             f"SELECT {_SESSION_RECORD}, s.owner_node, s.lease_epoch, n.name, n.boot_id"
             " FROM sessions s LEFT JOIN nodes n ON n.id = s.owner_node"
             " WHERE s.status = ANY($1::text[])"
@@ -450,7 +469,14 @@ class PgStore:
         ]
 
     def release(self, session_id: str) -> None:
-        self._leases.pop(session_id, None)
+        lease = self._leases.pop(session_id, None)
+        if lease is not None:
+            self._released[session_id] = lease
+            while len(self._released) > RELEASED_KEPT:
+                self._released.popitem(last=False)
+
+    def released(self) -> Collection[str]:
+        return self._released.keys()
 
     # ---- bulk writes ---------------------------------------------------------------------------
 

@@ -668,3 +668,21 @@ async def test_a_final_status_ends_the_lease(b: Backend):
     assert await b.store.renew("node-a", 10.0, {sid: claim.lease.epoch}) == set()
     await b.look.lapse(sid)
     assert await b.store.lapsed(10) == []  # ended: nothing to rescue
+
+
+async def test_a_released_run_writes_nothing_until_claimed_again(b: Backend):
+    """A batch of a run that has ended here (one the writer still retried) is refused, not let
+    through unfenced; a new claim of the session writes again."""
+    (sid,) = await queued(b)
+    (claim,) = await b.store.claim("node-a", 1, 10.0)
+    await requeue(b.store, sid, 2, "node drained: rerun, attempt 2 of 3")
+    b.store.release(sid)
+    assert sid in b.store.released()
+    with pytest.raises(LeaseLost):
+        await b.store.set_process(sid, 9001, 4242, 1.0)
+    await b.store.copy_rows("samples", SAMPLE_COLUMNS, [sample(sid, 10.0)])  # left out
+    assert await b.look.samples(sid) == []
+    (again,) = await b.store.claim("node-a", 1, 10.0)
+    assert again.lease.epoch == claim.lease.epoch + 1 and sid not in b.store.released()
+    await b.store.copy_rows("samples", SAMPLE_COLUMNS, [sample(sid, 10.0)])
+    assert len(await b.look.samples(sid)) == 1
