@@ -557,6 +557,8 @@ class SupervisorActor:
             request=SessionRequest.from_json(row.request),
             attempt=row.attempt,
         )
+        # Rows an earlier run here had refused are that run's, not this one's.
+        self._writer.take_failure(spec.id)
         actor = SessionActor(
             spec,
             settings=self._settings.session,

@@ -40,10 +40,11 @@ def is_transient(exc: BaseException) -> bool:
     # the next use of that connection fails with this InternalClientError (seen ending a live
     # stream and failing a session's rows during a restart). The pool drops the connection on
     # release; a retry gets a new one.
+    # The same cut-off operation, met by the next call on that connection, is an InterfaceError.
     return (
         isinstance(exc, asyncpg.exceptions.InterfaceError) and "connection is closed" in message
     ) or (
-        isinstance(exc, asyncpg.exceptions.InternalClientError)
+        isinstance(exc, asyncpg.exceptions.InternalClientError | asyncpg.exceptions.InterfaceError)
         and "another operation" in message
         and "is in progress" in message
     )

@@ -20,6 +20,10 @@ from supervisor.pgretry import is_transient
         asyncpg.exceptions.InternalClientError(
             "cannot switch to state 12; another operation (2) is in progress"
         ),
+        # The next call on that connection.
+        asyncpg.exceptions.InterfaceError(
+            "cannot perform operation: another operation is in progress"
+        ),
     ],
 )
 def test_what_a_database_restart_raises_is_retried(exc: BaseException):
