@@ -93,6 +93,12 @@ class ShuttingDown(SupervisorError):
     status = 503
 
 
+class AnswerTooLarge(SupervisorError):
+    """The node that runs the session answered more than a forwarded answer may carry."""
+
+    status = 502
+
+
 class OutcomeUnknown(SupervisorError):
     """A request forwarded to the node that runs the session got there, but its answer was
     lost: whether it acted is unknown."""

@@ -177,11 +177,6 @@ class MemStore:
 
     # ---- templates -----------------------------------------------------------------------------
 
-    async def template_config_path(self, name: str, version: int) -> str | None:
-        await asyncio.sleep(0)
-        found = self._templates.get((name, version))
-        return None if found is None else found[0]
-
     async def fetch_template_files(self, name: str, version: int) -> list[TemplateFile]:
         await asyncio.sleep(0)
         found = self._templates.get((name, version))
@@ -246,11 +241,6 @@ class MemStore:
     async def count_queued(self) -> int:
         await asyncio.sleep(0)
         return sum(r["status"] == Status.QUEUED for r in self._sessions.values())
-
-    async def sessions_in_status(self, statuses: Iterable[Status]) -> list[SessionRecord]:
-        await asyncio.sleep(0)
-        wanted = {str(s) for s in statuses}
-        return [_record(r) for _id, r in sorted(self._sessions.items()) if r["status"] in wanted]
 
     async def set_status(
         self,
@@ -380,12 +370,8 @@ class MemStore:
             node["draining"] = True
 
     async def dead_nodes(self, boot_id: str, alive: Callable[[int], bool]) -> list[str]:
-        await asyncio.sleep(0)
-        dead = [
-            n["id"]
-            for n in self._nodes.values()
-            if n["boot_id"] == boot_id and n["stopped_at"] is None and not alive(n["pid"])
-        ]
+        mine = [n for n in self._nodes.values() if n["boot_id"] == boot_id and not n["stopped_at"]]
+        dead = await asyncio.to_thread(lambda: [n["id"] for n in mine if not alive(n["pid"])])
         for node_id in dead:
             self._nodes[node_id]["stopped_at"] = _now()
         for row in self._sessions.values():
@@ -423,7 +409,7 @@ class MemStore:
             self._released.pop(row["id"], None)
             self._leases[row["id"]] = lease
             config_path = self._templates[(row["template_name"], row["template_version"])][0]
-            out.append(Claimed(_record(row), config_path, lease))
+            out.append(Claimed(SessionRecord.of(copy.deepcopy(row)), config_path, lease))
         return out
 
     async def renew(self, node_id: str, ttl_s: float, held: Mapping[str, int]) -> set[str]:
@@ -449,7 +435,7 @@ class MemStore:
                 node = self._nodes.get(row["owner_node"] or "")
                 out.append(
                     Lapsed(
-                        _record(row),
+                        SessionRecord.of(copy.deepcopy(row)),
                         Lease(row["owner_node"], row["lease_epoch"]),
                         None if node is None else node["name"],
                         None if node is None else node["boot_id"],
@@ -588,19 +574,6 @@ class MemStore:
 
 def _holds(row: dict[str, Any], lease: Lease) -> bool:
     return (row["owner_node"], row["lease_epoch"]) == (lease.node_id, lease.epoch)
-
-
-def _record(r: dict[str, Any]) -> SessionRecord:
-    return SessionRecord(
-        id=r["id"],
-        status=Status(r["status"]),
-        template_name=r["template_name"],
-        template_version=r["template_version"],
-        request=copy.deepcopy(r["request"]),
-        attempt=r["attempt"],
-        pid=r["pid"],
-        pid_started_at=r["pid_started_at"],
-    )
 
 
 def _plain(value: Any) -> Any:

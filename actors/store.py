@@ -79,6 +79,20 @@ class SessionRecord:
     pid: int | None
     pid_started_at: float | None
 
+    @classmethod
+    def of(cls, row: Mapping[str, Any]) -> SessionRecord:
+        """From a sessions row (a database record, or the memory store's dict)."""
+        return cls(
+            id=row["id"],
+            status=Status(row["status"]),
+            template_name=row["template_name"],
+            template_version=row["template_version"],
+            request=row["request"],
+            attempt=row["attempt"],
+            pid=row["pid"],
+            pid_started_at=row["pid_started_at"],
+        )
+
 
 @dataclass(frozen=True)
 class RecordedCommand:
@@ -166,10 +180,6 @@ class Store(Protocol):
 
     # ---- templates -----------------------------------------------------------------------------
 
-    async def template_config_path(self, name: str, version: int) -> str | None:
-        """The config path of a stored template version; None if there is no such version."""
-        ...
-
     async def fetch_template_files(self, name: str, version: int) -> list[TemplateFile]: ...
 
     # ---- sessions and their status -------------------------------------------------------------
@@ -185,10 +195,6 @@ class Store(Protocol):
 
     async def count_queued(self) -> int:
         """How many sessions wait in the queue, every node's."""
-        ...
-
-    async def sessions_in_status(self, statuses: Iterable[Status]) -> list[SessionRecord]:
-        """Sessions in any of `statuses`, oldest first (ids sort by creation)."""
         ...
 
     async def set_status(

@@ -61,25 +61,21 @@ def _serve_parser(sub: Any) -> None:
     serve.add_argument(
         "--sumo-max-open-files", dest="sumo_max_open_files", help="open files per SUMO (1024)"
     )
-    serve.add_argument(
-        "--allow-unconfined",
-        dest="allow_unconfined",
-        action="store_true",
-        default=None,
-        help="serve a non-loopback host even where the kernel cannot sandbox SUMO fully",
+    _switch(
+        serve, "allow_unconfined", "serve a non-loopback host where SUMO is not fully sandboxed"
     )
     serve.add_argument("--node-name", dest="node_name", help="this node's name (the hostname)")
     serve.add_argument(
         "--advertise-url", dest="advertise_url", help="where other nodes reach this one's API"
     )
-    serve.add_argument(
-        "--drain-on-sigterm",
-        dest="drain_on_sigterm",
-        action="store_true",
-        default=None,
-        help="on SIGTERM let running sessions end (up to drain_timeout_s), hand back the rest",
-    )
+    _switch(serve, "drain_on_sigterm", "on SIGTERM let sessions end (drain_timeout_s), then exit")
     serve.add_argument("--drain-timeout-s", dest="drain_timeout_s", help="(default 300)")
+
+
+def _switch(parser: Any, name: str, help: str) -> None:
+    """An on/off setting: given, it is on; not given (None), the env, file or default decides."""
+    flag = "--" + name.replace("_", "-")
+    parser.add_argument(flag, dest=name, action="store_true", default=None, help=help)
 
 
 def _database_flags(parser: Any) -> None:

@@ -19,7 +19,7 @@ import aiohttp
 import structlog
 from aiohttp import web
 
-from actors.errors import OutcomeUnknown, OwnedElsewhere, SessionConflict
+from actors.errors import AnswerTooLarge, OutcomeUnknown, OwnedElsewhere, SessionConflict
 
 log = structlog.get_logger(component="forward")
 
@@ -86,9 +86,10 @@ async def to_owner(
                 status=answer.status,
             )
             if not whole:
-                raise web.HTTPBadGateway(
-                    text='{"error": "the owner\'s answer was too large to pass on"}',
-                    content_type="application/json",
+                raise AnswerTooLarge(
+                    f"session {session_id}: node {owner['name']}'s answer is over"
+                    f" {MAX_ANSWER} bytes, too large to pass on",
+                    node=owner["name"],
                 )
             passed = {h: answer.headers[h] for h in PASSED_ON if h in answer.headers}
             return web.Response(

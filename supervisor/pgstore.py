@@ -9,6 +9,7 @@ write is RowsRefused or SessionGone.
 
 from __future__ import annotations
 
+import asyncio
 import io
 import math
 import re
@@ -126,10 +127,6 @@ class PgStore:
 
     # ---- templates -----------------------------------------------------------------------------
 
-    async def template_config_path(self, name: str, version: int) -> str | None:
-        row = await db.resolve_template_version(self._pool, name, version)
-        return None if row is None else str(row["config_path"])
-
     async def fetch_template_files(self, name: str, version: int) -> list[TemplateFile]:
         rows = await self._retrying(
             lambda: self._pool.fetch(
@@ -173,14 +170,6 @@ class PgStore:
         return int(
             await self._pool.fetchval("SELECT count(*) FROM sessions WHERE status = 'queued'")
         )
-
-    async def sessions_in_status(self, statuses: Iterable[Status]) -> list[SessionRecord]:
-        rows = await self._pool.fetch(
-            f"SELECT {_SESSION_RECORD} FROM sessions s WHERE s.status = ANY($1::text[])"
-            " ORDER BY s.id",
-            [str(s) for s in statuses],
-        )
-        return [_record(r) for r in rows]
 
     async def set_status(
         self,
@@ -388,7 +377,8 @@ class PgStore:
         rows = await self._pool.fetch(
             "SELECT id, pid FROM nodes WHERE boot_id = $1 AND stopped_at IS NULL", boot_id
         )
-        dead = [r["id"] for r in rows if not alive(r["pid"])]
+        # `alive` reads /proc: off the event loop.
+        dead = await asyncio.to_thread(lambda: [r["id"] for r in rows if not alive(r["pid"])])
         if dead:
             async with self._pool.acquire() as conn, conn.transaction():
                 await conn.execute(
@@ -435,7 +425,7 @@ class PgStore:
             lease = Lease(node_id, r["lease_epoch"])
             self._released.pop(r["id"], None)
             self._leases[r["id"]] = lease
-            out.append(Claimed(_record(r), r["config_path"], lease))
+            out.append(Claimed(SessionRecord.of(r), r["config_path"], lease))
         return out
 
     async def renew(self, node_id: str, ttl_s: float, held: Mapping[str, int]) -> set[str]:
@@ -464,7 +454,12 @@ class PgStore:
             limit,
         )
         return [
-            Lapsed(_record(r), Lease(r["owner_node"], r["lease_epoch"]), r["name"], r["boot_id"])
+            Lapsed(
+                SessionRecord.of(r),
+                Lease(r["owner_node"], r["lease_epoch"]),
+                r["name"],
+                r["boot_id"],
+            )
             for r in rows
         ]
 
@@ -561,19 +556,6 @@ class PgStore:
         except Exception as exc:
             # Not transient (those are retried): the same rows would be refused again.
             raise RowsRefused(f"{type(exc).__name__}: {exc}") from exc
-
-
-def _record(r: asyncpg.Record) -> SessionRecord:
-    return SessionRecord(
-        id=r["id"],
-        status=Status(r["status"]),
-        template_name=r["template_name"],
-        template_version=r["template_version"],
-        request=r["request"],
-        attempt=r["attempt"],
-        pid=r["pid"],
-        pid_started_at=r["pid_started_at"],
-    )
 
 
 async def _copy_records(

@@ -3,8 +3,8 @@ frozen node's sessions are rescued by the others and end exactly once with the d
 single-node run, control reaches a session from any node, and a node drains before it exits.
 
 The leases are shortened (TTL 6 s, renewed every 2 s) so that rescues take seconds, not tens of
-seconds; the mechanism is the default's. bench/nodes.py measures the rescue time at the
-defaults."""
+seconds; the mechanism is the default's. How long a rescue takes is a timing, measured at the
+defaults by bench/nodes.py against the issue's 15 s bound, not asserted here."""
 
 from __future__ import annotations
 
@@ -25,9 +25,6 @@ from tests.harness.scenarios import bare_sumo_totals
 from tests.test_cli import cli
 
 LEASE_ENV = {"SUMO_SUPERVISOR_LEASE_TTL_S": "6", "SUMO_SUPERVISOR_LEASE_RENEW_S": "2"}
-# The bound the issue sets for a dead node's sessions to be rescued; with TTL 6 s and a rescue
-# round every 2 s, the mechanism needs at most about 8 s.
-RESCUE_S = 15.0
 END, EVERY = 6000.0, 20
 
 
@@ -90,7 +87,6 @@ async def test_three_nodes_share_the_queue_and_rescue_a_killed_one(
     lost = by_node[b_id]
     orphans = [p.pid for p in sumo_children(b.proc.pid)]
     assert len(orphans) == 2
-    killed_at = time.time()
     b.signal(signal.SIGKILL)
     await b.wait_exit()
 
@@ -106,8 +102,6 @@ async def test_three_nodes_share_the_queue_and_rescue_a_killed_one(
                 break
             await asyncio.sleep(POLL_S)
         assert rescue, await _events(http, a, session_id)
-        took = _epoch(rescue[0]["at"]) - killed_at
-        assert took <= RESCUE_S, f"rescued {took:.1f} s after the kill"
     for seed, session_id in zip(seeds, ids, strict=True):
         await _same_data_as_one_node(http, c, scenarios, session_id, seed)
     for session_id in lost:
@@ -117,12 +111,6 @@ async def test_three_nodes_share_the_queue_and_rescue_a_killed_one(
     for node in (a, c):
         async with http.get(f"{node.url}/metrics") as r:
             assert "sumo_ports_leased 0.0" in await r.text()
-
-
-def _epoch(at: str) -> float:
-    from datetime import datetime
-
-    return datetime.fromisoformat(at).timestamp()
 
 
 @pytest.mark.slow
@@ -219,6 +207,27 @@ async def test_drain_hands_back_what_is_left_and_exits(daemons, db_url, http, sc
     _, listed, _ = await _json(http, "GET", f"{other.url}/v1/nodes")
     states = {n["id"]: n["state"] for n in listed["nodes"]}
     assert states[owner.events("daemon_ready")[0]["node_id"]] == "stopped"
+
+
+@pytest.mark.parametrize(
+    ("body", "message"),
+    [
+        ({"timeout_s": "soon"}, "timeout_s must be a number"),
+        ({"timeout_s": -1}, "timeout_s must be a number"),
+        ({"timeout_s": True}, "timeout_s must be a number"),
+        ({"timeout": 5}, "send {} or"),
+        ([60], "send {} or"),
+    ],
+)
+async def test_a_bad_drain_request_is_refused_and_the_node_goes_on(
+    daemons, db_url, http, body, message
+):
+    (a,) = await _nodes(daemons, db_url, 1)
+    status, answer, _ = await _json(http, "POST", f"{a.url}/v1/node/drain", json=body)
+    assert status == 400 and message in answer["error"], answer
+    async with http.get(f"{a.url}/healthz") as r:
+        assert (await r.json())["draining"] is False
+    assert a.proc.poll() is None
 
 
 async def test_sigterm_with_drain_lets_the_session_end(daemons, db_url, http, scenarios):

@@ -230,7 +230,7 @@ def new_session(template: str = "city", version: int = 1, **kw: Any) -> NewSessi
 
 
 async def queued(b: Backend, n: int = 1) -> list[str]:
-    if await b.store.template_config_path("city", 1) is None:
+    if not await b.store.fetch_template_files("city", 1):
         await b.look.add_template("city")
     sessions = [new_session() for _ in range(n)]
     await b.store.insert_sessions(sessions)
@@ -244,15 +244,13 @@ def sample(session_id: str, t: float, vehicles: int = 1) -> tuple[Any, ...]:
 # ---- templates -----------------------------------------------------------------------------------
 
 
-async def test_template_files_and_config_of_a_version(b: Backend):
-    assert await b.store.template_config_path("city", 1) is None
+async def test_template_files_of_a_version(b: Backend):
     assert await b.store.fetch_template_files("city", 1) == []
     assert await b.look.add_template("city") == 1
     assert await b.look.add_template("city") == 2
-    assert await b.store.template_config_path("city", 2) == CONFIG
     files = await b.store.fetch_template_files("city", 2)
     assert sorted(files, key=lambda f: f.path) == sorted(FILES, key=lambda f: f.path)
-    assert await b.store.template_config_path("city", 3) is None
+    assert await b.store.fetch_template_files("city", 3) == []
 
 
 # ---- sessions and their status -------------------------------------------------------------------
@@ -293,22 +291,22 @@ async def test_get_status_of_an_unknown_session_is_none(b: Backend):
     assert await b.store.get_status("20260101t000000000000z-00000000") is None
 
 
-async def test_sessions_in_status_oldest_first_with_what_recovery_needs(b: Backend):
-    ids = await queued(b, 4)
-    await transition(b.store, ids[2], Status.STARTING, "admitted")
-    await transition(b.store, ids[0], Status.STARTING, "admitted")
+async def test_lapsed_sessions_oldest_first_with_what_a_rescue_needs(b: Backend):
+    ids = await queued(b, 3)
+    claims = await b.store.claim("node-a", 2, 10.0)
     await transition(b.store, ids[0], Status.RUNNING, "traci connected")
     await b.store.set_process(ids[0], 9001, 4242, 1234.5)
-    active = await b.store.sessions_in_status([Status.STARTING, Status.RUNNING])
-    assert [r.id for r in active] == [ids[0], ids[2]]
-    first = active[0]
-    assert (first.status, first.pid, first.pid_started_at, first.attempt) == (
-        Status.RUNNING, 4242, 1234.5, 1,
+    for sid in ids[:2]:
+        await b.look.lapse(sid)
+    lapsed = await b.look.other_node().lapsed(10)
+    assert [x.record.id for x in lapsed] == ids[:2]  # not the queued one
+    first = lapsed[0]
+    assert first.lease == claims[0].lease
+    assert (first.record.status, first.record.pid, first.record.pid_started_at) == (
+        Status.RUNNING, 4242, 1234.5,
     )  # fmt: skip
-    assert (first.template_name, first.template_version) == ("city", 1)
-    assert first.request["nested"] == {"a": [1, 2]}
-    assert [r.id for r in await b.store.sessions_in_status([Status.QUEUED])] == [ids[1], ids[3]]
-    assert await b.store.sessions_in_status([]) == []
+    assert (first.record.template_name, first.record.template_version) == ("city", 1)
+    assert (first.record.attempt, first.record.request["nested"]) == (1, {"a": [1, 2]})
 
 
 async def test_a_status_is_written_with_its_fields_and_event(b: Backend):
@@ -398,8 +396,7 @@ async def test_a_requeued_session_starts_over(b: Backend):
         "queued", 2, None, None, None,
     )  # fmt: skip
     assert row["pid_started_at"] is None
-    (record,) = await b.store.sessions_in_status([Status.QUEUED])
-    assert record.attempt == 2
+    assert await b.store.count_queued() == 1
 
 
 async def test_set_process(b: Backend):

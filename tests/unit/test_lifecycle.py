@@ -38,7 +38,7 @@ _ids = itertools.count()
 
 async def _session_in(store: MemStore, status: Status) -> str:
     session_id = f"s{next(_ids):04d}"
-    if await store.template_config_path("t", 1) is None:
+    if not await store.fetch_template_files("t", 1):
         store.add_template("t", "t.sumocfg", [TemplateFile("t.sumocfg", "0" * 64, b"<c/>")])
     await store.insert_sessions([NewSession(session_id, "t", 1, {}, None, None)])
     for step in PATHS[status]:
