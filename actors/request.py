@@ -4,49 +4,106 @@ SUMO options that can be passed through."""
 from __future__ import annotations
 
 import re
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 from typing import Any, Protocol
 
 from actors.errors import InvalidRequest
 
 
-def _float(lo: float, hi: float) -> Callable[[Any], str]:
-    def check(v: Any) -> str:
-        if isinstance(v, bool) or not isinstance(v, int | float) or not lo <= v <= hi:
-            raise ValueError(f"a number in [{lo}, {hi}]")
+class OptionCheck(Protocol):
+    """A SUMO option's value check: the value as SUMO reads it, or ValueError saying what it
+    must be; `schema` is the same rule as JSON Schema (the API's document shows it)."""
+
+    def __call__(self, v: Any) -> str: ...
+
+    @property
+    def schema(self) -> dict[str, Any]: ...
+
+
+@dataclass(frozen=True)
+class _Float:
+    lo: float
+    hi: float
+
+    def __call__(self, v: Any) -> str:
+        if isinstance(v, bool) or not isinstance(v, int | float) or not self.lo <= v <= self.hi:
+            raise ValueError(f"a number in [{self.lo}, {self.hi}]")
         return repr(float(v))
 
-    return check
+    @property
+    def schema(self) -> dict[str, Any]:
+        return {"type": "number", "minimum": self.lo, "maximum": self.hi}
 
 
-def _int(lo: int, hi: int) -> Callable[[Any], str]:
-    def check(v: Any) -> str:
-        if isinstance(v, bool) or not isinstance(v, int) or not lo <= v <= hi:
-            raise ValueError(f"an integer in [{lo}, {hi}]")
+@dataclass(frozen=True)
+class _Int:
+    lo: int
+    hi: int
+
+    def __call__(self, v: Any) -> str:
+        v = _integral(v)
+        if isinstance(v, bool) or not isinstance(v, int) or not self.lo <= v <= self.hi:
+            raise ValueError(f"an integer in [{self.lo}, {self.hi}]")
         return str(v)
 
-    return check
+    @property
+    def schema(self) -> dict[str, Any]:
+        return {"type": "integer", "minimum": self.lo, "maximum": self.hi}
 
 
-def _bool(v: Any) -> str:
-    if not isinstance(v, bool):
-        raise ValueError("true or false")
-    return "true" if v else "false"
+@dataclass(frozen=True)
+class _Bool:
+    def __call__(self, v: Any) -> str:
+        if not isinstance(v, bool):
+            raise ValueError("true or false")
+        return "true" if v else "false"
+
+    @property
+    def schema(self) -> dict[str, Any]:
+        return {"type": "boolean"}
 
 
-def _choice(*values: str) -> Callable[[Any], str]:
-    def check(v: Any) -> str:
-        if v not in values:
-            raise ValueError(f"one of {', '.join(values)}")
+@dataclass(frozen=True)
+class _Choice:
+    values: tuple[str, ...]
+
+    def __call__(self, v: Any) -> str:
+        if v not in self.values:
+            raise ValueError(f"one of {', '.join(self.values)}")
         return str(v)
 
-    return check
+    @property
+    def schema(self) -> dict[str, Any]:
+        return {"type": "string", "enum": list(self.values)}
+
+
+def _integral(v: Any) -> Any:
+    """A float with no fraction as the int it is: JSON has one kind of number, and a client
+    may well write 10 as 10.0."""
+    if isinstance(v, float) and v.is_integer() and abs(v) < 2**53:
+        return int(v)
+    return v
+
+
+def _float(lo: float, hi: float) -> OptionCheck:
+    return _Float(lo, hi)
+
+
+def _int(lo: int, hi: int) -> OptionCheck:
+    return _Int(lo, hi)
+
+
+_bool: OptionCheck = _Bool()
+
+
+def _choice(*values: str) -> OptionCheck:
+    return _Choice(values)
 
 
 # SUMO options a session may set, each with its value check. Anything that names files, ports,
 # the GUI or TraCI is deliberately absent: those are the daemon's to choose.
-SUMO_OPTIONS: Mapping[str, Callable[[Any], str]] = {
+SUMO_OPTIONS: Mapping[str, OptionCheck] = {
     "step-length": _float(0.001, 60),
     "begin": _float(0, 1e9),
     "scale": _float(0, 1000),
@@ -74,7 +131,9 @@ SUMO_OPTIONS: Mapping[str, Callable[[Any], str]] = {
 # What a session can record: `samples` always; the others come from SUMO's own output writers.
 RECORDABLE = ("samples", "trajectories", "trips", "edges")
 
-_LABEL_RE = re.compile(r"[\w.:@/+-]{1,100}")
+_LABEL_PATTERN = r"[\w.:@/+-]{1,100}"
+_LABEL_RE = re.compile(_LABEL_PATTERN)
+MAX_INT32 = 2**31 - 1
 MAX_SAMPLE_EVERY = 1_000_000
 
 
@@ -131,6 +190,8 @@ def _number(body: Mapping[str, Any], key: str, *, integer: bool, lo: float, hi: 
     value = body.get(key)
     if value is None:
         return None
+    if integer:
+        value = _integral(value)
     ok = not isinstance(value, bool) and isinstance(value, int if integer else int | float)
     # A range check, not math.isfinite: that raises on a huge int (NaN fails the range too).
     if not ok or not lo <= value <= hi:
@@ -176,13 +237,9 @@ class DefaultLimits:
     end_limit: float = 1e7
 
 
-def parse_session_request(body: Any, cfg: Limits | None = None) -> SessionRequest:
-    """Check a request against its own rules and the daemon's limits (`cfg`; the defaults when
-    None)."""
-    cfg = cfg or DefaultLimits()
-    if not isinstance(body, dict):
-        raise InvalidRequest("request body must be a JSON object")
-    known = {
+# Every field a request may have; anything else is refused by name.
+FIELDS = frozenset(
+    {
         "template",
         "version",
         "end",
@@ -202,7 +259,90 @@ def parse_session_request(body: Any, cfg: Limits | None = None) -> SessionReques
         "max_pause_s",
         "replay_of",
     }
-    unknown = sorted(set(body) - known)
+)
+
+
+def _nullable(schema: dict[str, Any]) -> dict[str, Any]:
+    return {"anyOf": [schema, {"type": "null"}]}
+
+
+def _range(kind: str, lo: float, hi: float) -> dict[str, Any]:
+    return _nullable({"type": kind, "minimum": lo, "maximum": hi})
+
+
+def json_schema(cfg: Limits | None = None) -> dict[str, Any]:
+    """What `parse_session_request` accepts, as JSON Schema (against `cfg`'s limits, or the
+    defaults). tests/unit/test_request_schema.py checks the two agree, value by value."""
+    cfg = cfg or DefaultLimits()
+    options = {name: dict(check.schema) for name, check in SUMO_OPTIONS.items()}
+    options["scale"]["maximum"] = min(options["scale"]["maximum"], cfg.scale_limit)
+    return {
+        "type": "object",
+        "additionalProperties": False,
+        "required": ["template"],
+        "properties": {
+            "template": {"type": "string", "minLength": 1, "description": "a template's name"},
+            "version": {
+                **_range("integer", 1, MAX_INT32),
+                "description": "the template's version; its latest when absent",
+            },
+            "end": {
+                **_range("number", 0.001, min(1e9, cfg.end_limit)),
+                "description": "sim seconds to run to; the scenario's own end when absent",
+            },
+            "seed": _range("integer", 0, MAX_INT32),
+            "sample_every": {
+                **_range("integer", 1, MAX_SAMPLE_EVERY),
+                "description": "sim steps between two samples (10)",
+            },
+            "max_wall_s": {
+                **_range("number", 0.001, min(1e8, cfg.max_wall_s_limit)),
+                "description": "wall-clock seconds the session may run before it is timed out",
+            },
+            "label": _nullable({"type": "string", "pattern": f"^{_LABEL_PATTERN}$"}),
+            "sumo_options": _nullable(
+                {
+                    "type": "object",
+                    "additionalProperties": False,
+                    "properties": options,
+                    "description": "SUMO options from an allow-list; each value is checked",
+                }
+            ),
+            "record": {
+                "type": "array",
+                "items": {"type": "string", "enum": list(RECORDABLE)},
+                "description": "what to record besides samples",
+            },
+            "trajectory_period": _range("number", max(0.001, cfg.trajectory_period_min), 1e6),
+            "edge_period": _range("number", 0.001, 1e9),
+            "on_interrupt": {"type": "string", "enum": ["rerun", "fail"]},
+            "max_attempts": _range("integer", 1, 100),
+            "mode": {
+                "type": "string",
+                "enum": ["run", "stepped"],
+                "description": "run: advances by itself; stepped: only when stepped",
+            },
+            "idle_timeout_s": _range("number", 0.001, min(1e7, cfg.idle_timeout_s_limit)),
+            "pause_counts": {"type": "boolean"},
+            "max_pause_s": _range("number", 0.001, min(1e8, cfg.max_pause_s)),
+            "replay_of": {
+                **_nullable({"type": "string"}),
+                "description": "a session whose commands to apply again at the same sim times",
+            },
+        },
+        # A replay runs by itself.
+        "if": {"properties": {"replay_of": {"type": "string"}}, "required": ["replay_of"]},
+        "then": {"properties": {"mode": {"const": "run"}}},
+    }
+
+
+def parse_session_request(body: Any, cfg: Limits | None = None) -> SessionRequest:
+    """Check a request against its own rules and the daemon's limits (`cfg`; the defaults when
+    None)."""
+    cfg = cfg or DefaultLimits()
+    if not isinstance(body, dict):
+        raise InvalidRequest("request body must be a JSON object")
+    unknown = sorted(set(body) - FIELDS)
     if unknown:
         raise InvalidRequest(f"unknown field(s): {', '.join(unknown)}", fields=unknown)
     template = body.get("template")

@@ -183,6 +183,8 @@ def parse(body: Any) -> list[dict[str, Any]]:
                     continue
                 raise InvalidRequest(f"command {n} ({c['type']}): '{key}' is required", index=n)
             _check(n, c["type"], key, kind, c[key])
+            if kind == "int":
+                c = {**c, key: int(c[key])}  # 3.0 is the integer 3 (JSON has one number kind)
         if c["type"] == "get" and (c["domain"], c["var"]) not in _GET:
             raise InvalidRequest(
                 f"command {n}: cannot get {c['domain']}.{c['var']}",
@@ -201,6 +203,13 @@ MAX_INT = 2**31 - 1
 MAX_NUMBER = 1e12
 
 
+def _whole(value: Any) -> bool:
+    """An int, or a float with no fraction (JSON has one kind of number: 2.0 is 2)."""
+    if isinstance(value, float):
+        return value.is_integer()
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
 def _number(value: Any) -> bool:
     return (
         isinstance(value, int | float)
@@ -214,12 +223,81 @@ _CHECKS: dict[str, Callable[[Any], bool]] = {
     "edge": lambda v: isinstance(v, str),
     "route": lambda v: isinstance(v, str),
     "vtype": lambda v: isinstance(v, str),
-    "int": lambda v: isinstance(v, int) and not isinstance(v, bool) and 0 <= v <= MAX_INT,
+    "int": lambda v: _whole(v) and 0 <= v <= MAX_INT,
     "number": lambda v: _number(v) and v >= 0,
     # -1 hands speed control back to SUMO.
     "speed": lambda v: _number(v) and (v >= 0 or v == -1),
     "edges": lambda v: isinstance(v, list) and bool(v) and all(isinstance(e, str) for e in v),
 }
+
+
+# The same rules as JSON Schema, for the API's document.
+_SCHEMAS: dict[str, dict[str, Any]] = {
+    "str": {"type": "string", "minLength": 1, "maxLength": 1000},
+    "edge": {"type": "string"},
+    "route": {"type": "string"},
+    "vtype": {"type": "string"},
+    "int": {"type": "integer", "minimum": 0, "maximum": MAX_INT},
+    "number": {"type": "number", "minimum": 0, "maximum": MAX_NUMBER},
+    "speed": {
+        "anyOf": [{"type": "number", "minimum": 0, "maximum": MAX_NUMBER}, {"const": -1}],
+        "description": "m/s; -1 hands speed control back to SUMO",
+    },
+    "edges": {"type": "array", "minItems": 1, "items": {"type": "string"}},
+}
+
+
+def command_schema(name: str) -> dict[str, Any]:
+    """One command of the allow-list as JSON Schema, made from its Spec (so the two agree)."""
+    spec = COMMANDS[name]
+    props: dict[str, Any] = {"type": {"const": name}}
+    required = ["type"]
+    if spec.domain:
+        props["id"] = {"type": "string", "description": f"the {spec.domain.replace('_', ' ')}"}
+        required.append("id")
+    else:
+        props["id"] = {"description": "ignored"}
+    for field_name, kind in spec.fields.items():
+        key = field_name.rstrip("?")
+        props[key] = _SCHEMAS[kind]
+        if not field_name.endswith("?"):
+            required.append(key)
+    schema: dict[str, Any] = {
+        "type": "object",
+        "title": name,
+        "properties": props,
+        "required": required,
+        "additionalProperties": False,
+    }
+    if name == "get":
+        domains: dict[str, list[str]] = {}
+        for domain, var in _GET:
+            domains.setdefault(domain, []).append(var)
+        props["domain"] = {"type": "string", "enum": list(domains)}
+        props["var"] = {"type": "string", "minLength": 1, "maxLength": 1000}
+        schema["oneOf"] = [
+            {"properties": {"domain": {"const": d}, "var": {"enum": vs}}}
+            for d, vs in domains.items()
+        ]
+    if name == "vehicle.add":
+        schema["oneOf"] = [{"required": ["route"]}, {"required": ["edges"]}]
+    return schema
+
+
+def json_schema() -> dict[str, Any]:
+    """A batch of commands: `{"commands": [...]}`, or the bare list."""
+    batch = {
+        "type": "array",
+        "minItems": 1,
+        "maxItems": MAX_COMMANDS,
+        "items": {"anyOf": [command_schema(name) for name in COMMANDS]},
+    }
+    return {
+        "anyOf": [
+            {"type": "object", "required": ["commands"], "properties": {"commands": batch}},
+            batch,
+        ]
+    }
 
 
 def _check(n: int, kind_name: str, key: str, kind: str, value: Any) -> None:

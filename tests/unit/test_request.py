@@ -115,7 +115,7 @@ def test_a_body_that_is_not_an_object_is_refused(body: Any):
         ("trajectory_period", [1]),
         ("edge_period", "60"),
         ("on_interrupt", "retry"),
-        ("max_attempts", 1.0),
+        ("max_attempts", 1.5),
         ("max_attempts", 101),
         ("mode", "fast"),
         ("idle_timeout_s", {}),

@@ -79,7 +79,7 @@ def test_a_required_field_is_required():
     ("command", "key"),
     [
         ({"type": "tls.set_phase", "id": "J", "phase": -1}, "phase"),
-        ({"type": "tls.set_phase", "id": "J", "phase": 1.0}, "phase"),
+        ({"type": "tls.set_phase", "id": "J", "phase": 1.5}, "phase"),
         ({"type": "tls.set_phase", "id": "J", "phase": True}, "phase"),
         ({"type": "tls.set_phase", "id": "J", "phase": MAX_INT + 1}, "phase"),  # TraCI: 32 bits
         ({"type": "tls.set_phase_duration", "id": "J", "seconds": -0.5}, "seconds"),
@@ -153,3 +153,9 @@ def test_every_other_command_changes_state(kind: str):
 def test_a_type_that_is_not_a_string_is_refused_not_a_crash(kind: Any):
     with pytest.raises(InvalidRequest, match="command 0: type must be one of"):
         parse({"commands": [{"type": kind}]})
+
+
+def test_an_integer_written_with_a_fraction_of_zero_is_that_integer():
+    # JSON has one kind of number: 2.0 is 2, as the command's JSON Schema says.
+    (command,) = parse([{"type": "tls.set_phase", "id": "J1", "phase": 2.0}])
+    assert command["phase"] == 2 and isinstance(command["phase"], int)
