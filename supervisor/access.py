@@ -53,7 +53,8 @@ Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 @dataclass(frozen=True)
 class Route:
-    """One route of the API and what it needs. `role` None: open to all (only /healthz)."""
+    """One route of the API and what it needs. `role` None: open to all (/healthz, and the
+    API's description: /openapi.json, /docs)."""
 
     method: str
     path: str
@@ -304,7 +305,7 @@ class Access:
                 retry_after_s=round(wait, 3),
             )
         if route is not None and route.role is None:
-            return caller  # open to all: /healthz
+            return caller  # open to all: /healthz, /openapi.json, /docs
         if problem is not None:
             raise problem
         needed = route.role if route is not None else Role.reader

@@ -35,7 +35,7 @@ from actors.errors import (
 from actors.request import parse_session_request
 from actors.supervisor import SupervisorActor
 from actors.writer import WriterActor
-from supervisor import db, exports, forward, plots, service, sweeps, text, tokens
+from supervisor import db, docs, exports, forward, openapi, plots, service, sweeps, text, tokens
 from supervisor.access import AUDIT, Access, Route, error_response
 from supervisor.config import Config
 from supervisor.feeds import EndEvent, FeedHub, LaggedEvent, SampleEvent, StatusEvent, Watcher
@@ -890,6 +890,10 @@ R = tokens.Role
 # Every route, and the role it needs. The access middleware refuses a route missing here.
 ROUTES: list[Route] = [
     Route("GET", "/healthz", healthz, None),
+    # The API's description, open like /healthz (supervisor/docs.py says why).
+    Route("GET", "/openapi.json", docs.openapi_json, None),
+    Route("GET", "/docs", docs.page, None),
+    Route("GET", "/docs/{file}", docs.asset, None),
     Route("GET", "/metrics", metrics, R.reader),
     Route("POST", "/v1/templates", create_template, R.operator, "multipart"),
     Route("GET", "/v1/templates", list_templates, R.reader),
@@ -935,6 +939,8 @@ def make_app(services: Services, *, test_hooks: bool = False) -> web.Application
     )
     app[SERVICES] = services
     app[ACCESS] = access
+    document = openapi.build(routes, services.config, public_url=services.config.public_url)
+    app[docs.DOCUMENT] = docs.document_bytes(document)
     app.cleanup_ctx.append(forward.client_ctx)
     app.on_response_prepare.append(access.on_prepare)
     for route in routes:

@@ -27,6 +27,9 @@ from tests.harness.poll import DEADLINE_S, POLL_S
 # What each route needs: a route added to the API without a line here fails the first test.
 EXPECTED: dict[tuple[str, str], str | None] = {
     ("GET", "/healthz"): None,
+    ("GET", "/openapi.json"): None,
+    ("GET", "/docs"): None,
+    ("GET", "/docs/{file}"): None,
     ("GET", "/metrics"): "reader",
     ("POST", "/v1/templates"): "operator",
     ("GET", "/v1/templates"): "reader",
@@ -69,6 +72,7 @@ def _concrete(path: str) -> str:
         .replace("{id}", "nope")
         .replace("{kind}", "trips")
         .replace("{version}", "1")
+        .replace("{file}", "init.js")
     ) + ("?sessions=a,b" if path == "/v1/compare" else "")
 
 
