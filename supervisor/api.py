@@ -16,7 +16,7 @@ from urllib.parse import unquote
 
 import asyncpg
 import structlog
-from aiohttp import BodyPartReader, web
+from aiohttp import BodyPartReader, http_exceptions, web
 from aiohttp_sse import EventSourceResponse, sse_response
 
 from actors import scenario, traci_commands
@@ -96,6 +96,10 @@ async def error_middleware(request: web.Request, handler: Any) -> web.StreamResp
         if exc.status < 400:
             raise
         return _json({"error": exc.reason, "path": request.path}, status=exc.status)
+    except http_exceptions.BadHttpMessage as exc:
+        # A body aiohttp parses as the handler reads it (a multipart part's headers) is the
+        # client's to fix, as the request line and headers are.
+        return _json({"error": f"malformed request body: {exc.message}"}, status=400)
     except Exception as exc:
         return _failure(request, exc)
 

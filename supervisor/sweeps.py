@@ -55,6 +55,11 @@ def expand(body: Any, cfg: Config | None = None) -> list[tuple[dict[str, Any], S
         raise InvalidRequest("seeds must be a non-empty list of distinct seeds", field="seeds")
     if "seed" in body:
         raise InvalidRequest("a sweep sets 'seed' itself: use 'seeds' or 'runs'", field="seed")
+    # Checked here, not only per run: the runs' options are merged into it below.
+    if not isinstance(body.get("sumo_options", {}), dict | None):
+        raise InvalidRequest(
+            "sumo_options must be an object of option: value", field="sumo_options"
+        )
     if not isinstance(vary, dict) or not all(isinstance(v, list) and v for v in vary.values()):
         raise InvalidRequest("vary must map parameters to non-empty lists of values", field="vary")
     for param in vary:

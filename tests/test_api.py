@@ -156,6 +156,24 @@ async def test_bad_template_uploads(refusing, http, scenarios, case, status, mes
         assert (await r.json())["templates"] == []
 
 
+async def test_a_multipart_part_with_a_malformed_header_is_a_400(shared_grid3_daemon, http):
+    """Found by the fuzzing (tests/test_fuzz.py): a part header aiohttp cannot parse was a 500."""
+    boundary = "b0undary"
+    body = (
+        f"--{boundary}\r\n".encode()
+        + b'Content-Disposition: form-data; name="\xc3\x89\x1a\x02"\r\n\r\n{}\r\n'
+        + f"--{boundary}--\r\n".encode()
+    )
+    async with http.post(
+        f"{shared_grid3_daemon.url}/v1/templates",
+        data=body,
+        headers={"Content-Type": f"multipart/form-data; boundary={boundary}"},
+    ) as r:
+        got = await r.json()
+        assert r.status == 400, got
+    assert "malformed" in got["error"], got
+
+
 @pytest.mark.parametrize(
     ("body", "status", "message"),
     [

@@ -58,6 +58,10 @@ def test_a_sweep_request_keeps_its_body_and_makes_every_run():
         ({"template": "t", "runs": 2, "vary": {"scale": ["big"]}}, "must be a number"),
         ({"template": "t", "runs": 600, "vary": {"scale": [1, 2]}}, "at most 1000"),
         ([], "must be a JSON object"),
+        # Found by the fuzzing (tests/test_fuzz.py): each was a 500.
+        ({"template": "t", "runs": 1, "sumo_options": [None, None]}, "must be an object"),
+        ({"template": "t", "runs": 1, "sumo_options": "AAA"}, "must be an object"),
+        ({"template": "t", "runs": 1, "vary": {"scale": [1]}, "sumo_options": []}, "an object"),
     ],
 )
 def test_a_bad_sweep_is_refused_before_any_run_is_made(body: Any, message: str):
