@@ -199,7 +199,7 @@ def _schemas(limits: Limits) -> dict[str, Any]:
                     {
                         "type": "string",
                         "pattern": r"^\s*[0-9]{1,7}[smhdw]\s*$",
-                        "description": "e.g. 30d, 12h, 90m, 3600s, 2w",
+                        "description": "e.g. 30d, 12h, 90m, 3600s, 2w; at most 100 years",
                     }
                 ),
             ),

@@ -32,6 +32,7 @@ NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.@-]{0,62}$")
 RELOAD_S = 10.0
 _DURATION_RE = re.compile(r"^(\d{1,7})([smhdw])$")
 _UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
+MAX_LIFETIME_S = 36500 * 86400
 
 
 class Role(enum.IntEnum):
@@ -68,7 +69,12 @@ def parse_duration(text: str) -> float:
     match = _DURATION_RE.match(text.strip())
     if not match or int(match.group(1)) == 0:
         raise ValueError(f"a duration is a positive number and a unit (s, m, h, d, w): {text!r}")
-    return float(int(match.group(1)) * _UNITS[match.group(2)])
+    seconds = int(match.group(1)) * _UNITS[match.group(2)]
+    if seconds > MAX_LIFETIME_S:
+        # Much further and the expiry is past year 9999, which PostgreSQL stores but Python's
+        # datetime cannot read back: every listing of tokens would fail.
+        raise ValueError(f"a token lives at most 100 years (36500d): {text!r}")
+    return float(seconds)
 
 
 def public(row: dict[str, Any]) -> dict[str, Any]:

@@ -33,14 +33,7 @@ def _aim(body: Any) -> Any:
     return body
 
 
-@schemathesis.hook.apply_to(method="POST", path="/v1/sessions")
-def map_body(context: Any, body: Any) -> Any:
-    return _aim(body)
-
-
-@schemathesis.hook.apply_to(method="POST", path="/v1/sweeps")  # type: ignore[no-redef]
-def map_body(context: Any, body: Any) -> Any:  # noqa: F811
-    body = _aim(body)
+def _small_sweep(body: Any) -> Any:
     if isinstance(body, dict):
         if isinstance(body.get("runs"), int) and not isinstance(body["runs"], bool):
             body["runs"] = min(body["runs"], 2)
@@ -51,6 +44,26 @@ def map_body(context: Any, body: Any) -> Any:  # noqa: F811
                 k: v[:1] if isinstance(v, list) else v for k, v in list(body["vary"].items())[:1]
             }
     return body
+
+
+# The test's own token and template: revoking or deleting them would end the run's usefulness
+# (every later request a 401, every session a 404), not find anything.
+KEEP = set(os.environ.get("FUZZ_KEEP", "").split(","))
+
+
+@schemathesis.hook
+def before_call(context: Any, case: Any, kwargs: dict[str, Any]) -> None:
+    """Just before each request, whichever phase made it (stateful ones take their values
+    from links and earlier answers, after any map_* hook)."""
+    method, path = case.method.upper(), case.path
+    if method == "POST" and path == "/v1/sessions":
+        case.body = _aim(case.body)
+    elif method == "POST" and path == "/v1/sweeps":
+        case.body = _small_sweep(_aim(case.body))
+    elif method == "DELETE" and path.startswith(("/v1/tokens/", "/v1/templates/")):
+        params = case.path_parameters or {}
+        if params.get("name") in KEEP:
+            case.path_parameters = {**params, "name": f"{params['name']}-other"}
 
 
 @schemathesis.hook

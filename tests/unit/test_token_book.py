@@ -9,6 +9,8 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
+import pytest
+
 from supervisor import tokens
 
 
@@ -66,3 +68,13 @@ async def test_a_reload_that_read_before_a_revocation_does_not_bring_the_token_b
     book.forget("ci")
     await _answer_newest_first(pool, stale, asyncio.create_task(book.refresh()))
     assert book.lookup("s3cret") is None and book.lookup("x") is not None
+
+
+def test_a_token_lives_at_most_a_hundred_years():
+    from supervisor.tokens import parse_duration
+
+    assert parse_duration("5200w") == 5200 * 7 * 86400
+    assert parse_duration("36500d") == 36500 * 86400
+    for text in ("36501d", "1006943w", "9999999d"):
+        with pytest.raises(ValueError, match="at most 100 years"):
+            parse_duration(text)
