@@ -1,0 +1,110 @@
+"""Schemathesis against a live daemon, from its own /openapi.json: no answer is a 5xx, every
+answer's status is one the document lists, and every JSON answer matches its schema.
+
+Bounded for CI: a fixed number of examples per operation, deterministic generation (the same
+requests every run), one worker. The admin pass runs every phase, stateful included: the test
+uploads a template first, tests/fuzz_hooks.py aims most session bodies at it, and the document's
+links (with those schemathesis infers) chain a created session into stepping, pausing, commands,
+stopping and deleting it. The reader and operator passes check that refusals for a too-small
+role are documented too. Each failure it found became a fix and a regular test (see the
+"Found by the fuzzing" cases in test_parsing, test_api and test_access)."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import aiohttp
+import pytest
+
+from tests.harness.daemon import make_token
+from tests.harness.http import upload
+
+CHECKS = "not_a_server_error,status_code_conformance,response_schema_conformance"
+# A stream of a running session lasts as long as the session; a drain takes the node out of
+# service for the rest of the run. Both have tests of their own (test_readers, test_nodes).
+EXCLUDED = ("/v1/sessions/{id}/stream", "/v1/node/drain")
+ST = Path(sys.executable).parent / "st"
+CONFIG = Path(__file__).parent / "fuzz.toml"
+
+
+def schemathesis_run(url: str, token: str, examples: int, phases: str, counts: Path) -> str:
+    cmd = [
+        str(ST), "--config-file", str(CONFIG), "run", f"{url}/openapi.json",
+        "--checks", CHECKS,
+        "--phases", phases,
+        "--max-examples", str(examples),
+        "--generation-deterministic",
+        "--no-shrink",
+        "--workers", "1",
+        "--request-timeout", "60",
+        "--continue-on-failure",
+        "--no-color",
+        "-H", f"Authorization: Bearer {token}",
+    ]  # fmt: skip
+    for path in EXCLUDED:
+        cmd += ["--exclude-path", path]
+    env = {
+        **os.environ,
+        "SCHEMATHESIS_HOOKS": "tests.fuzz_hooks",
+        "FUZZ_TEMPLATE": "grid3",
+        "FUZZ_KEEP": "fuzz-admin,fuzz-operator,fuzz-reader,grid3",
+        "FUZZ_COUNTS": str(counts),
+        "PYTHONPATH": str(Path(__file__).parent.parent),
+    }
+    done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+    report = done.stdout + done.stderr
+    assert done.returncode == 0, report[-20_000:]
+    return report
+
+
+@pytest.mark.slow
+async def test_schemathesis_finds_nothing(daemons, db_url, scenarios, tmp_path):
+    tokens = {
+        role: await make_token(db_url, f"fuzz-{role}", role)
+        for role in ("admin", "operator", "reader")
+    }
+    # Two SUMOs at most: the sessions the fuzzing starts queue behind them.
+    daemon = await daemons.start(db_url, max_running=2)
+    headers = {"Authorization": f"Bearer {tokens['admin']}"}
+    async with aiohttp.ClientSession(headers=headers) as http:
+        await upload(http, daemon, "grid3", scenarios["grid3"])
+
+    passes = [
+        ("admin", 25, "coverage,fuzzing,stateful"),
+        ("operator", 4, "fuzzing"),
+        ("reader", 4, "fuzzing"),
+    ]
+    requests: dict[str, int] = {}
+    acted: dict[str, int] = {}
+    for role, examples, phases in passes:
+        counts = tmp_path / f"counts-{role}.json"
+        report = await asyncio.to_thread(
+            schemathesis_run, daemon.url, tokens[role], examples, phases, counts
+        )
+        seen = json.loads(counts.read_text())
+        requests[role] = seen["requests"]
+        statuses = {key.rsplit(" ", 1)[1] for key in seen if key != "requests"}
+        assert not any(s.startswith("5") and s != "503" for s in statuses), seen
+        if role == "admin":
+            # The stateful phase reached sessions it made: not only 404s for made-up ids.
+            assert seen.get("POST /v1/sessions 201", 0) > 0, report[-5000:]
+            acted = {
+                k: n
+                for k, n in seen.items()
+                if k.startswith(("POST /v1/sessions/{id}/", "DELETE /v1/sessions/{id}"))
+                and k.endswith((" 200", " 202"))
+            }
+            assert acted, {k: n for k, n in seen.items() if "/v1/sessions/{id}" in k}
+            assert "Stateful" in report
+        else:
+            # Everything beyond the role was refused, as documented.
+            assert seen.get("POST /v1/tokens 403", 0) > 0, seen
+    # No request made the daemon log an internal error, whatever status it answered.
+    assert daemon.events("api_internal_error") == []
+    print(f"schemathesis requests by pass: {requests}, total {sum(requests.values())}")
+    print(f"acted on sessions it made: {acted}")
