@@ -667,17 +667,21 @@ class SessionActor:
                         return Ending("idle")
                 await self._wait_inbox(min(wait, 1.0))
                 continue
-            # A replay's next command is due at a sim time the slice must stop at.
+            # A replay applies its original's commands at the sim times they were applied at
+            # (the first ones maybe at its very start): the slice stops at the next one's.
+            await self._replay_due(conn, replay, log)
             limit = replay[0].sim_time if replay else None
             done = await self._run_for_a_slice(driver, limit)
-            # A replay applies its original's commands at the sim times they were applied at.
-            due = []
-            while replay and replay[0].sim_time <= (self._sim_time or 0.0) + 1e-9:
-                due.append(replay.popleft().command)
-            if due:
-                await self._replay(conn, due, log)
+            await self._replay_due(conn, replay, log)
             if done is not None:
                 return done
+
+    async def _replay_due(self, conn: Connection, replay: deque[RecordedCommand], log: Any) -> None:
+        due = []
+        while replay and replay[0].sim_time <= (self._sim_time or 0.0) + 1e-9:
+            due.append(replay.popleft().command)
+        if due:
+            await self._replay(conn, due, log)
 
     async def _jump(self, driver: Driver, target: float) -> tuple[dict[str, Any], Ending | None]:
         """Advance to `target` in one round trip, write the sample; the end, if reached."""

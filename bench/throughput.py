@@ -1,9 +1,13 @@
-"""Figure 2: throughput at scale. N sessions of a mid-sized scenario (samples recorded), from the
-first POST until all are completed, against `xargs -P <cores>` running the same N bare `sumo`.
+"""Issue 17 (and figure 2 of issue 6): N sessions from the first POST until all are completed,
+against `xargs -P <cores>` running the same N bare `sumo` (no output at all), on two scenarios:
+a 5x5 grid with traffic lights and random trips, and SUMO's own grid6 (shipped with it: a 6x6
+grid with traffic lights, flows, a step of 0.1 s).
 
-    python -m bench.throughput [--ns 1,2,8,32] [--runs 3] [--small]
+    python -m bench.throughput [--ns 1,4,8,32] [--runs 5] [--scenarios grid,grid6]
+                               [--details period,exact] [--small]
 
-Each N is measured `--runs` times, baseline and daemon alternately; medians are compared.
+Each (scenario, N) is measured `--runs` times, bare and each sample detail in turn; medians are
+compared. The sessions record their samples (every 10 steps, the default), as a user's do.
 """
 
 from __future__ import annotations
@@ -21,7 +25,7 @@ import aiohttp
 
 from bench.common import SUMO, ratio_line, start_daemon
 from tests.harness.http import create_session, upload, wait_all
-from tests.harness.scenarios import Scenario, grid_scenario
+from tests.harness.scenarios import Scenario, grid6, grid_scenario
 
 
 def xargs(scn: Scenario, n: int, cores: int) -> float:
@@ -34,41 +38,81 @@ def xargs(scn: Scenario, n: int, cores: int) -> float:
     return time.perf_counter() - start
 
 
-async def daemon_run(http: aiohttp.ClientSession, url: str, n: int, run: int) -> float:
+async def daemon_run(
+    http: aiohttp.ClientSession, url: str, template: str, n: int, detail: str, run: int
+) -> float:
     start = time.perf_counter()
-    label = f"throughput-{n}-{run}"
+    label = f"throughput-{template}-{n}-{detail}-{run}"
     ids = [
-        (await create_session(http, url, template="bench", seed=i, label=label))["id"]
+        (
+            await create_session(
+                http, url, template=template, seed=i, label=label, sample_detail=detail
+            )
+        )["id"]
         for i in range(n)
     ]
     await wait_all(http, url, ids, {"completed"}, poll_s=0.05, label=label)
     return time.perf_counter() - start
 
 
+def scenarios(work: Path, small: bool) -> dict[str, Scenario]:
+    """The grid runs 1800 s (600 s of it with departures); grid6 runs 600 s of its flows."""
+    end = 100 if small else 1800
+    root6 = work / "grid6"
+    root6.mkdir(parents=True)
+    return {
+        "grid": grid_scenario(
+            work / "grid", grid=5, length=200, end=end, period=1.0, min_distance=400
+        ),
+        "grid6": Scenario(root6, grid6(root6, end=60 if small else 600)),
+    }
+
+
 async def main() -> None:
     parser = argparse.ArgumentParser()
-    parser.add_argument("--ns", default="1,2,8,32")
+    parser.add_argument("--ns", default="1,4,8,32")
+    parser.add_argument("--runs", type=int, default=5)
+    parser.add_argument("--scenarios", default="grid,grid6")
+    parser.add_argument("--details", default="period,exact")
     parser.add_argument("--small", action="store_true")
-    parser.add_argument("--runs", type=int, default=3)
     args = parser.parse_args()
     runs = 1 if args.small else args.runs
     cores = os.cpu_count() or 1
     ns = [1, 2] if args.small else [int(x) for x in args.ns.split(",")]
+    details = args.details.split(",")
     work = Path(tempfile.mkdtemp(prefix="bench-throughput-"))
-    end = 100 if args.small else 1800
-    scn = grid_scenario(work / "scn", grid=5, length=200, end=end, period=1.0, min_distance=400)
+    scns = {k: v for k, v in scenarios(work, args.small).items() if k in args.scenarios.split(",")}
     daemon = start_daemon(work / "state", "--max-running", str(cores))
     try:
         async with aiohttp.ClientSession() as http:
-            await upload(http, daemon, "bench", scn)
-            print(f"throughput: {cores} cores, scenario {scn.root}")
-            for n in ns:
-                bare, ours = [], []
-                for run in range(runs):
-                    bare.append(xargs(scn, n, cores))
-                    ours.append(await daemon_run(http, daemon.url, n, run))
-                name = f"N={n}: daemon vs xargs -P {cores} bare sumo, median of {runs}"
-                print(ratio_line(name, statistics.median(bare), statistics.median(ours)))
+            for name, scn in scns.items():
+                await upload(http, daemon, name, scn)
+            print(f"throughput: {cores} cores, {runs} alternating runs, scenarios in {work}")
+            for name, scn in scns.items():
+                for n in ns:
+                    bare: list[float] = []
+                    ours: dict[str, list[float]] = {d: [] for d in details}
+                    for run in range(runs):
+                        # Alternate which goes first: the machine's drift falls on all.
+                        order: list[str | None] = [None, *details]
+                        if run % 2:
+                            order.reverse()
+                        for detail in order:
+                            if detail is None:
+                                bare.append(xargs(scn, n, cores))
+                            else:
+                                seconds = await daemon_run(http, daemon.url, name, n, detail, run)
+                                ours[detail].append(seconds)
+                    for detail in details:
+                        label = f"{name} N={n} sample_detail={detail}: daemon vs xargs -P {cores}"
+                        print(
+                            ratio_line(
+                                f"{label} bare sumo, median of {runs}",
+                                statistics.median(bare),
+                                statistics.median(ours[detail]),
+                            ),
+                            flush=True,
+                        )
     finally:
         daemon.stop()
 
