@@ -35,6 +35,7 @@ from actors import handover, scenario, statistics, traci_commands
 from actors.ask import reply, reply_error
 from actors.errors import CommandFailed, SessionConflict, SupervisorError
 from actors.lifecycle import NOW, Cause, IllegalTransition, Status, interrupted, transition
+from actors.live_map import LiveMap
 from actors.messages import Commands, Control, Message, Pause, Resume, SessionSpec, StopSession
 from actors.network import read_network
 from actors.outcome import Ending, Outcome, Seen, classify
@@ -149,6 +150,8 @@ class SessionActor:
         # Set once its end is written (or given up) and its dir removed: until then its lease
         # and its dir are still its own, even after its task was cancelled.
         self.finished = asyncio.Event()
+        # Vehicle positions and light states, read only while a map watches (actors/live_map.py).
+        self.live_map = LiveMap()
 
     # ---- messages ------------------------------------------------------------------------------
 
@@ -509,6 +512,7 @@ class SessionActor:
             # traci reports a socket SUMO closed mid-message as a struct.error (a short read).
             return Ending("traci_lost", str(exc) or type(exc).__name__)
         finally:
+            self.live_map.close()
             await self._in_thread(close_quietly, conn)
 
     async def _connect(
@@ -653,6 +657,7 @@ class SessionActor:
                     reply(msg.reply, sample)
                     if done is not None:
                         return done
+            await self.live_map.tick(conn, self._in_thread, self._sim_time)
             if paused or stepped:
                 # Held still: wait for the next message (a stepped session only until idle).
                 wait = 1.0

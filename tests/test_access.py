@@ -27,12 +27,16 @@ from tests.harness.poll import DEADLINE_S, POLL_S
 # What each route needs: a route added to the API without a line here fails the first test.
 EXPECTED: dict[tuple[str, str], str | None] = {
     ("GET", "/healthz"): None,
+    # The dashboard's files hold no data: open to all, like /healthz.
+    ("GET", "/"): None,
+    ("GET", "/ui/{file:.+}"): None,
     ("GET", "/metrics"): "reader",
     ("POST", "/v1/templates"): "operator",
     ("GET", "/v1/templates"): "reader",
     ("GET", "/v1/templates/{name}"): "reader",
     ("DELETE", "/v1/templates/{name}"): "admin",
     ("DELETE", "/v1/templates/{name}/versions/{version}"): "admin",
+    ("GET", "/v1/templates/{name}/versions/{version}/network"): "reader",
     ("POST", "/v1/sessions"): "operator",
     ("GET", "/v1/sessions"): "reader",
     ("GET", "/v1/sessions/{id}"): "reader",
@@ -49,6 +53,7 @@ EXPECTED: dict[tuple[str, str], str | None] = {
     ("GET", "/v1/sessions/{id}/summary"): "reader",
     ("GET", "/v1/sessions/{id}/plot.svg"): "reader",
     ("GET", "/v1/sessions/{id}/stream"): "reader",
+    ("GET", "/v1/sessions/{id}/map"): "reader",
     ("GET", "/v1/sessions/{id}/{kind}.csv"): "reader",
     ("GET", "/v1/compare"): "reader",
     ("GET", "/v1/storage"): "reader",
@@ -69,6 +74,7 @@ def _concrete(path: str) -> str:
         .replace("{id}", "nope")
         .replace("{kind}", "trips")
         .replace("{version}", "1")
+        .replace("{file:.+}", "app.js")
     ) + ("?sessions=a,b" if path == "/v1/compare" else "")
 
 
