@@ -12,6 +12,7 @@ const pages = {
 };
 
 let cleanup = null;
+let generation = 0;
 const app = document.getElementById("app");
 const login = document.getElementById("login");
 const logout = document.getElementById("logout");
@@ -47,7 +48,9 @@ async function route() {
   cleanup?.();
   cleanup = null;
   clear(app);
+  const mine = ++generation;
   const module = await pages[page]();
+  if (mine !== generation) return; // another navigation came while this page loaded
   const root = h("div", { class: `page page-${page}` });
   app.append(root);
   cleanup = module.render(root, rest.map(decodeURIComponent)) || null;
@@ -70,8 +73,8 @@ document.getElementById("login-form").addEventListener("submit", async (event) =
   document.getElementById("token").value = "";
   login.hidden = true;
   logout.hidden = false;
-  if (!location.hash) location.hash = "#/sessions";
-  route();
+  if (!location.hash) location.hash = "#/sessions"; // the hashchange routes
+  else route();
 });
 
 logout.addEventListener("click", () => {
