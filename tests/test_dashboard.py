@@ -30,9 +30,7 @@ async def _log_in(page: Page, url: str, token: str) -> None:
 
 
 async def _chart_points(page: Page, metric: str) -> int:
-    value = await page.locator(f'figure.chart[data-metric="{metric}"]').get_attribute(
-        "data-points"
-    )
+    value = await page.locator(f'figure.chart[data-metric="{metric}"]').get_attribute("data-points")
     return int(value or 0)
 
 
@@ -156,7 +154,9 @@ async def test_set_a_traffic_light_from_the_map(daemons, db_url, http, scenarios
         # What SUMO shows now (the map's last frame may be from just before the pause).
         before = await _tls_state(http, daemon.url, session["id"], "B1")
         await expect(live_state).to_have_text(before)
-        await expect(page.locator("#selection-values")).to_have_attribute("data-phase", re.compile(r"\d+"))
+        await expect(page.locator("#selection-values")).to_have_attribute(
+            "data-phase", re.compile(r"\d+")
+        )
         # Set another phase (0, or 1 when it is at 0): its state differs from the current one.
         phase = int(await page.locator("#selection-values").get_attribute("data-phase") or 0)
         await page.fill("#phase", "1" if phase == 0 else "0")
@@ -172,7 +172,9 @@ async def test_set_a_traffic_light_from_the_map(daemons, db_url, http, scenarios
         box = await canvas.bounding_box()
         assert box is not None
         await canvas.click(position={"x": box["width"] / 2, "y": box["height"] / 2})
-        await expect(canvas).to_have_attribute("data-selected", re.compile(r"^(vehicle|light|edge):"))
+        await expect(canvas).to_have_attribute(
+            "data-selected", re.compile(r"^(vehicle|light|edge):")
+        )
         # The command is in the session's history, for a replay.
         async with http.get(f"{daemon.url}/v1/sessions/{session['id']}/commands") as r:
             history = (await r.json())["commands"]
@@ -238,7 +240,7 @@ async def test_compare_two_sessions(daemons, db_url, http, scenarios, tmp_path):
         await expect(page.locator("#compare-charts figure.chart")).to_have_count(6)
         # The sweep's statistics, per combination.
         await page.select_option("#sweep-id", sweep["id"])
-        await page.click("#sweep-id + button")
+        await page.click("#sweep-go")
         await expect(page.locator("#sweep-result")).to_contain_text("2 runs, 100% done")
         await expect(page.locator("#sweep-result")).to_contain_text("95% interval")
         await page.screenshot(path=screenshot_path("06-compare"), full_page=True)
@@ -248,4 +250,3 @@ async def test_compare_two_sessions(daemons, db_url, http, scenarios, tmp_path):
         await expect(page.locator("#session-head .badge")).to_have_text("completed")
         await page.screenshot(path=screenshot_path("07-session-ended"), full_page=True)
         assert errors == []
-

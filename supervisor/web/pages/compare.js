@@ -21,7 +21,7 @@ export function render(root) {
       h("p", {}, h("button", { type: "button", id: "compare-go", onclick: () => compare() }, "Compare"))),
     result,
     h("section", { class: "card", "aria-labelledby": "sweep-h" }, h("h3", { id: "sweep-h" }, "Sweeps"),
-      h("div", { class: "row" }, h("div", {}, sweepPick), h("button", { type: "button", onclick: () => sweep(sweepPick.value) }, "Show")), sweepOut),
+      h("div", { class: "row" }, h("div", {}, sweepPick), h("button", { type: "button", id: "sweep-go", onclick: () => sweep(sweepPick.value) }, "Show")), sweepOut),
   );
   const order = [];
 

@@ -97,7 +97,7 @@ function startForm(onCreated) {
       field("s-sample_every", "Sample every (steps)", { type: "number", min: 1, placeholder: "10" }),
       field("s-label", "Label", { type: "text", maxlength: 200 }),
       h("div", {}, h("label", { for: "s-mode" }, "Mode"),
-        h("select", { id: "s-mode", name: "mode" }, h("option", { value: "" }, "continuous"), h("option", { value: "stepped" }, "stepped"))),
+        h("select", { id: "s-mode", name: "mode" }, h("option", { value: "" }, "run (continuous)"), h("option", { value: "stepped" }, "stepped"))),
       field("s-max_wall_s", "Max wall time (s)", { type: "number", min: 1 }),
     ),
     h("fieldset", {}, h("legend", {}, "Record"), records),
