@@ -123,11 +123,32 @@ export class LiveMap {
 
   paint() {
     const { ctx, canvas } = this;
-    const { s, tx, ty } = this.view;
     const dpr = window.devicePixelRatio || 1;
     ctx.setTransform(1, 0, 0, 1, 0, 0);
     ctx.clearRect(0, 0, canvas.width, canvas.height);
     if (!this.paths) return;
+    // The net changes only with the view (or a closed edge): drawn once into a layer of its
+    // own and copied under each frame, so a new frame costs only its lights and vehicles.
+    const { s, tx, ty } = this.view;
+    const key = `${s} ${tx} ${ty} ${canvas.width} ${canvas.height} ${[...this.closedEdges].join(",")}`;
+    if (this.layerKey !== key) {
+      this.layer ??= document.createElement("canvas");
+      this.layer.width = canvas.width;
+      this.layer.height = canvas.height;
+      this.paintNet(this.layer.getContext("2d"), dpr);
+      this.layerKey = key;
+    }
+    ctx.drawImage(this.layer, 0, 0);
+    ctx.setTransform(s, 0, 0, -s, tx, ty);
+    this.paintLights(dpr);
+    this.paintVehicles(dpr);
+    this.paintSelection(dpr);
+  }
+
+  paintNet(ctx, dpr) {
+    const { s, tx, ty } = this.view;
+    ctx.setTransform(1, 0, 0, 1, 0, 0);
+    ctx.clearRect(0, 0, ctx.canvas.width, ctx.canvas.height);
     ctx.setTransform(s, 0, 0, -s, tx, ty);
     ctx.lineCap = "round";
     ctx.lineJoin = "round";
@@ -147,9 +168,6 @@ export class LiveMap {
       ctx.stroke(closed);
       ctx.setLineDash([]);
     }
-    this.paintLights(dpr);
-    this.paintVehicles(dpr);
-    this.paintSelection(dpr);
   }
 
   trace(path, sh) {
