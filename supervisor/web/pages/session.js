@@ -29,7 +29,7 @@ export function render(root, [id]) {
     h("section", { "aria-labelledby": "charts-h" }, h("h3", { id: "charts-h" }, "Samples"), chartBox),
     mapCard,
     summaryBox,
-    h("div", { class: "split" },
+    h("div", { class: "halves" },
       h("section", { class: "card", "aria-labelledby": "logs-h" }, h("h3", { id: "logs-h" }, "SUMO and session log"), logsBox),
       h("section", { class: "card", "aria-labelledby": "ev-h" }, h("h3", { id: "ev-h" }, "Status history"), eventsBox)),
     h("section", { class: "card", "aria-labelledby": "dl-h" }, h("h3", { id: "dl-h" }, "Downloads (CSV)"), downloads),
