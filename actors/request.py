@@ -135,6 +135,7 @@ _LABEL_PATTERN = r"[\w.:@/+-]{1,100}"
 _LABEL_RE = re.compile(_LABEL_PATTERN)
 MAX_INT32 = 2**31 - 1
 MAX_SAMPLE_EVERY = 1_000_000
+SAMPLE_DETAILS = ("period", "exact")
 
 
 @dataclass(frozen=True)
@@ -144,6 +145,9 @@ class SessionRequest:
     end: float | None = None
     seed: int | None = None
     sample_every: int = 10
+    # "exact": SUMO's summary of every step; "period": one row per sample (actors/summary.py).
+    # A request stored before the choice existed was exact.
+    sample_detail: str = "exact"
     max_wall_s: float | None = None
     label: str | None = None
     # (option, value as SUMO reads it), in the order given.
@@ -245,6 +249,7 @@ FIELDS = frozenset(
         "end",
         "seed",
         "sample_every",
+        "sample_detail",
         "max_wall_s",
         "label",
         "sumo_options",
@@ -295,6 +300,12 @@ def json_schema(cfg: Limits | None = None) -> dict[str, Any]:
                 **_range("integer", 1, MAX_SAMPLE_EVERY),
                 "description": "sim steps between two samples (10)",
             },
+            "sample_detail": {
+                "type": "string",
+                "enum": list(SAMPLE_DETAILS),
+                "description": "period (a running session's default): SUMO's summary once per"
+                " sample; exact (a stepped session's, and only choice): every step",
+            },
             "max_wall_s": {
                 **_range("number", 0.001, min(1e8, cfg.max_wall_s_limit)),
                 "description": "wall-clock seconds the session may run before it is timed out",
@@ -330,9 +341,18 @@ def json_schema(cfg: Limits | None = None) -> dict[str, Any]:
                 "description": "a session whose commands to apply again at the same sim times",
             },
         },
-        # A replay runs by itself.
-        "if": {"properties": {"replay_of": {"type": "string"}}, "required": ["replay_of"]},
-        "then": {"properties": {"mode": {"const": "run"}}},
+        "allOf": [
+            # A replay runs by itself.
+            {
+                "if": {"properties": {"replay_of": {"type": "string"}}, "required": ["replay_of"]},
+                "then": {"properties": {"mode": {"const": "run"}}},
+            },
+            # A stepped session is sampled exactly.
+            {
+                "if": {"properties": {"mode": {"const": "stepped"}}, "required": ["mode"]},
+                "then": {"properties": {"sample_detail": {"const": "exact"}}},
+            },
+        ],
     }
 
 
@@ -419,12 +439,25 @@ def parse_session_request(body: Any, cfg: Limits | None = None) -> SessionReques
         raise InvalidRequest("replay_of must be a session id", field="replay_of")
     if replay_of is not None and mode != "run":
         raise InvalidRequest("a replay runs by itself: mode must be 'run'", field="mode")
+    # Cheap by default; a stepped session answers each step with its sample at once, which
+    # needs the row of the step before (summary.py).
+    sample_detail = body.get("sample_detail", "period" if mode == "run" else "exact")
+    if sample_detail not in SAMPLE_DETAILS:
+        raise InvalidRequest(
+            "sample_detail must be 'period' or 'exact'", field="sample_detail", value=sample_detail
+        )
+    if sample_detail == "period" and mode != "run":
+        raise InvalidRequest(
+            "sample_detail 'period' is for a running session: a stepped one is sampled exactly",
+            field="sample_detail",
+        )
     return SessionRequest(
         template=template,
         version=_number(body, "version", integer=True, lo=1, hi=2**31 - 1),
         end=end,
         seed=_number(body, "seed", integer=True, lo=0, hi=2**31 - 1),
         sample_every=10 if sample_every is None else sample_every,
+        sample_detail=sample_detail,
         max_wall_s=max_wall_s,
         label=label,
         sumo_options=tuple(sumo_options),

@@ -419,19 +419,27 @@ def sumocfg_options(
     return scan.options
 
 
-def config_output(config: bytes, config_path: str, names: Iterable[str]) -> str | None:
-    """Where the config sends the output named by any of `names` (SUMO's synonyms), as a path
-    relative to the template's root; None when it names none, `/dev/null`, or a name SUMO
-    completes while it runs (${PID}...), or when the config would not pass the upload checks
-    (a template stored before them: SUMO, in its sandbox, decides). The last occurrence counts,
-    as in SUMO."""
+def config_value(config: bytes, config_path: str, names: Iterable[str]) -> str | None:
+    """The value the config gives the option named by any of `names` (SUMO's synonyms); the
+    last occurrence counts, as in SUMO. None when it gives none, or when the config would not
+    pass the upload checks (a template stored before them: SUMO, in its sandbox, decides)."""
     wanted = set(names)
     try:
         options = sumocfg_options(config, config_path)
     except (InvalidTemplate, PayloadTooLarge):
         return None
     values = [v for _s, option, v in options if option in wanted]
-    if not values or not (value := values[-1].strip()) or value == "/dev/null" or "${" in value:
+    return values[-1].strip() if values else None
+
+
+def config_output(config: bytes, config_path: str, names: Iterable[str]) -> str | None:
+    """Where the config sends the output named by any of `names` (SUMO's synonyms), as a path
+    relative to the template's root; None when it names none, `/dev/null`, or a name SUMO
+    completes while it runs (${PID}...), or when the config would not pass the upload checks
+    (a template stored before them: SUMO, in its sandbox, decides). The last occurrence counts,
+    as in SUMO."""
+    value = config_value(config, config_path, names)
+    if not value or value == "/dev/null" or "${" in value:
         return None
     return posixpath.normpath(posixpath.join(posixpath.dirname(config_path), value))
 

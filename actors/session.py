@@ -35,6 +35,7 @@ from actors import handover, scenario, statistics, traci_commands
 from actors.ask import reply, reply_error
 from actors.errors import CommandFailed, SessionConflict, SupervisorError
 from actors.lifecycle import NOW, Cause, IllegalTransition, Status, interrupted, transition
+from actors.live_map import LiveMap
 from actors.messages import Commands, Control, Message, Pause, Resume, SessionSpec, StopSession
 from actors.network import read_network
 from actors.outcome import Ending, Outcome, Seen, classify
@@ -144,9 +145,13 @@ class SessionActor:
         self._recorder = Recorder(spec.id, spec.request, workdir, writer, self._quota)
         # The config's own summary-output, written from the stream the samples come from.
         self._own_summary: Path | None = None
+        # SUMO's --summary-output.period: None for a row every step (summary.py).
+        self._summary_period: float | None = None
         # Set once its end is written (or given up) and its dir removed: until then its lease
         # and its dir are still its own, even after its task was cancelled.
         self.finished = asyncio.Event()
+        # Vehicle positions and light states, read only while a map watches (actors/live_map.py).
+        self.live_map = LiveMap()
 
     # ---- messages ------------------------------------------------------------------------------
 
@@ -354,6 +359,26 @@ class SessionActor:
         config = (self._workdir / self.spec.config_path).read_bytes()
         own = scenario.config_output(config, self.spec.config_path, ("summary-output", "summary"))
         self._own_summary = None if own is None else self._workdir / own
+        self._summary_period = self._sample_period(config)
+
+    def _sample_period(self, config: bytes) -> float | None:
+        """SUMO's summary period for "period" samples: every `sample_every` steps. None (a row
+        every step) for "exact" samples, for a config that asks for its own summary file (it
+        gets every step, as it would from SUMO), and where SUMO's periods would not start at
+        the run's first sim time (a loaded state) or the step length is not a plain number."""
+        request = self.spec.request
+        if request.sample_detail != "period" or self._own_summary is not None:
+            return None
+        path = self.spec.config_path
+        if scenario.config_value(config, path, ("load-state",)) is not None:
+            return None
+        step = dict(request.sumo_options).get("step-length")
+        if step is None:
+            step = scenario.config_value(config, path, ("step-length",)) or 1.0
+        try:
+            return round(float(step) * request.sample_every, 6)
+        except ValueError:
+            return None
 
     # ---- one SUMO process ----------------------------------------------------------------------
 
@@ -361,6 +386,9 @@ class SessionActor:
         """SUMO's command line; its summary output is added by its launcher when the launcher
         makes the listener (`summary_port` None)."""
         summary = ["--summary-output", f"127.0.0.1:{summary_port}"] if summary_port else []
+        # Explicit either way: a config's own period must not thin the rows the samples need.
+        period = self._summary_period
+        summary += ["--summary-output.period", "-1" if period is None else repr(period)]
         return [
             self._settings.sumo_binary,
             "-c",
@@ -380,7 +408,7 @@ class SessionActor:
     async def _run_on_port(self, port: int) -> Outcome:
         self._stderr_tail.clear()
         # A fresh feed per SUMO process: a retry on another port starts from nothing.
-        summary = SummaryFeed(self.spec.id, self._own_summary)
+        summary = SummaryFeed(self.spec.id, self._own_summary, self._summary_period)
         # An earlier SUMO's statistics are not this one's.
         await asyncio.to_thread(statistics.discard, self._workdir)
         try:
@@ -484,6 +512,7 @@ class SessionActor:
             # traci reports a socket SUMO closed mid-message as a struct.error (a short read).
             return Ending("traci_lost", str(exc) or type(exc).__name__)
         finally:
+            self.live_map.close()
             await self._in_thread(close_quietly, conn)
 
     async def _connect(
@@ -561,7 +590,14 @@ class SessionActor:
     ) -> Ending:
         request = self.spec.request
         setup = await self._in_thread(subscribe, conn)
-        await self._in_thread(summary.accept, setup.delta_t)
+        await self._in_thread(summary.accept, setup.delta_t, setup.sim_time)
+        period = summary.period
+        if period is not None and abs(setup.delta_t * request.sample_every - period) > 1e-6:
+            raise SummaryLost(
+                f"SUMO's step length is {setup.delta_t:g} s, not the config's"
+                f" {period / request.sample_every:g} s: its summary rows would miss the samples"
+                ' (ask for "sample_detail": "exact")'
+            )
         end = request.end
         if end is None and setup.end_time > 0:
             end = setup.end_time
@@ -621,6 +657,7 @@ class SessionActor:
                     reply(msg.reply, sample)
                     if done is not None:
                         return done
+            await self.live_map.tick(conn, self._in_thread, self._sim_time)
             if paused or stepped:
                 # Held still: wait for the next message (a stepped session only until idle).
                 wait = 1.0
@@ -635,17 +672,21 @@ class SessionActor:
                         return Ending("idle")
                 await self._wait_inbox(min(wait, 1.0))
                 continue
-            # A replay's next command is due at a sim time the slice must stop at.
+            # A replay applies its original's commands at the sim times they were applied at
+            # (the first ones maybe at its very start): the slice stops at the next one's.
+            await self._replay_due(conn, replay, log)
             limit = replay[0].sim_time if replay else None
             done = await self._run_for_a_slice(driver, limit)
-            # A replay applies its original's commands at the sim times they were applied at.
-            due = []
-            while replay and replay[0].sim_time <= (self._sim_time or 0.0) + 1e-9:
-                due.append(replay.popleft().command)
-            if due:
-                await self._replay(conn, due, log)
+            await self._replay_due(conn, replay, log)
             if done is not None:
                 return done
+
+    async def _replay_due(self, conn: Connection, replay: deque[RecordedCommand], log: Any) -> None:
+        due = []
+        while replay and replay[0].sim_time <= (self._sim_time or 0.0) + 1e-9:
+            due.append(replay.popleft().command)
+        if due:
+            await self._replay(conn, due, log)
 
     async def _jump(self, driver: Driver, target: float) -> tuple[dict[str, Any], Ending | None]:
         """Advance to `target` in one round trip, write the sample; the end, if reached."""

@@ -1,4 +1,4 @@
-"""A session's samples, from SUMO's own per-step summary output.
+"""A session's samples, from SUMO's own summary output.
 
 SUMO computes the summary in C++ every step (running, inserted, halting, mean speed,
 teleports); reading the same figures over TraCI needs a context subscription over every vehicle,
@@ -11,15 +11,28 @@ before it answers the jump, so the rows are already in the socket. Nobody reads 
 so SUMO's per-step sends wake no one; a jump is cut into pieces of at most MAX_STEPS_UNREAD
 steps so that the unread rows always fit in the socket's buffer (a full buffer would block
 SUMO's send while the session waits for SUMO's answer).
+
+How often SUMO writes a row is the request's `sample_detail`:
+- "exact": every step. The sample at T is SUMO's row of step T - step (the network as it is when
+  the clock reads T), and `waiting_time` adds up every step's halting count. SUMO walks every
+  vehicle each step for it: about a fifth of a simulation's own time.
+- "period" (the default of a running session): one row per sample (`--summary-output.period`),
+  which costs SUMO next to nothing. SUMO writes those rows at the sample times themselves, so the
+  sample at T is SUMO's row of step T (the network one step after the clock read T), and
+  `waiting_time` is estimated as the halting count times the sample's interval. SUMO writes no
+  row at a run's end that falls on the period: that last sample is read over TraCI (`final`).
 """
 
 from __future__ import annotations
 
+import math
 import os
 import socket
 from collections import deque
 from pathlib import Path
 from typing import Any
+
+from traci.connection import Connection
 
 # A step row is ~300 bytes: 256 of them fit easily in a loopback socket's default buffers.
 MAX_STEPS_UNREAD = 256
@@ -27,7 +40,8 @@ RECV_BUFFER = 1024 * 1024
 # Generous: the rows are already in flight when a read starts.
 READ_TIMEOUT_S = 30.0
 ACCEPT_TIMEOUT_S = 10.0
-_EPS = 1e-6
+# SUMO's speed under which a vehicle counts as halting (SUMO_const_haltingSpeed).
+HALTING_SPEED = 0.1
 
 
 # A cut sample row, with the number of vehicles still active at its last step (loaded, not ended).
@@ -42,8 +56,12 @@ class SummaryFeed:
     """One SUMO's summary stream, folded into sample rows. All but `open` and `close` block:
     they run on the session's TraCI thread."""
 
-    def __init__(self, session_id: str, copy_to: Path | None = None) -> None:
+    def __init__(
+        self, session_id: str, copy_to: Path | None = None, period: float | None = None
+    ) -> None:
         self._session_id = session_id
+        # SUMO's --summary-output.period; None: a row every step.
+        self.period = period
         # The config's own summary-output: SUMO's stream goes to the daemon, which writes the
         # config's file from the same bytes (SUMO can send the summary to one place only).
         self._copy_to = copy_to
@@ -62,6 +80,9 @@ class SummaryFeed:
         self._mean_speed = 0.0
         self._halting_seconds = 0.0
         self._step = 0.0
+        self._origin = 0.0
+        self._tolerance = 0.0
+        self._last_cut = 0.0
         # Cumulative counts at the previous cut, which make the per-interval differences.
         self._cut_inserted = 0
         self._cut_left = 0
@@ -80,10 +101,14 @@ class SummaryFeed:
         """Listen on a socket made elsewhere: a sandboxed SUMO's, in its network namespace."""
         self._listener = listener
 
-    def accept(self, step: float) -> None:
+    def accept(self, step: float, origin: float = 0.0) -> None:
         """Take SUMO's connection (made while loading, before TraCI opens); `step` is SUMO's
-        step length, the time each row stands for."""
+        step length, the time each row stands for, and `origin` the run's first sim time, from
+        which SUMO counts its periods."""
         self._step = step
+        self._origin = self._last_cut = origin
+        # SUMO writes times with two decimals.
+        self._tolerance = min(step / 2, 0.004)
         assert self._listener is not None
         self._listener.settimeout(ACCEPT_TIMEOUT_S)
         try:
@@ -104,12 +129,29 @@ class SummaryFeed:
             except OSError:
                 self._copy = None  # where SUMO itself could not have written it either
 
+    @property
+    def lead(self) -> float:
+        """How far past a sample time the clock must go for its row to be written."""
+        return self._step if self.period is not None else 0.0
+
+    def due(self, now: float) -> float:
+        """The step of the last row SUMO has written once its clock reads `now`."""
+        last = now - self._step
+        if self.period is None:
+            return last
+        periods = math.floor((last - self._origin + self._tolerance) / self.period)
+        return self._origin + periods * self.period
+
+    def covers(self, sim_time: float) -> bool:
+        """Whether the row the sample at `sim_time` is cut from is in."""
+        return self.last_time >= sim_time - self._step + self.lead - self._tolerance
+
     def read_until(self, time: float, cuts: deque[float] | None = None) -> list[Cut]:
         """Read rows until the one of step `time` has been folded in. Each of `cuts` (sample
-        times, ascending, taken off the deque) is cut as soon as its last step's row is in."""
+        times, ascending, taken off the deque) is cut as soon as its row is in."""
         assert self._conn is not None
         out: list[Cut] = []
-        while self.last_time < time - _EPS:
+        while self.last_time < time - self._tolerance:
             try:
                 data = self._conn.recv(RECV_BUFFER)
             except TimeoutError:
@@ -124,7 +166,7 @@ class SummaryFeed:
             for line in data[:cut].decode().splitlines():
                 if "<step " in line:
                     self._fold(line)
-                    while cuts and self.last_time >= cuts[0] - self._step - _EPS:
+                    while cuts and self.covers(cuts[0]):
                         out.append((self.cut(cuts.popleft()), self._active))
         return out
 
@@ -142,14 +184,18 @@ class SummaryFeed:
         self._inserted = int(parts[n["inserted"]])
         self._teleports = int(parts[n["teleports"]])
         self._halting = int(parts[n["halting"]])
-        # SUMO counts a halting vehicle as waiting: each halts for the whole step.
-        self._halting_seconds += self._halting * self._step
+        if self.period is None:
+            # SUMO counts a halting vehicle as waiting: each halts for the whole step.
+            self._halting_seconds += self._halting * self._step
         speed = float(parts[n["meanSpeed"]])
         # SUMO writes -1 when no vehicle is running.
         self._mean_speed = speed if speed >= 0 else 0.0
 
     def cut(self, sim_time: float) -> tuple[Any, ...]:
-        """The sample row labelled `sim_time`: the interval's steps up to `sim_time - step`."""
+        """The sample row labelled `sim_time`, from the latest row folded in."""
+        if self.period is not None:
+            self._halting_seconds = self._halting * (sim_time - self._last_cut)
+        self._last_cut = sim_time
         left = self._inserted - self._running
         row = (
             self._session_id,
@@ -166,6 +212,21 @@ class SummaryFeed:
         self._cut_teleports = self._teleports
         self._halting_seconds = 0.0
         return row
+
+    def final(self, conn: Connection, sim_time: float) -> Cut:
+        """The sample labelled `sim_time` from the network as it is now, read over TraCI: the
+        end of a run whose last row SUMO does not write. SUMO keeps the counts; the speeds take
+        one walk over the vehicles, once per run."""
+        stats = conn.simulation.getParameter
+        self._running = int(stats("", "stats.vehicles.running"))
+        self._inserted = int(stats("", "stats.vehicles.inserted"))
+        self._teleports = int(stats("", "stats.teleports.total"))
+        self._active = self._running + int(stats("", "stats.vehicles.waiting"))
+        speeds = [float(conn.vehicle.getSpeed(v)) for v in conn.vehicle.getIDList()]
+        self._halting = sum(1 for v in speeds if v < HALTING_SPEED)
+        self._mean_speed = sum(speeds) / len(speeds) if speeds else 0.0
+        self.last_time = max(self.last_time, sim_time - self._step + self.lead)
+        return self.cut(sim_time), self._active
 
     def close(self) -> None:
         for sock in (self._listener, self._conn):

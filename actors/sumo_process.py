@@ -132,7 +132,8 @@ def _settle_process(pid: int, nice: int) -> float | None:
     if nice:
         # Set from here, not in the child (a preexec_fn is unsafe in a threaded process):
         # SUMO spends its first tenth of a second loading anyway.
-        with contextlib.suppress(ProcessLookupError):
+        # Below 0 needs CAP_SYS_NICE: without it, SUMO keeps the daemon's priority.
+        with contextlib.suppress(ProcessLookupError, PermissionError):
             os.setpriority(os.PRIO_PROCESS, pid, nice)
         # Linux's autogroups schedule each session (SUMO has its own, to be killed as a group)
         # as one unit, whatever its processes' nice values: beside 8 SUMO sessions the daemon

@@ -40,6 +40,7 @@ from actors.errors import (
 )
 from actors.leases import LeaseKeeper
 from actors.lifecycle import ACTIVE, NOW, Cause, IllegalTransition, Status, interrupted, transition
+from actors.live_map import LiveMap
 from actors.messages import Commands, Control, Pause, Resume, SessionSpec, Step, StopSession
 from actors.outcome import Outcome
 from actors.ports import PortPool
@@ -313,6 +314,11 @@ class SupervisorActor:
             return await asyncio.wait_for(answer, CONTROL_TIMEOUT_S)
         except TimeoutError:
             raise SessionConflict(f"session {session_id} did not answer in time") from None
+
+    def live_map(self, session_id: str) -> LiveMap | None:
+        """The map feed of a session this node runs now; None when it runs none such."""
+        run = self._running.get(session_id)
+        return run.actor.live_map if run is not None else None
 
     async def shutdown(self, reason: str) -> None:
         await self.send(Shutdown(reason))

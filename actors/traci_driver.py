@@ -71,6 +71,8 @@ class Driver:
         # Unread summary rows must fit in the socket: at most MAX_STEPS_UNREAD steps per jump.
         self._max_samples = max(1, MAX_STEPS_UNREAD // every)
         self.samples_per_jump = 1
+        # Sample times asked for whose rows are not in yet, ascending.
+        self.pending: deque[float] = deque()
 
     def adapt(self, elapsed: float, samples: int) -> None:
         """Size the next jump to take about JUMP_S, from how long this one took."""
@@ -102,11 +104,12 @@ def advance(
     now = driver.setup.sim_time if start is None else start
     cut: list[Cut] = []
     while True:
-        driver.conn.simulationStep(min(target, now + MAX_STEPS_UNREAD * step))
+        # A float: traci warns of an old API on an int of 1000 or more (an `end` given as one).
+        driver.conn.simulationStep(float(min(target, now + MAX_STEPS_UNREAD * step)))
         sim = driver.conn.simulation.getSubscriptionResults()
         now = float(sim[tc.VAR_TIME])
         # SUMO sent the rows of the steps before `now` before it answered.
-        cut += driver.summary.read_until(now - step, cuts)
+        cut += driver.summary.read_until(driver.summary.due(now), cuts)
         if now >= target - 1e-9:
             return Jump(sim_time=now, min_expected=int(sim[tc.VAR_MIN_EXPECTED_VEHICLES])), cut
 
@@ -118,26 +121,41 @@ def run_slice(
     ends or sim time reaches `limit`; their sample rows and the last jump.
 
     The samples are cut from the summary stream, so a jump needs no stop at each one; it spans
-    as many as take about JUMP_S, so that SUMO seldom waits for the daemon."""
+    as many as take about JUMP_S, so that SUMO seldom waits for the daemon. A jump goes as far
+    past its last sample as SUMO must go to write that sample's row (`SummaryFeed.lead`)."""
     deadline = time.monotonic() + RUN_SLICE_S
     rows: list[tuple[Any, ...]] = []
+    pending = driver.pending
     while True:
-        cuts: deque[float] = deque()
-        while len(cuts) < driver.samples_per_jump:
-            cuts.append(driver.next_target())
-            if (driver.end is not None and cuts[-1] >= driver.end - 1e-9) or (
-                limit is not None and cuts[-1] >= limit - 1e-9
-            ):
-                break
+        while len(pending) < driver.samples_per_jump and not (
+            pending
+            and (
+                (driver.end is not None and pending[-1] >= driver.end - 1e-9)
+                or (limit is not None and pending[-1] + driver.summary.lead >= limit - 1e-9)
+            )
+        ):
+            pending.append(driver.next_target())
+        target = pending[-1] + driver.summary.lead
+        for bound in (driver.end, limit):
+            if bound is not None:
+                target = min(target, bound)
         began = time.monotonic()
-        jump, cut = advance(driver, start, cuts[-1], cuts)
+        jump, cut = advance(driver, start, target, pending)
         driver.adapt(time.monotonic() - began, len(cut))
-        if jump.min_expected == 0:
+        ended = jump.min_expected == 0 or driver.finished(jump) is not None
+        if jump.min_expected == 0 and any(active == 0 for _row, active in cut):
             # The run ended somewhere in this jump: stop where a jump per sample would have, at
             # the first sample after which no vehicle was active any more.
             while len(cut) > 1 and cut[-2][1] == 0:
                 cut.pop()
+            pending.clear()
             jump = Jump(sim_time=cut[-1][0][1], min_expected=0)
+        elif ended and pending:
+            # The run ended before SUMO wrote the next sample's row: that last sample is the
+            # network as the run left it.
+            cut.append(driver.summary.final(driver.conn, pending[0]))
+            jump = Jump(sim_time=pending.popleft(), min_expected=jump.min_expected)
+            pending.clear()
         start = jump.sim_time
         rows.extend(row for row, _active in cut)
         if (

@@ -21,6 +21,7 @@ import asyncio
 import contextlib
 import ipaddress
 import math
+import re
 import time
 from collections import OrderedDict
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -53,8 +54,9 @@ Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 @dataclass(frozen=True)
 class Route:
-    """One route of the API and what it needs. `role` None: open to all (/healthz, and the
-    API's description: /openapi.json, /docs)."""
+    """One route of the API and what it needs. `role` None: open to all (/healthz, the API's
+    description: /openapi.json, /docs, and the dashboard's own files, which hold no data: see
+    supervisor/dashboard.py)."""
 
     method: str
     path: str
@@ -82,6 +84,11 @@ TARPIT_S = 1.0
 TARPIT_PER_CLIENT = 16
 MAX_TRACKED_CLIENTS = 10_000
 PREFLIGHT_MAX_AGE_S = 600
+
+
+def canonical(path: str) -> str:
+    """A route's path as aiohttp names its resource: `/ui/{file:.+}` is `/ui/{file}`."""
+    return re.sub(r"\{(\w+):[^}]*\}", r"{\1}", path)
 
 
 def is_loopback(host: str) -> bool:
@@ -162,7 +169,9 @@ class Access:
     def __init__(self, cfg: Config, book: TokenBook, routes: list[Route]) -> None:
         self._cfg = cfg
         self._book = book
-        self._roles: dict[tuple[str, str], Route] = {(r.method, r.path): r for r in routes}
+        self._roles: dict[tuple[str, str], Route] = {
+            (r.method, canonical(r.path)): r for r in routes
+        }
         self._loopback_only = is_loopback(cfg.host)
         names = {h.lower() for h in cfg.allowed_hosts}
         if not _is_ip(cfg.host.strip("[]")) and cfg.host not in ("", "0.0.0.0", "::"):

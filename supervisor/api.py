@@ -35,7 +35,20 @@ from actors.errors import (
 from actors.request import parse_session_request
 from actors.supervisor import SupervisorActor
 from actors.writer import WriterActor
-from supervisor import db, docs, exports, forward, openapi, plots, service, sweeps, text, tokens
+from supervisor import (
+    dashboard,
+    db,
+    docs,
+    exports,
+    forward,
+    netmap,
+    openapi,
+    plots,
+    service,
+    sweeps,
+    text,
+    tokens,
+)
 from supervisor.access import AUDIT, Access, Route, error_response
 from supervisor.config import Config
 from supervisor.feeds import EndEvent, FeedHub, LaggedEvent, SampleEvent, StatusEvent, Watcher
@@ -72,6 +85,8 @@ class Services:
 
 SERVICES = web.AppKey("services", Services)
 ACCESS = web.AppKey("access", Access)
+DASHBOARD = web.AppKey("dashboard", dashboard.Dashboard)
+NETMAPS = web.AppKey("netmaps", netmap.NetMaps)
 
 
 def _created(request: web.Request, body: dict[str, Any], path: str) -> web.Response:
@@ -359,6 +374,9 @@ def _session_json(row: dict[str, Any]) -> dict[str, Any]:
         "attempt": row["attempt"],
         # The id of the node that runs it (GET /v1/nodes), while one does.
         "node": row["node"],
+        # The vehicles in the network at its latest sample, and the sweep it belongs to.
+        "vehicles": row.get("vehicles"),
+        "sweep": row.get("sweep_id"),
         "request": row["request"],
     }
 
@@ -890,6 +908,68 @@ async def storage(request: web.Request) -> web.Response:
     return _json(report)
 
 
+# ---- the dashboard and its map -----------------------------------------------------------------
+
+
+async def dashboard_index(request: web.Request) -> web.Response:
+    return await request.app[DASHBOARD].index(request)
+
+
+async def dashboard_asset(request: web.Request) -> web.Response:
+    return await request.app[DASHBOARD].asset(request)
+
+
+def _version(request: web.Request) -> int:
+    raw = request.match_info["version"]
+    if not raw.isdigit() or not 1 <= int(raw) < 2**31:
+        raise InvalidRequest("version must be a positive integer", field="version", value=raw)
+    return int(raw)
+
+
+async def template_network(request: web.Request) -> web.Response:
+    """The version's net as a map draws it: lane and junction shapes, traffic-light links."""
+    name = scenario.validate_name(request.match_info["name"])
+    body = await request.app[NETMAPS].geometry(name, _version(request))
+    return web.Response(body=body, content_type="application/json")
+
+
+# How long a map stream waits for a frame before it looks whether its client is still there.
+MAP_CHECK_S = 1.0
+
+
+async def session_map(request: web.Request) -> web.StreamResponse:
+    """Server-Sent Events: `frame` events (vehicles, light states) about twice a second, while
+    this stream is open; the session reads them from SUMO only while some map watches."""
+    s = request.app[SERVICES]
+    row = await _session_row(request)
+    live = s.supervisor.live_map(row["id"])
+    if live is None:
+        if row["status"] in ("starting", "running"):
+            raise SessionConflict(
+                f"session {row['id']} runs on node {row['node']}: its map is served there",
+                node=row["node"],
+            )
+        raise SessionConflict(
+            f"session {row['id']} is {row['status']}: a live map needs a running session",
+            status=row["status"],
+        )
+    async with request.app[ACCESS].hold(request, "streams"):
+        with live.watch() as watcher:
+            async with sse_response(
+                request, send_timeout=s.config.stream_send_timeout_s, response_cls=_EventStream
+            ) as stream:
+                while True:
+                    frame = await watcher.next(MAP_CHECK_S)
+                    if frame is not None:
+                        await stream.send(frame.decode(), event="frame")
+                    elif watcher.ended:
+                        await stream.send("{}", event="end")
+                        break
+                    elif (transport := request.transport) is None or transport.is_closing():
+                        break
+    return stream
+
+
 R = tokens.Role
 # Every route, and the role it needs. The access middleware refuses a route missing here.
 ROUTES: list[Route] = [
@@ -898,12 +978,17 @@ ROUTES: list[Route] = [
     Route("GET", "/openapi.json", docs.openapi_json, None),
     Route("GET", "/docs", docs.page, None),
     Route("GET", "/docs/{file}", docs.asset, None),
+    # The dashboard's own files: open to all, as they hold no data (supervisor/dashboard.py);
+    # every call they make for data sends the user's token.
+    Route("GET", "/", dashboard_index, None),
+    Route("GET", "/ui/{file:.+}", dashboard_asset, None),
     Route("GET", "/metrics", metrics, R.reader),
     Route("POST", "/v1/templates", create_template, R.operator, "multipart"),
     Route("GET", "/v1/templates", list_templates, R.reader),
     Route("GET", "/v1/templates/{name}", get_template, R.reader),
     Route("DELETE", "/v1/templates/{name}", delete_template, R.admin),
     Route("DELETE", "/v1/templates/{name}/versions/{version}", delete_template_version, R.admin),
+    Route("GET", "/v1/templates/{name}/versions/{version}/network", template_network, R.reader),
     Route("POST", "/v1/sessions", create_session, R.operator, "json"),
     Route("GET", "/v1/sessions", list_sessions, R.reader),
     Route("GET", "/v1/sessions/{id}", get_session, R.reader),
@@ -920,6 +1005,7 @@ ROUTES: list[Route] = [
     Route("GET", "/v1/sessions/{id}/summary", session_summary, R.reader),
     Route("GET", "/v1/sessions/{id}/plot.svg", session_plot, R.reader),
     Route("GET", "/v1/sessions/{id}/stream", session_stream, R.reader),
+    Route("GET", "/v1/sessions/{id}/map", session_map, R.reader),
     Route("GET", "/v1/sessions/{id}/{kind}.csv", session_export, R.reader),
     Route("GET", "/v1/compare", compare_sessions, R.reader),
     Route("GET", "/v1/storage", storage, R.reader),
@@ -943,6 +1029,10 @@ def make_app(services: Services, *, test_hooks: bool = False) -> web.Application
     )
     app[SERVICES] = services
     app[ACCESS] = access
+    app[DASHBOARD] = dashboard.Dashboard(dashboard.load())
+    app[NETMAPS] = netmap.NetMaps(
+        services.pool, services.upload_checks, services.config.max_inflated_bytes
+    )
     document = openapi.build(routes, services.config, public_url=services.config.public_url)
     app[docs.DOCUMENT] = docs.document_bytes(document)
     app.cleanup_ctx.append(forward.client_ctx)

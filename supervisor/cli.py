@@ -118,6 +118,12 @@ def _client_parsers(sub: Any) -> None:
     run.add_argument("--record", help="comma-separated: samples,trajectories,trips,edges")
     run.add_argument("--label")
     run.add_argument("--sample-every", type=int, dest="sample_every")
+    run.add_argument(
+        "--sample-detail",
+        choices=("period", "exact"),
+        dest="sample_detail",
+        help="period (default): SUMO's summary once per sample; exact: every step",
+    )
     run.add_argument("--wait", action="store_true", help="show progress; exit 0 only if completed")
     ps = _command(sub, "ps", "list sessions")
     ps.add_argument("--status")

@@ -141,7 +141,7 @@ def session_body(args: argparse.Namespace) -> dict[str, Any]:
     """The body of POST /v1/sessions for `run`, checked by the daemon's own parser first: a bad
     request is refused before any daemon is asked (or needed)."""
     body: dict[str, Any] = {"template": args.template}
-    for key in ("end", "seed", "label", "sample_every"):
+    for key in ("end", "seed", "label", "sample_every", "sample_detail"):
         if getattr(args, key) is not None:
             body[key] = getattr(args, key)
     if args.record:

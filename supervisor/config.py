@@ -73,8 +73,9 @@ class Config:
     upload_check_wait_s: float = 2.0
     # How long a stopping session gets to end by itself before its process group is killed.
     stop_grace_s: float = 2.0
-    # SUMO's CPU priority below the daemon's (a nice increment, 0-19): when simulations fill
-    # every core, the API, the writer and the sessions' TraCI threads still run at once.
+    # SUMO's CPU priority below the daemon's (a nice value, -20 to 19): when simulations fill
+    # every core, the API, the writer and the sessions' TraCI threads still run at once. Below 0
+    # (needs CAP_SYS_NICE) it puts SUMO ahead of other work on a shared machine.
     sumo_nice: int = 10
     # How long SUMO may take to open its TraCI port.
     connect_timeout_s: float = 60.0
@@ -210,8 +211,8 @@ def _validate(cfg: Config) -> None:
         raise ConfigError(f"port: must be 0..65535 (0 = any free port), got {cfg.port}")
     if cfg.max_running < 1:
         raise ConfigError(f"max_running: must be at least 1, got {cfg.max_running}")
-    if not 0 <= cfg.sumo_nice <= 19:
-        raise ConfigError(f"sumo_nice: must be 0..19, got {cfg.sumo_nice}")
+    if not -20 <= cfg.sumo_nice <= 19:
+        raise ConfigError(f"sumo_nice: must be -20..19, got {cfg.sumo_nice}")
     # SUMO's own binary and libraries take ~200 MB of address space before it reads anything.
     if cfg.sumo_memory_mb < 256:
         raise ConfigError(f"sumo_memory_mb: must be at least 256, got {cfg.sumo_memory_mb}")

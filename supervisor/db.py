@@ -183,8 +183,10 @@ async def resolve_template_version(
 
 _SESSION_FIELDS = """s.id, s.template_name, s.template_version, s.status, s.request, s.label,
     s.created_at, s.started_at, s.ended_at, s.end_time, s.port, s.pid, s.exit_code, s.cause,
-    s.error, s.attempt, s.owner_node AS node,
-    coalesce(s.sim_time, (SELECT max(sim_time) FROM samples WHERE session_id = s.id)) AS sim_time"""
+    s.error, s.attempt, s.owner_node AS node, s.sweep_id,
+    coalesce(s.sim_time, (SELECT max(sim_time) FROM samples WHERE session_id = s.id)) AS sim_time,
+    (SELECT vehicles FROM samples WHERE session_id = s.id ORDER BY sim_time DESC LIMIT 1)
+      AS vehicles"""
 
 
 async def get_session(pool: asyncpg.Pool, session_id: str) -> dict[str, Any] | None:
@@ -640,3 +642,14 @@ async def session_owner(pool: asyncpg.Pool, session_id: str) -> dict[str, Any] |
         session_id,
     )
     return dict(row) if row else None
+
+
+async def template_file(pool: asyncpg.Pool, name: str, version: int, path: str) -> bytes | None:
+    """One file of a template version, or None when it has no such file."""
+    content = await pool.fetchval(
+        "SELECT content FROM template_files WHERE name = $1 AND version = $2 AND path = $3",
+        name,
+        version,
+        path,
+    )
+    return bytes(content) if content is not None else None

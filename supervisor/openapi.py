@@ -13,7 +13,7 @@ from typing import Any
 from actors import request, scenario, traci_commands
 from actors.request import Limits
 from supervisor import db, exports, sweeps, tokens
-from supervisor.access import Route
+from supervisor.access import Route, canonical
 
 VERSION = "0.1.0"
 JSON = "application/json"
@@ -340,6 +340,44 @@ OPERATIONS: dict[tuple[str, str], Op] = {
         params=(Param("file", STR, "a file of the page", where="path", required=True),),
         errors=(404,),
         tag="daemon",
+    ),
+    ("GET", "/"): Op(
+        "dashboard",
+        "The web dashboard (its data calls send the token typed into its login form)",
+        None,
+        media="text/html",
+        tag="dashboard",
+    ),
+    ("GET", "/ui/{file}"): Op(
+        "dashboardAsset",
+        "The dashboard's scripts, styles and vendored libraries",
+        None,
+        media="application/octet-stream",
+        params=(Param("file", STR, "a file of the dashboard", where="path", required=True),),
+        errors=(404,),
+        tag="dashboard",
+    ),
+    ("GET", "/v1/templates/{name}/versions/{version}/network"): Op(
+        "getTemplateNetwork",
+        "A template version's net as a map draws it: lane and junction shapes, traffic lights",
+        ANY_OBJ,
+        params=(
+            Param("name", STR, "a template's name", where="path", required=True),
+            Param("version", STR, "a version number", where="path", required=True),
+        ),
+        errors=(404, 413, 422),
+        tag="templates",
+    ),
+    ("GET", "/v1/sessions/{id}/map"): Op(
+        "streamSessionMap",
+        "A running session's vehicles and light states, live (server-sent events)",
+        None,
+        media="text/event-stream",
+        params=(_SESSION_ID,),
+        errors=(404, 409),
+        description="`frame` events about twice a second while the stream is open (SUMO is "
+        "read only while some map watches), then `end`. 409 when the session does not run "
+        "on this node.",
     ),
     ("GET", "/metrics"): Op(
         "metrics", "Prometheus metrics", None, media="text/plain", tag="daemon"
@@ -780,8 +818,10 @@ def build(
     """The OpenAPI document of `routes`; KeyError for a route OPERATIONS does not describe."""
     paths: dict[str, dict[str, Any]] = {}
     for route in routes:
-        op = OPERATIONS[(route.method, route.path)]
-        paths.setdefault(route.path, {})[route.method.lower()] = _operation(route, op)
+        # `/ui/{file:.+}` is `/ui/{file}` to the document: the pattern is aiohttp's.
+        path = canonical(route.path)
+        op = OPERATIONS[(route.method, path)]
+        paths.setdefault(path, {})[route.method.lower()] = _operation(route, op)
     codes = sorted(c for c in _STATUS_TEXT if c >= 400)
     return {
         "openapi": "3.1.0",

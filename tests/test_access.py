@@ -30,12 +30,16 @@ EXPECTED: dict[tuple[str, str], str | None] = {
     ("GET", "/openapi.json"): None,
     ("GET", "/docs"): None,
     ("GET", "/docs/{file}"): None,
+    # The dashboard's files hold no data: open to all, like /healthz.
+    ("GET", "/"): None,
+    ("GET", "/ui/{file:.+}"): None,
     ("GET", "/metrics"): "reader",
     ("POST", "/v1/templates"): "operator",
     ("GET", "/v1/templates"): "reader",
     ("GET", "/v1/templates/{name}"): "reader",
     ("DELETE", "/v1/templates/{name}"): "admin",
     ("DELETE", "/v1/templates/{name}/versions/{version}"): "admin",
+    ("GET", "/v1/templates/{name}/versions/{version}/network"): "reader",
     ("POST", "/v1/sessions"): "operator",
     ("GET", "/v1/sessions"): "reader",
     ("GET", "/v1/sessions/{id}"): "reader",
@@ -52,6 +56,7 @@ EXPECTED: dict[tuple[str, str], str | None] = {
     ("GET", "/v1/sessions/{id}/summary"): "reader",
     ("GET", "/v1/sessions/{id}/plot.svg"): "reader",
     ("GET", "/v1/sessions/{id}/stream"): "reader",
+    ("GET", "/v1/sessions/{id}/map"): "reader",
     ("GET", "/v1/sessions/{id}/{kind}.csv"): "reader",
     ("GET", "/v1/compare"): "reader",
     ("GET", "/v1/storage"): "reader",
@@ -72,6 +77,7 @@ def _concrete(path: str) -> str:
         .replace("{id}", "nope")
         .replace("{kind}", "trips")
         .replace("{version}", "1")
+        .replace("{file:.+}", "app.js")
         .replace("{file}", "init.js")
     ) + ("?sessions=a,b" if path == "/v1/compare" else "")
 

@@ -90,8 +90,15 @@ async def _add_run_wait_and_results(daemon, cli, http, scenarios, tmp_path):
     assert "completed" in shown.stdout
 
     other = json.loads(
-        (await cli("run", "city", "--seed", "6", "--end", "300", "--json", url=daemon.url)).stdout
-    )
+        (
+            await cli(
+                "run", "city", "--seed", "6", "--end", "300", "--sample-detail", "exact", "--json",
+                url=daemon.url,
+            )
+        ).stdout
+    )  # fmt: skip
+    assert other["request"]["sample_detail"] == "exact"
+    assert session["request"]["sample_detail"] == "period"
     await wait_status(http, daemon, other["id"], "completed")
     compared = await cli("compare", session["id"], other["id"], "--json", url=daemon.url)
     assert len(json.loads(compared.stdout)["sessions"]) == 2

@@ -55,7 +55,7 @@ def test_config_is_frozen():
         ({"traci_ports": "9010-9000"}, {}, "traci_ports: need 1024 <= FIRST <= LAST"),
         ({"traci_ports": "a-b"}, {}, "traci_ports: expected 'FIRST-LAST'"),
         ({"log_format": "xml"}, {}, "log_format"),
-        ({}, {"SUMO_SUPERVISOR_SUMO_NICE": "20"}, "sumo_nice: must be 0..19"),
+        ({}, {"SUMO_SUPERVISOR_SUMO_NICE": "20"}, "sumo_nice: must be -20..19"),
         ({}, {"SUMO_SUPERVISOR_EXPORT_STALL_S": "0"}, "export_stall_s: must be positive"),
         ({}, {"SUMO_SUPERVISOR_DB_COMMAND_TIMEOUT_S": "-1"}, "db_command_timeout_s: must be"),
         ({}, {"SUMO_SUPERVISOR_MAX_SESSION_ROWS": "-1"}, "max_session_rows: must be 0 (no quota)"),

@@ -86,7 +86,9 @@ async def test_recorded_data_matches_sumo_files_and_statistics(
 ):
     daemon = await daemons.start(db_url)
     await upload(http, daemon, "grid4", scenarios["grid4"])
-    session = await create_session(http, daemon, template="grid4", seed=7, record=RECORD_ALL)
+    session = await create_session(
+        http, daemon, template="grid4", seed=7, record=RECORD_ALL, sample_detail="exact"
+    )
     await wait_status(http, daemon, session["id"], "completed", timeout=120)
     bare = bare_run_with_outputs(scenarios["grid4"], tmp_path / "bare", seed=7)
     url = f"{daemon.url}/v1/sessions/{session['id']}"

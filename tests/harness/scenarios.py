@@ -216,6 +216,24 @@ def _broken(root: Path, scenarios: Scenarios) -> str:
     return "broken.sumocfg"
 
 
+def grid6(root: Path, end: float = 3600) -> str:
+    """SUMO's own grid6 (shipped with it, in tools/game): a 6x6 grid with traffic lights, flows
+    from every side and a step of 0.1 s. Its config there belongs to the game (a GUI, an
+    additional file the game writes), so this one takes the net, the routes and the lights."""
+    shipped = SUMO_HOME / "tools" / "game" / "grid6"
+    for name in ("grid6.net.xml", "grid6.rou.xml", "grid6.tll.xml"):
+        shutil.copy(shipped / name, root / name)
+    (root / "grid6.sumocfg").write_text(
+        "<configuration>\n"
+        '  <input><net-file value="grid6.net.xml"/><route-files value="grid6.rou.xml"/>'
+        '<additional-files value="grid6.tll.xml"/></input>\n'
+        f'  <time><begin value="0"/><end value="{end:g}"/><step-length value="0.1"/></time>\n'
+        '  <routing><weights.random-factor value="1.2"/></routing>\n'
+        "</configuration>\n"
+    )
+    return "grid6.sumocfg"
+
+
 BUILDERS: dict[str, Callable[[Path, Scenarios], str]] = {
     "grid4": lambda root, _: _grid(root, 4, 200, ["-e", "600", "-p", "1.5", "--seed", "7"], 900),
     "grid3": lambda root, _: _grid(root, 3, 150, ["-e", "400", "-p", "1.0", "--seed", "11"], 600),
@@ -226,6 +244,7 @@ BUILDERS: dict[str, Callable[[Path, Scenarios], str]] = {
     "nested": _nested,
     "long": _long,
     "broken": _broken,
+    "grid6": lambda root, _: grid6(root, end=120),
 }
 
 

@@ -189,3 +189,28 @@ def test_sumo_options_that_are_not_an_object_are_refused_even_when_empty(options
     with pytest.raises(InvalidRequest) as err:
         parse_session_request({"template": "grid", "sumo_options": options})
     assert err.value.detail["field"] == "sumo_options"
+
+
+def test_sample_detail_is_period_for_a_running_session_and_exact_for_a_stepped_one():
+    assert parse_session_request({"template": "t"}).sample_detail == "period"
+    assert parse_session_request({"template": "t", "mode": "stepped"}).sample_detail == "exact"
+    exact = parse_session_request({"template": "t", "sample_detail": "exact"})
+    assert exact.sample_detail == "exact"
+    # Stored before the choice existed: sampled as it was then, every step.
+    stored = exact.to_json()
+    del stored["sample_detail"]
+    assert SessionRequest.from_json(stored).sample_detail == "exact"
+
+
+@pytest.mark.parametrize(
+    ("body", "message"),
+    [
+        ({"sample_detail": "fast"}, "must be 'period' or 'exact'"),
+        ({"sample_detail": 1}, "must be 'period' or 'exact'"),
+        ({"sample_detail": "period", "mode": "stepped"}, "stepped one is sampled exactly"),
+    ],
+)
+def test_bad_sample_detail_is_refused_naming_it(body, message):
+    with pytest.raises(InvalidRequest, match=message) as caught:
+        parse_session_request({"template": "t", **body})
+    assert caught.value.detail["field"] == "sample_detail"

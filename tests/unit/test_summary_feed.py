@@ -48,15 +48,22 @@ def step(
 class Sumo:
     """The sending end of the stream, and the feed reading it."""
 
-    def __init__(self, tmp_path: Path, step_length: float, copy_to: Path | None = None) -> None:
+    def __init__(
+        self,
+        tmp_path: Path,
+        step_length: float,
+        copy_to: Path | None = None,
+        period: float | None = None,
+        origin: float = 0.0,
+    ) -> None:
         listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         listener.bind(str(tmp_path / "summary.sock"))
         listener.listen(1)
         self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         self.sock.connect(str(tmp_path / "summary.sock"))
-        self.feed = SummaryFeed(SID, copy_to)
+        self.feed = SummaryFeed(SID, copy_to, period)
         self.feed.adopt(listener)
-        self.feed.accept(step_length)
+        self.feed.accept(step_length, origin)
 
     def send(self, data: bytes) -> None:
         self.sock.sendall(data)
@@ -186,3 +193,37 @@ def test_cut_after_a_jump_labels_the_sample_with_the_jumps_time(sumo: Sumo):
     assert sumo.feed.cut(7.0) == (SID, 7.0, 2, 2, 0, 10.0, 0, 0.0, 0)
     # Nothing happened since: the next cut has no departures.
     assert sumo.feed.cut(7.0) == (SID, 7.0, 2, 0, 0, 10.0, 0, 0.0, 0)
+
+
+def test_period_rows_are_due_at_the_period_and_cut_at_their_own_time(tmp_path: Path):
+    # SUMO's --summary-output.period 2.5 with a step of 0.5 s from 100 s: rows of steps 100,
+    # 102.5, 105... The sample at 102.5 is the row of step 102.5, written as the clock goes on
+    # to 103: a jump must go one step past a sample (lead) for its row to be in.
+    sumo = Sumo(tmp_path, step_length=0.5, period=2.5, origin=100.0)
+    try:
+        feed = sumo.feed
+        assert feed.lead == 0.5
+        assert [feed.due(t) for t in (100.5, 102.5, 103.0, 105.0, 105.5)] == [
+            100.0, 100.0, 102.5, 102.5, 105.0,
+        ]  # fmt: skip
+        sumo.send(
+            HEADER
+            + step(100.0, loaded=3, inserted=1, running=1, ended=0)
+            + step(102.5, loaded=5, inserted=4, running=3, ended=1, halting=2, mean_speed=4.0)
+            + step(105.0, loaded=5, inserted=5, running=2, ended=3, halting=1, teleports=1)
+        )
+        cuts = deque([102.5, 105.0, 107.5])
+        out = feed.read_until(feed.due(105.5), cuts)
+        # waiting_time is the halting count times the interval since the last sample (or start).
+        assert out == [
+            ((SID, 102.5, 3, 4, 1, 4.0, 2, 5.0, 0), 4),
+            ((SID, 105.0, 2, 1, 2, 10.0, 1, 2.5, 1), 2),
+        ]
+        assert cuts == deque([107.5])
+    finally:
+        sumo.close()
+
+
+def test_every_step_rows_are_due_a_step_behind_the_clock(sumo: Sumo):
+    assert sumo.feed.lead == 0.0
+    assert sumo.feed.due(7.0) == 6.0

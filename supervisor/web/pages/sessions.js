@@ -1,0 +1,145 @@
+// Every session at a glance: a table refreshed twice a second while shown, filters, the start
+// form, and stop / pause / resume / delete on each row.
+import { api } from "../api.js";
+import { badge, clear, every, FINAL, fmt, h, STATUSES, toast, errorText } from "../ui.js";
+
+export function render(root) {
+  const filters = { status: "", label: "", template: "" };
+  const tbody = h("tbody");
+  const count = h("p", { class: "muted", "aria-live": "polite" });
+  const templateFilter = h("select", { id: "f-template", onchange: (e) => { filters.template = e.target.value; refresh(); } },
+    h("option", { value: "" }, "all templates"));
+  const form = startForm(() => refresh());
+
+  root.append(
+    h("h2", {}, "Sessions"),
+    h("div", { class: "card" },
+      h("div", { class: "row", role: "search" },
+        h("div", {}, h("label", { for: "f-status" }, "Status"),
+          h("select", { id: "f-status", onchange: (e) => { filters.status = e.target.value; refresh(); } },
+            h("option", { value: "" }, "any status"), STATUSES.map((s) => h("option", { value: s }, s)))),
+        h("div", {}, h("label", { for: "f-label" }, "Label"),
+          h("input", { id: "f-label", type: "search", placeholder: "exact label",
+            onchange: (e) => { filters.label = e.target.value.trim(); refresh(); } })),
+        h("div", {}, h("label", { for: "f-template" }, "Template"), templateFilter),
+      ),
+      count,
+      h("div", { class: "table-wrap" },
+        h("table", { class: "responsive", id: "sessions-table" },
+          h("thead", {}, h("tr", {},
+            ["Session", "Status", "Template", "Label", "Progress", "Sim time", "Vehicles", "Node", "Actions"]
+              .map((t, i) => h("th", { scope: "col", class: i === 5 || i === 6 ? "num" : "" }, t)))),
+          tbody))),
+    form.element,
+  );
+
+  let templatesSeen = new Set();
+  async function refresh() {
+    const q = new URLSearchParams({ limit: "200" });
+    if (filters.status) q.set("status", filters.status);
+    if (filters.label) q.set("label", filters.label);
+    const { sessions } = await api(`/v1/sessions?${q}`);
+    const names = new Set(sessions.map((s) => s.template));
+    for (const n of names) {
+      if (!templatesSeen.has(n)) { templatesSeen.add(n); templateFilter.append(h("option", { value: n }, n)); }
+    }
+    const shown = sessions.filter((s) => !filters.template || s.template === filters.template);
+    count.textContent = `${shown.length} session${shown.length === 1 ? "" : "s"}`;
+    tbody.replaceChildren(...shown.map((s) => row(s, refresh)));
+  }
+
+  const stop = every(2000, refresh);
+  form.load();
+  return () => stop();
+}
+
+function row(s, refresh) {
+  const act = (label, path, method = "POST", cls = "quiet") =>
+    h("button", { type: "button", class: cls, "aria-label": `${label} ${s.id}`,
+      onclick: async () => {
+        if (method === "DELETE" && !confirm(`Delete session ${s.id} and all its rows?`)) return;
+        try { await api(path, { method }); toast(`${label}: ${s.id}`); refresh(); }
+        catch (err) { toast(`${label} failed: ${errorText(err)}`, true); }
+      } }, label);
+  const base = `/v1/sessions/${encodeURIComponent(s.id)}`;
+  const running = s.status === "running";
+  const ended = FINAL.has(s.status);
+  return h("tr", { dataset: { id: s.id, status: s.status } },
+    h("td", { "data-label": "Session" }, h("a", { href: `#/session/${encodeURIComponent(s.id)}`, class: "mono" }, s.id)),
+    h("td", { "data-label": "Status" }, badge(s.status)),
+    h("td", { "data-label": "Template" }, `${s.template} v${s.version}`),
+    h("td", { "data-label": "Label" }, s.label || "–"),
+    h("td", { "data-label": "Progress" }, h("progress", { max: 1, value: s.progress, "aria-label": `progress ${Math.round(s.progress * 100)}%` }),
+      ` ${Math.round(s.progress * 100)}%`),
+    h("td", { "data-label": "Sim time", class: "num" }, fmt(s.sim_time, 0)),
+    h("td", { "data-label": "Vehicles", class: "num" }, fmt(s.vehicles)),
+    h("td", { "data-label": "Node", class: "mono" }, s.node ? s.node.slice(0, 12) : "–"),
+    h("td", { "data-label": "Actions" }, h("div", { class: "actions" },
+      running && act("Pause", `${base}/pause`),
+      running && act("Resume", `${base}/resume`),
+      !ended && act("Stop", `${base}/stop`, "POST", "danger"),
+      ended && act("Delete", base, "DELETE", "danger"))),
+  );
+}
+
+function startForm(onCreated) {
+  const template = h("select", { id: "s-template", name: "template", required: true });
+  const field = (id, label, attrs) => h("div", {}, h("label", { for: id }, label), h("input", { id, name: id.slice(2), ...attrs }));
+  const error = h("p", { class: "error", role: "alert" });
+  const records = ["trajectories", "trips", "edges"].map((r) =>
+    h("label", { class: "inline" }, h("input", { type: "checkbox", name: "record", value: r }), ` ${r}`));
+  const form = h("form", { id: "start-form", onsubmit: submit },
+    h("div", { class: "grid-form" },
+      h("div", {}, h("label", { for: "s-template" }, "Template"), template),
+      field("s-version", "Version (latest if empty)", { type: "number", min: 1 }),
+      field("s-end", "End (sim s)", { type: "number", min: 1, step: "any" }),
+      field("s-seed", "Seed", { type: "number", min: 0 }),
+      field("s-sample_every", "Sample every (steps)", { type: "number", min: 1, placeholder: "10" }),
+      field("s-label", "Label", { type: "text", maxlength: 200 }),
+      h("div", {}, h("label", { for: "s-mode" }, "Mode"),
+        h("select", { id: "s-mode", name: "mode" }, h("option", { value: "" }, "run (continuous)"), h("option", { value: "stepped" }, "stepped"))),
+      field("s-max_wall_s", "Max wall time (s)", { type: "number", min: 1 }),
+    ),
+    h("fieldset", {}, h("legend", {}, "Record"), records),
+    h("label", { for: "s-sumo_options" }, "SUMO options (JSON object, optional)"),
+    h("textarea", { id: "s-sumo_options", rows: 2, cols: 50, placeholder: '{"scale": 1.5}' }),
+    h("p", {}, h("button", { type: "submit" }, "Start session")),
+    error);
+
+  async function submit(event) {
+    event.preventDefault();
+    error.textContent = "";
+    const body = { template: template.value };
+    for (const [key, kind] of [["version", "int"], ["end", "num"], ["seed", "int"], ["sample_every", "int"], ["max_wall_s", "num"], ["label", "str"]]) {
+      const v = form.querySelector(`#s-${key}`).value.trim();
+      if (v) body[key] = kind === "str" ? v : Number(v);
+    }
+    const mode = form.querySelector("#s-mode").value;
+    if (mode) body.mode = mode;
+    const record = [...form.querySelectorAll("input[name=record]:checked")].map((c) => c.value);
+    if (record.length) body.record = record;
+    const opts = form.querySelector("#s-sumo_options").value.trim();
+    if (opts) {
+      try { body.sumo_options = JSON.parse(opts); } catch { error.textContent = "SUMO options must be a JSON object"; return; }
+    }
+    try {
+      const s = await api("/v1/sessions", { method: "POST", json: body });
+      toast(`Started ${s.id}`);
+      onCreated();
+      location.hash = `#/session/${encodeURIComponent(s.id)}`;
+    } catch (err) {
+      error.textContent = errorText(err);
+    }
+  }
+
+  return {
+    element: h("section", { class: "card", "aria-labelledby": "start-h" }, h("h3", { id: "start-h" }, "Start a session"), form),
+    async load() {
+      try {
+        const { templates } = await api("/v1/templates");
+        clear(template).append(...templates.map((t) => h("option", { value: t.name }, `${t.name} (v${t.latest_version})`)));
+        if (!templates.length) template.append(h("option", { value: "" }, "no templates: upload one first"));
+      } catch (err) { error.textContent = errorText(err); }
+    },
+  };
+}

@@ -1,0 +1,252 @@
+"""The web dashboard in a real browser (Debian's chromium driven by Playwright) against a real
+daemon, real PostgreSQL and real SUMO: log in, start a session from the form and watch its
+chart advance, pause and resume it, set a traffic light from the map, upload a template,
+compare two sessions. Each page's screenshot is left in tmp/artifacts (DASHBOARD_ARTIFACTS)."""
+
+from __future__ import annotations
+
+import re
+
+import pytest
+from playwright.async_api import Page, expect
+
+from tests.harness.browser import browser_context, screenshot_path
+from tests.harness.daemon import make_token
+from tests.harness.http import create_session, upload, wait_status
+
+pytestmark = pytest.mark.slow
+
+
+def _auth(token: str) -> dict[str, str]:
+    return {"Authorization": f"Bearer {token}"}
+
+
+async def _log_in(page: Page, url: str, token: str) -> None:
+    await page.goto(url + "/")
+    await expect(page.locator("#login")).to_be_visible()
+    await page.fill("#token", token)
+    await page.click("#login-form button[type=submit]")
+    await expect(page.locator("#login")).to_be_hidden()
+
+
+async def _chart_points(page: Page, metric: str) -> int:
+    value = await page.locator(f'figure.chart[data-metric="{metric}"]').get_attribute("data-points")
+    return int(value or 0)
+
+
+async def _wait_points_above(page: Page, metric: str, count: int) -> None:
+    await page.wait_for_function(
+        "([m, n]) => Number(document.querySelector(`figure.chart[data-metric='${m}']`)"
+        "?.dataset.points || 0) > n",
+        arg=[metric, count],
+    )
+
+
+async def _tls_state(http, url: str, session_id: str, tls: str) -> str:
+    get = {"type": "get", "domain": "tls", "id": tls, "var": "state"}
+    async with http.post(f"{url}/v1/sessions/{session_id}/commands", json={"commands": [get]}) as r:
+        assert r.status == 200, await r.text()
+        return (await r.json())["results"][0]["value"]  # type: ignore[no-any-return]
+
+
+async def test_log_in_start_watch_pause_resume(daemons, db_url, http, scenarios, tmp_path):
+    token = await make_token(db_url, "alice", "operator")
+    daemon = await daemons.start(db_url)
+    http.headers.update(_auth(token))
+    await upload(http, daemon, "long", scenarios["long"])
+    async with browser_context(tmp_path / "profile") as context:
+        page = await context.new_page()
+        errors: list[str] = []
+        page.on("pageerror", lambda exc: errors.append(str(exc)))
+        # A wrong token is refused with a message, and nothing else is shown.
+        await page.goto(daemon.url + "/")
+        await page.fill("#token", "sst_wrong")
+        await page.click("#login-form button[type=submit]")
+        await expect(page.locator("#login-error")).to_contain_text("unknown")
+        await page.screenshot(path=screenshot_path("01-login"))
+        await _log_in(page, daemon.url, token)
+        await expect(page.locator("#app h2")).to_have_text("Sessions")
+
+        # Start a session from the form: the page goes to the session, whose charts fill.
+        await page.select_option("#s-template", "long")
+        await page.fill("#s-end", "100000")
+        await page.fill("#s-label", "from-the-form")
+        await page.click("#start-form button[type=submit]")
+        await expect(page).to_have_url(re.compile(r"#/session/"))
+        session_id = page.url.rsplit("/", 1)[-1]
+        await expect(page.locator("#session-head .badge")).to_have_text("running")
+        await _wait_points_above(page, "vehicles", 5)
+        first = await _chart_points(page, "vehicles")
+        await _wait_points_above(page, "vehicles", first)
+        assert await page.locator("figure.chart").count() >= 7  # every sample metric
+
+        # Pause: the chart reaches the sample the session stopped at, and stays there.
+        await page.click("#controls button:text-is('Pause')")
+        await expect(page.locator("#controls")).to_have_attribute("data-last", "pause")
+        async with http.get(f"{daemon.url}/v1/sessions/{session_id}/samples") as r:
+            paused_at = (await r.json())["samples"][-1]["sim_time"]
+        chart = page.locator('figure.chart[data-metric="vehicles"]')
+        await expect(chart).to_have_attribute("data-last", str(int(paused_at)))
+        async with http.get(f"{daemon.url}/v1/sessions/{session_id}/samples") as r:
+            assert (await r.json())["samples"][-1]["sim_time"] == paused_at
+        await page.screenshot(path=screenshot_path("03-session-paused"), full_page=True)
+
+        # Resume: it goes on from there.
+        await page.click("#controls button:text-is('Resume')")
+        await expect(page.locator("#controls")).to_have_attribute("data-last", "resume")
+        await page.wait_for_function(
+            "t => Number(document.querySelector(\"figure.chart[data-metric='vehicles']\")"
+            ".dataset.last) > t",
+            arg=paused_at,
+        )
+        # The sessions page lists it, with its label and status; filters narrow the table.
+        await page.click("header nav a[data-page=sessions]")
+        row = page.locator(f'#sessions-table tr[data-id="{session_id}"]')
+        await expect(row).to_contain_text("from-the-form")
+        await expect(row.locator(".badge")).to_have_text("running")
+        await page.select_option("#f-status", "completed")
+        await expect(row).to_have_count(0)
+        await page.select_option("#f-status", "running")
+        await expect(row).to_have_count(1)
+        await page.screenshot(path=screenshot_path("02-sessions"), full_page=True)
+        # Stop from the table.
+        await row.locator("button:text-is('Stop')").click()
+        await wait_status(http, daemon, session_id, {"stopped"})
+        await page.select_option("#f-status", "")
+        await expect(row.locator(".badge")).to_have_text("stopped")
+
+        # A phone-sized screen shows the same table, one card per session. (A new tab asks
+        # for the token again: it is kept per tab.)
+        phone = await context.new_page()
+        await phone.set_viewport_size({"width": 390, "height": 844})
+        await _log_in(phone, daemon.url, token)
+        await expect(phone.locator(f'tr[data-id="{session_id}"]')).to_be_visible()
+        await phone.screenshot(path=screenshot_path("02-sessions-phone"), full_page=True)
+        assert errors == []
+
+
+async def test_set_a_traffic_light_from_the_map(daemons, db_url, http, scenarios, tmp_path):
+    token = await make_token(db_url, "bob", "operator")
+    daemon = await daemons.start(db_url)
+    http.headers.update(_auth(token))
+    await upload(http, daemon, "long", scenarios["long"])
+    session = await create_session(http, daemon, template="long", end=100000, label="map")
+    await wait_status(http, daemon, session["id"], {"running"})
+    async with browser_context(tmp_path / "profile") as context:
+        page = await context.new_page()
+        errors: list[str] = []
+        page.on("pageerror", lambda exc: errors.append(str(exc)))
+        await _log_in(page, daemon.url, token)
+        await page.goto(f"{daemon.url}/#/session/{session['id']}")
+        canvas = page.locator("canvas#map")
+        # Frames come while the page watches: vehicles are drawn.
+        await page.wait_for_function(
+            "() => Number(document.querySelector('canvas#map')?.dataset.vehicles || 0) > 0"
+        )
+        # Pause, so the light keeps the phase it is given for as long as the test looks.
+        await page.click("#controls button:text-is('Pause')")
+        await expect(page.locator("#controls")).to_have_attribute("data-last", "pause")
+        # Pick a light (the keyboard's way; a click on the canvas picks the same).
+        await page.select_option("#light-pick", "B1")
+        await expect(canvas).to_have_attribute("data-selected", "light:B1")
+        live_state = page.locator('#selection-values dd[data-key="state"]')
+        await expect(live_state).to_have_text(re.compile(r"^[rRgGyYsuoO]+$"))
+        # What SUMO shows now (the map's last frame may be from just before the pause).
+        before = await _tls_state(http, daemon.url, session["id"], "B1")
+        await expect(live_state).to_have_text(before)
+        await expect(page.locator("#selection-values")).to_have_attribute(
+            "data-phase", re.compile(r"\d+")
+        )
+        # Set another phase (0, or 1 when it is at 0): its state differs from the current one.
+        phase = int(await page.locator("#selection-values").get_attribute("data-phase") or 0)
+        await page.fill("#phase", "1" if phase == 0 else "0")
+        await page.click("#set-phase")
+        result = page.locator("#command-result")
+        await expect(result).to_contain_text("state now")
+        new_state = await result.get_attribute("data-state")
+        assert new_state and new_state != before
+        # The map's own frames show the light in its new state.
+        await expect(live_state).to_have_text(new_state)
+        await page.screenshot(path=screenshot_path("04-map"), full_page=True)
+        # A click on the canvas, near the picked light, selects something on the map.
+        box = await canvas.bounding_box()
+        assert box is not None
+        await canvas.click(position={"x": box["width"] / 2, "y": box["height"] / 2})
+        await expect(canvas).to_have_attribute(
+            "data-selected", re.compile(r"^(vehicle|light|edge):")
+        )
+        # The command is in the session's history, for a replay.
+        async with http.get(f"{daemon.url}/v1/sessions/{session['id']}/commands") as r:
+            history = (await r.json())["commands"]
+        assert any(c["command"]["type"] == "tls.set_phase" for c in history), history
+        assert errors == []
+
+
+async def test_upload_a_template_folder(daemons, db_url, scenarios, tmp_path):
+    token = await make_token(db_url, "carol", "operator")
+    daemon = await daemons.start(db_url)
+    scenario = scenarios["nested"]
+    async with browser_context(tmp_path / "profile") as context:
+        page = await context.new_page()
+        await _log_in(page, daemon.url, token)
+        await page.click("header nav a[data-page=templates]")
+        await expect(page.locator("#templates-table")).to_contain_text("No templates yet")
+        # A folder as a user picks it: its subfolders kept, its own name not.
+        await page.set_input_files("#u-folder", str(scenario.root))
+        await expect(page.locator("#u-files")).to_contain_text("net/spider.net.xml.gz")
+        await expect(page.locator("#u-config")).to_have_value("cfg/scenario.sumocfg")
+        await page.fill("#u-name", "spider")
+        await page.click("#upload-form button[type=submit]")
+        await expect(page.locator("#upload-form")).to_have_attribute("data-uploaded", "spider:1")
+        row = page.locator('#templates-table tr[data-name="spider"]')
+        await expect(row).to_contain_text("v1")
+        await row.locator("button").click()
+        await expect(page.locator("#template-detail")).to_contain_text("add/detectors.add.xml")
+        await page.screenshot(path=screenshot_path("05-templates"), full_page=True)
+        # The same checks as the API: a name it refuses is refused with its message.
+        await page.fill("#u-name", "Bad Name!")
+        await page.evaluate("document.getElementById('u-name').removeAttribute('pattern')")
+        await page.click("#upload-form button[type=submit]")
+        await expect(page.locator("#u-error")).to_contain_text("name")
+
+
+async def test_compare_two_sessions(daemons, db_url, http, scenarios, tmp_path):
+    token = await make_token(db_url, "dave", "operator")
+    daemon = await daemons.start(db_url)
+    http.headers.update(_auth(token))
+    await upload(http, daemon, "grid3", scenarios["grid3"])
+    a = await create_session(http, daemon, template="grid3", seed=1, label="seed-1")
+    b = await create_session(http, daemon, template="grid3", seed=2, label="seed-2")
+    async with http.post(
+        f"{daemon.url}/v1/sweeps", json={"template": "grid3", "seeds": [3, 4]}
+    ) as r:
+        assert r.status == 201, await r.text()
+        sweep = await r.json()
+    for sid in (a["id"], b["id"], *sweep["sessions"]):
+        await wait_status(http, daemon, sid, {"completed"})
+    async with browser_context(tmp_path / "profile") as context:
+        page = await context.new_page()
+        errors: list[str] = []
+        page.on("pageerror", lambda exc: errors.append(str(exc)))
+        await _log_in(page, daemon.url, token)
+        await page.click("header nav a[data-page=compare]")
+        await page.check(f'#compare-pick tr[data-id="{a["id"]}"] input')
+        await page.check(f'#compare-pick tr[data-id="{b["id"]}"] input')
+        await page.click("#compare-go")
+        table = page.locator("#compare-table")
+        await expect(table).to_contain_text("baseline seed-1")
+        await expect(table).to_contain_text("seed-2")
+        await expect(table).to_contain_text("arrived")
+        await expect(page.locator("#compare-charts figure.chart")).to_have_count(6)
+        # The sweep's statistics, per combination.
+        await page.select_option("#sweep-id", sweep["id"])
+        await page.click("#sweep-go")
+        await expect(page.locator("#sweep-result")).to_contain_text("2 runs, 100% done")
+        await expect(page.locator("#sweep-result")).to_contain_text("95% interval")
+        await page.screenshot(path=screenshot_path("06-compare"), full_page=True)
+        # An ended session's page: its summary and the status history.
+        await page.goto(f"{daemon.url}/#/session/{a['id']}")
+        await expect(page.locator("#summary-table")).to_contain_text("arrived")
+        await expect(page.locator("#session-head .badge")).to_have_text("completed")
+        await page.screenshot(path=screenshot_path("07-session-ended"), full_page=True)
+        assert errors == []
