@@ -132,6 +132,8 @@ class SessionActor:
         self._control: deque[Control] = deque()
         # The control message being handled, taken from _control.
         self._in_hand: Control | None = None
+        # Whether a pause holds the simulation now: read by the supervisor for the API.
+        self.paused = False
         self._net: traci_commands.Network | None = None
         self._stderr_tail: deque[str] = deque(maxlen=STDERR_TAIL_LINES)
         self._sim_time: float | None = None
@@ -637,7 +639,7 @@ class SessionActor:
                 if isinstance(msg, Pause | Resume):
                     if isinstance(msg, Pause) and not paused:
                         paused_since = loop.time()
-                    paused = isinstance(msg, Pause)
+                    paused = self.paused = isinstance(msg, Pause)
                     log.info("session_paused" if paused else "session_resumed")
                     if paused:
                         # Whoever paused it can read every sample up to here at once.

@@ -320,6 +320,11 @@ class SupervisorActor:
         run = self._running.get(session_id)
         return run.actor.live_map if run is not None else None
 
+    def paused(self, session_id: str) -> bool | None:
+        """Whether a session this node runs is paused now; None when it runs no such session."""
+        run = self._running.get(session_id)
+        return run.actor.paused if run is not None else None
+
     async def shutdown(self, reason: str) -> None:
         await self.send(Shutdown(reason))
 

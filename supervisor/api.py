@@ -9,7 +9,7 @@ import asyncio
 import contextlib
 import json
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import unquote
@@ -51,7 +51,19 @@ from supervisor import (
 )
 from supervisor.access import AUDIT, Access, Route, error_response
 from supervisor.config import Config
-from supervisor.feeds import EndEvent, FeedHub, LaggedEvent, SampleEvent, StatusEvent, Watcher
+from supervisor.feeds import (
+    EndEvent,
+    FeedHub,
+    LaggedEvent,
+    ListChange,
+    ListFeed,
+    ListQuery,
+    SampleEvent,
+    SessionChanged,
+    SessionLeft,
+    StatusEvent,
+    Watcher,
+)
 from supervisor.jsonio import dumps as _dumps
 from supervisor.jsonio import encode as _encode
 from supervisor.jsonio import json_response as _json
@@ -377,8 +389,16 @@ def _session_json(row: dict[str, Any]) -> dict[str, Any]:
         # The vehicles in the network at its latest sample, and the sweep it belongs to.
         "vehicles": row.get("vehicles"),
         "sweep": row.get("sweep_id"),
+        # Whether a pause holds it now: true or false while this node runs it, else null
+        # (not running, or run by another node).
+        "paused": row.get("paused"),
         "request": row["request"],
     }
+
+
+def _with_paused(s: Services, row: dict[str, Any]) -> dict[str, Any]:
+    row["paused"] = s.supervisor.paused(row["id"])
+    return row
 
 
 async def _session_row(request: web.Request) -> dict[str, Any]:
@@ -402,18 +422,33 @@ async def create_session(request: web.Request) -> web.Response:
     return _created(request, _session_json(row), f"/v1/sessions/{row['id']}")
 
 
-async def list_sessions(request: web.Request) -> web.Response:
-    status = request.query.get("status")
+def _list_query(request: web.Request, *, default_limit: int, max_limit: int) -> ListQuery:
+    """The filters of a session list: `status`, `label`, `template` (each empty for any) and
+    `limit`."""
+    status = request.query.get("status") or None
     if status is not None and status not in ALL_STATUSES:
         raise InvalidRequest(f"status must be one of {', '.join(ALL_STATUSES)}", field="status")
-    label = request.query.get("label")
-    limit = _query_int(request, "limit", 100, 1, 10_000)
-    rows = await db.list_sessions(request.app[SERVICES].pool, status, label, limit)
-    return _json({"sessions": [_session_json(r) for r in rows]})
+    template = request.query.get("template") or None
+    if template is not None:
+        scenario.validate_name(template)
+    return ListQuery(
+        status=status,
+        label=request.query.get("label") or None,
+        template=template,
+        limit=_query_int(request, "limit", default_limit, 1, max_limit),
+    )
+
+
+async def list_sessions(request: web.Request) -> web.Response:
+    s = request.app[SERVICES]
+    q = _list_query(request, default_limit=100, max_limit=10_000)
+    rows = await db.list_sessions(s.pool, q.status, q.label, q.limit, template=q.template)
+    return _json({"sessions": [_session_json(_with_paused(s, r)) for r in rows]})
 
 
 async def get_session(request: web.Request) -> web.Response:
-    return _json(_session_json(await _session_row(request)))
+    row = await _session_row(request)
+    return _json(_session_json(_with_paused(request.app[SERVICES], row)))
 
 
 async def session_events(request: web.Request) -> web.Response:
@@ -628,19 +663,31 @@ async def session_stream(request: web.Request) -> web.StreamResponse:
             request, send_timeout=s.config.stream_send_timeout_s, response_cls=_EventStream
         ) as stream,
     ):
-        try:
+        with _ends_if_stalled(request, stream, s.config.stream_send_timeout_s):
             await _stream_events(request, s, row, last, watcher, stream)
-        except (TimeoutError, ConnectionResetError):
-            # A ping's timeout aborts the connection under a pending send (which then fails
-            # with ConnectionResetError): either way, the client stopped reading.
-            if not stream.timed_out:
-                raise
-            log.info(
-                "api_stream_send_timeout",
-                path=request.path,
-                timeout_s=s.config.stream_send_timeout_s,
-            )
     return stream
+
+
+@contextlib.contextmanager
+def _ends_if_stalled(
+    request: web.Request, stream: _EventStream, timeout_s: float
+) -> Iterator[None]:
+    """A stream whose client stopped reading for `timeout_s` ends quietly (logged)."""
+    try:
+        yield
+    except (TimeoutError, ConnectionResetError):
+        # A ping's timeout aborts the connection under a pending send (which then fails
+        # with ConnectionResetError): either way, the client stopped reading.
+        if not stream.timed_out:
+            raise
+        log.info("api_stream_send_timeout", path=request.path, timeout_s=timeout_s)
+
+
+def _client_gone(request: web.Request) -> bool:
+    # aiohttp does not cancel a handler whose client has gone, and the ping that finds it gone
+    # only ends itself: a quiet stream looks for itself.
+    transport = request.transport
+    return transport is None or transport.is_closing()
 
 
 # How often a stream with no events checks that its client is still there.
@@ -669,7 +716,7 @@ async def _stream_events(
     s: Services,
     row: dict[str, Any],
     last: float | None,
-    watcher: Watcher,
+    watcher: Watcher[SampleEvent | StatusEvent],
     stream: EventSourceResponse,
 ) -> None:
     # Subscribed first, then the backlog: together they miss nothing; repeats are skipped. The
@@ -678,17 +725,15 @@ async def _stream_events(
         for sample in page:
             await stream.send(_dumps(sample), id=repr(sample["sim_time"]), event="sample")
             last = sample["sim_time"]
-    status = row["status"]
+    _with_paused(s, row)
+    state = (row["status"], row["paused"])
     await stream.send(_dumps(_session_json(row)), event="status")
     while True:
         try:
             async with asyncio.timeout(STREAM_CHECK_S):
                 event = await watcher.queue.get()
         except TimeoutError:
-            # aiohttp does not cancel a handler whose client has gone, and the ping that finds
-            # it gone only ends itself: a quiet stream looks for itself.
-            transport = request.transport
-            if transport is None or transport.is_closing():
+            if _client_gone(request):
                 return
             continue
         if isinstance(event, SampleEvent):
@@ -697,14 +742,106 @@ async def _stream_events(
                 await stream.send(_dumps(event.sample), id=repr(t), event="sample")
                 last = t
         elif isinstance(event, StatusEvent):
-            if event.status != status:
-                status = event.status
+            if (event.status, event.session["paused"]) != state:
+                state = (event.status, event.session["paused"])
                 await stream.send(_dumps(_session_json(event.session)), event="status")
         elif isinstance(event, LaggedEvent):
             await stream.send(_dumps({"error": "watcher too slow; reconnect"}), event="error")
             break
         elif isinstance(event, EndEvent):
             break
+
+
+# The session list a stream watches: its page is read once a second (feeds.LIST_POLL_S) by one
+# poller per filter, however many streams share the filter.
+LIST_STREAM_LIMIT = 1000
+_LIST_STREAM_PARAMS = frozenset({"status", "label", "template", "limit", "after"})
+
+
+def _list_cursor(request: web.Request) -> str | None:
+    raw = request.headers.get("Last-Event-ID") or request.query.get("after")
+    if raw is None:
+        return None
+    epoch, _, seq = raw.partition("-")
+    if len(epoch) != 8 or not seq.isdigit() or len(seq) > 18:
+        raise InvalidRequest(
+            "Last-Event-ID/after must be an event id of this stream", value=raw[:100]
+        )
+    return raw
+
+
+async def sessions_stream(request: web.Request) -> web.StreamResponse:
+    """Server-Sent Events: `page` (the sessions the filters select, newest first), then
+    `session` (one new or changed: status, sim time, progress, vehicles, paused...) and
+    `removed` (one gone from the page). Each event's id resumes the stream where it was, while
+    its feed lives; otherwise a reconnecting client gets a fresh page."""
+    if unknown := sorted(set(request.query) - _LIST_STREAM_PARAMS):
+        known = ", ".join(sorted(_LIST_STREAM_PARAMS))
+        raise InvalidRequest(f"unknown parameter {unknown[0]!r}: use {known}", field=unknown[0])
+    s = request.app[SERVICES]
+    query = _list_query(request, default_limit=200, max_limit=LIST_STREAM_LIMIT)
+    cursor = _list_cursor(request)
+    async with (
+        request.app[ACCESS].hold(request, "streams"),
+        s.feeds.watch_list(query, cap=s.config.max_watchers_per_session) as (watcher, feed),
+    ):
+        if not feed.loaded:
+            raise Busy(
+                "the session list could not be read: try again", headers={"Retry-After": "1"}
+            )
+        async with sse_response(
+            request, send_timeout=s.config.stream_send_timeout_s, response_cls=_EventStream
+        ) as stream:
+            with _ends_if_stalled(request, stream, s.config.stream_send_timeout_s):
+                await _stream_list(request, feed, watcher, stream, cursor)
+    return stream
+
+
+async def _stream_list(
+    request: web.Request,
+    feed: ListFeed,
+    watcher: Watcher[ListChange],
+    stream: EventSourceResponse,
+    cursor: str | None,
+) -> None:
+    # Subscribed first, then the page or the missed changes: together they miss nothing, and
+    # changes the page (or the replay) already holds are skipped by their number.
+    missed = feed.since(cursor) if cursor is not None else None
+    if missed is None:
+        seq, rows = feed.page()
+        body = {"sessions": [_session_json(r) for r in rows], "cursor": feed.cursor(seq)}
+        await stream.send(_dumps(body), id=feed.cursor(seq), event="page")
+    else:
+        seq = int(cursor.partition("-")[2]) if cursor else 0
+    for change in missed or ():
+        await _send_change(feed, stream, change)
+        seq = change.seq
+    while True:
+        try:
+            async with asyncio.timeout(STREAM_CHECK_S):
+                event = await watcher.queue.get()
+        except TimeoutError:
+            if _client_gone(request):
+                return
+            continue
+        if isinstance(event, SessionChanged | SessionLeft):
+            if event.seq > seq:
+                await _send_change(feed, stream, event)
+                seq = event.seq
+        elif isinstance(event, LaggedEvent):
+            await stream.send(_dumps({"error": "watcher too slow; reconnect"}), event="error")
+            return
+        else:
+            await stream.send("{}", event="end")
+            return
+
+
+async def _send_change(feed: ListFeed, stream: EventSourceResponse, change: ListChange) -> None:
+    if isinstance(change, SessionChanged):
+        data, kind = _session_json(change.session), "session"
+    else:
+        data, kind = {"id": change.session_id}, "removed"
+    await stream.send(_dumps(data), id=feed.cursor(change.seq), event=kind)
 
 
 async def session_export(request: web.Request) -> web.StreamResponse:
@@ -991,6 +1128,8 @@ ROUTES: list[Route] = [
     Route("GET", "/v1/templates/{name}/versions/{version}/network", template_network, R.reader),
     Route("POST", "/v1/sessions", create_session, R.operator, "json"),
     Route("GET", "/v1/sessions", list_sessions, R.reader),
+    # Before /v1/sessions/{id}, which would take "stream" for an id.
+    Route("GET", "/v1/sessions/stream", sessions_stream, R.reader),
     Route("GET", "/v1/sessions/{id}", get_session, R.reader),
     Route("DELETE", "/v1/sessions/{id}", delete_session, R.operator),
     Route("GET", "/v1/sessions/{id}/events", session_events, R.reader),

@@ -235,7 +235,7 @@ async def _run(
     )
     cfg.temp_root.mkdir(parents=True, exist_ok=True)
     await supervisor.recover()
-    feeds = FeedHub(pool)
+    feeds = FeedHub(pool, supervisor.paused)
     runner = web.AppRunner(
         api.make_app(
             api.Services(

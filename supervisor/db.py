@@ -197,15 +197,22 @@ async def get_session(pool: asyncpg.Pool, session_id: str) -> dict[str, Any] | N
 
 
 async def list_sessions(
-    pool: asyncpg.Pool, status: str | None, label: str | None, limit: int
+    pool: asyncpg.Pool,
+    status: str | None,
+    label: str | None,
+    limit: int,
+    *,
+    template: str | None = None,
 ) -> list[dict[str, Any]]:
     rows = await pool.fetch(
         f"SELECT {_SESSION_FIELDS} FROM sessions s"
         " WHERE ($1::text IS NULL OR s.status = $1) AND ($2::text IS NULL OR s.label = $2)"
+        " AND ($4::text IS NULL OR s.template_name = $4)"
         " ORDER BY s.id DESC LIMIT $3",
         status,
         label,
         limit,
+        template,
     )
     return [dict(r) for r in rows]
 

@@ -42,6 +42,7 @@ EXPECTED: dict[tuple[str, str], str | None] = {
     ("GET", "/v1/templates/{name}/versions/{version}/network"): "reader",
     ("POST", "/v1/sessions"): "operator",
     ("GET", "/v1/sessions"): "reader",
+    ("GET", "/v1/sessions/stream"): "reader",
     ("GET", "/v1/sessions/{id}"): "reader",
     ("DELETE", "/v1/sessions/{id}"): "operator",
     ("GET", "/v1/sessions/{id}/events"): "reader",
@@ -79,7 +80,11 @@ def _concrete(path: str) -> str:
         .replace("{version}", "1")
         .replace("{file:.+}", "app.js")
         .replace("{file}", "init.js")
-    ) + ("?sessions=a,b" if path == "/v1/compare" else "")
+    ) + {
+        "/v1/compare": "?sessions=a,b",
+        # Past the role check, refused: an open stream would never end.
+        "/v1/sessions/stream": "?limit=0",
+    }.get(path, "")
 
 
 def _bearer(token: str) -> dict[str, str]:

@@ -1,11 +1,15 @@
 """The web dashboard in a real browser (Debian's chromium driven by Playwright) against a real
 daemon, real PostgreSQL and real SUMO: log in, start a session from the form and watch its
 chart advance, pause and resume it, set a traffic light from the map, upload a template,
-compare two sessions. Each page's screenshot is left in tmp/artifacts (DASHBOARD_ARTIFACTS)."""
+compare two sessions; step a stepped session, close and reopen an edge from the map, download a
+CSV, drop a folder's files on the upload. Each page's screenshot is left in tmp/artifacts (DASHBOARD_ARTIFACTS)."""
 
 from __future__ import annotations
 
+import asyncio
+import base64
 import re
+from pathlib import Path
 
 import pytest
 from playwright.async_api import Page, expect
@@ -209,6 +213,35 @@ async def test_upload_a_template_folder(daemons, db_url, scenarios, tmp_path):
         await page.click("#upload-form button[type=submit]")
         await expect(page.locator("#u-error")).to_contain_text("name")
 
+        # Drag and drop: the files of a scenario dropped on the drop zone, as a browser hands
+        # them to the page (a DataTransfer of File objects), then uploaded the same way.
+        files = [
+            {"name": path, "b64": base64.b64encode(data).decode()}
+            for path, data in scenarios["grid3"].files().items()
+        ]
+        dropped = await page.evaluate_handle(
+            """files => {
+                const dt = new DataTransfer();
+                for (const f of files) {
+                    const bytes = Uint8Array.from(atob(f.b64), (c) => c.charCodeAt(0));
+                    dt.items.add(new File([bytes], f.name));
+                }
+                return dt;
+            }""",
+            files,
+        )
+        await page.dispatch_event("#u-drop", "dragover", {"dataTransfer": dropped})
+        await expect(page.locator("#u-drop")).to_have_class(re.compile(r"\bover\b"))
+        await page.dispatch_event("#u-drop", "drop", {"dataTransfer": dropped})
+        await expect(page.locator("#u-files")).to_contain_text("net.net.xml")
+        await expect(page.locator("#u-config")).to_have_value("grid3.sumocfg")
+        await expect(page.locator("#u-error")).to_have_text("")
+        await page.fill("#u-name", "dropped")
+        await page.click("#upload-form button[type=submit]")
+        await expect(page.locator("#upload-form")).to_have_attribute("data-uploaded", "dropped:1")
+        await expect(page.locator('#templates-table tr[data-name="dropped"]')).to_contain_text("v1")
+        await page.screenshot(path=screenshot_path("05-templates-dropped"), full_page=True)
+
 
 async def test_compare_two_sessions(daemons, db_url, http, scenarios, tmp_path):
     token = await make_token(db_url, "dave", "operator")
@@ -249,4 +282,81 @@ async def test_compare_two_sessions(daemons, db_url, http, scenarios, tmp_path):
         await expect(page.locator("#summary-table")).to_contain_text("arrived")
         await expect(page.locator("#session-head .badge")).to_have_text("completed")
         await page.screenshot(path=screenshot_path("07-session-ended"), full_page=True)
+        assert errors == []
+
+
+async def _lane_allowed(http, url: str, session_id: str, lane: str) -> list[str]:
+    get = {"type": "get", "domain": "lane", "id": lane, "var": "allowed"}
+    async with http.post(f"{url}/v1/sessions/{session_id}/commands", json={"commands": [get]}) as r:
+        assert r.status == 200, await r.text()
+        return (await r.json())["results"][0]["value"]  # type: ignore[no-any-return]
+
+
+async def test_step_close_an_edge_and_download(daemons, db_url, http, scenarios, tmp_path):
+    token = await make_token(db_url, "erin", "operator")
+    daemon = await daemons.start(db_url)
+    http.headers.update(_auth(token))
+    await upload(http, daemon, "long", scenarios["long"])
+    session = await create_session(
+        http, daemon, template="long", mode="stepped", idle_timeout_s=600, label="stepped"
+    )
+    sid = session["id"]
+    await wait_status(http, daemon, sid, {"running"})
+    async with browser_context(tmp_path / "profile") as context:
+        page = await context.new_page()
+        errors: list[str] = []
+        page.on("pageerror", lambda exc: errors.append(str(exc)))
+        await _log_in(page, daemon.url, token)
+        await page.goto(f"{daemon.url}/#/session/{sid}")
+        badge = page.locator("#session-head .badge")
+        await expect(badge).to_have_text("running", timeout=30_000)
+
+        # Step 30 s, twice: each answer is the sample reached, and the chart shows it.
+        await page.fill("#step-seconds", "30")
+        await page.click("#step")
+        reached = page.locator("#step-result")
+        await expect(reached).to_have_attribute("data-sim-time", "30")
+        await page.click("#step")
+        await expect(reached).to_have_attribute("data-sim-time", "60")
+        chart = page.locator('figure.chart[data-metric="vehicles"]')
+        await expect(chart).to_have_attribute("data-last", "60")
+        await page.screenshot(path=screenshot_path("08-session-stepped"), full_page=True)
+
+        # Close an edge picked on the map: SUMO lets only emergency vehicles use its lanes, and
+        # the map draws it closed; reopen it, and its lanes allow what they did before.
+        before = await _lane_allowed(http, daemon.url, sid, "B1C1_0")
+        await page.wait_for_function(
+            "() => Number(document.querySelector('canvas#map')?.dataset.vehicles || 0) > 0"
+        )
+        await page.fill("#edge-pick", "B1C1")
+        await page.locator("#edge-pick").blur()  # the input's change picks the edge
+        canvas = page.locator("canvas#map")
+        await expect(canvas).to_have_attribute("data-selected", "edge:B1C1")
+        result = page.locator("#command-result")
+        await page.click("#map-panel button:text-is('Close edge')")
+        await expect(result).to_contain_text("Close edge at 60")
+        await expect(canvas).to_have_attribute("data-closed", "B1C1")
+        assert await _lane_allowed(http, daemon.url, sid, "B1C1_0") == ["authority"]
+        await page.screenshot(path=screenshot_path("09-map-edge-closed"), full_page=True)
+        await page.click("#map-panel button:text-is('Reopen edge')")
+        await expect(result).to_contain_text("Reopen edge at 60")
+        await expect(canvas).to_have_attribute("data-closed", "")
+        assert await _lane_allowed(http, daemon.url, sid, "B1C1_0") == before
+        async with http.get(f"{daemon.url}/v1/sessions/{sid}/commands") as r:
+            kinds = [c["command"]["type"] for c in (await r.json())["commands"]]
+        assert kinds == ["edge.close", "edge.reopen"], kinds
+
+        # A CSV download: the file the browser saves holds every sample.
+        async with page.expect_download() as info:
+            await page.click("#dl-h ~ .actions button:text-is('samples.csv')")
+        download = await info.value
+        assert download.suggested_filename == f"{sid}-samples.csv"
+        saved = Path(await download.path())
+        lines = (await asyncio.to_thread(saved.read_text)).strip().splitlines()
+        async with http.get(f"{daemon.url}/v1/sessions/{sid}/samples") as r:
+            samples = (await r.json())["samples"]
+        header = lines[0].split(",")
+        assert "sim_time" in header and "vehicles" in header
+        assert len(lines) == 1 + len(samples) and len(samples) >= 2
+        assert float(lines[-1].split(",")[header.index("sim_time")]) == 60
         assert errors == []

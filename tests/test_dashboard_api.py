@@ -4,6 +4,7 @@ tokens and roles; bad input is a 4xx JSON error)."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 
 from tests.harness.daemon import make_token
@@ -115,3 +116,120 @@ async def test_live_map_stream(daemons, db_url, http, scenarios):
     # The session list shows the vehicles of each session's latest sample.
     status, listing, _ = await ask(http, "GET", f"{daemon.url}/v1/sessions")
     assert isinstance(listing["sessions"][0]["vehicles"], int)
+
+
+async def _next_event(r, timeout: float = 60) -> tuple[str, str | None, dict]:
+    """The stream's next event (name, id, data); pings and comments skipped."""
+    name, event_id, data = "message", None, []
+    async with asyncio.timeout(timeout):
+        while True:
+            raw = await r.content.readline()
+            assert raw, "the stream ended"
+            line = raw.decode().rstrip("\r\n")
+            if line == "":
+                if data:
+                    return name, event_id, json.loads("\n".join(data))
+                continue
+            if line.startswith(":"):
+                continue
+            key, _, value = line.partition(":")
+            value = value.removeprefix(" ")
+            if key == "event":
+                name = value
+            elif key == "id":
+                event_id = value
+            elif key == "data":
+                data.append(value)
+
+
+async def _until(r, wanted) -> list[tuple[str, str | None, dict]]:
+    """Events up to and including the first that `wanted` accepts."""
+    seen = []
+    while True:
+        seen.append(event := await _next_event(r))
+        if wanted(*event):
+            return seen
+
+
+async def test_session_list_stream(daemons, db_url, http, scenarios):
+    reader = _bearer(await make_token(db_url, "watcher", "reader"))
+    http.headers.update(_bearer(await make_token(db_url, "op", "operator")))
+    daemon = await daemons.start(db_url)
+    await upload(http, daemon, "long", scenarios["long"])
+    await upload(http, daemon, "other", scenarios["long"])
+    url = f"{daemon.url}/v1/sessions/stream"
+    async with http.get(url + "?template=long", headers=reader) as r:
+        assert r.status == 200, await r.text()
+        assert r.headers["Content-Type"].startswith("text/event-stream")
+        # First the page: nothing yet.
+        name, page_id, page = await _next_event(r)
+        assert name == "page" and page["sessions"] == [] and page["cursor"] == page_id
+        # A session created shows up, then its changes: running, sim time and vehicles.
+        a = await create_session(http, daemon, template="long", end=100000, label="a")
+        await _until(
+            r,
+            lambda n, _, d: n == "session" and d["id"] == a["id"] and (d["sim_time"] or 0) > 0,
+        )
+        running = await _until(r, lambda n, _, d: d.get("vehicles") is not None)
+        assert running[-1][2]["status"] == "running" and running[-1][2]["paused"] is False
+        # A session of another template never appears in this list; a pause does.
+        b = await create_session(http, daemon, template="other", end=100000)
+        await wait_status(http, daemon, b["id"], {"running"})
+        status, body, _ = await ask(http, "POST", f"{daemon.url}/v1/sessions/{a['id']}/pause")
+        assert status == 200, body
+        seen = await _until(r, lambda n, _, d: d.get("paused") is True)
+        assert all(d["id"] == a["id"] for n, _, d in seen), seen
+        paused_id = seen[-1][1]
+        assert paused_id is not None
+
+        # Resumable: a second stream of the same list keeps its feed alive while the first
+        # reconnects; the reconnection gets only what it missed, no page.
+        async with http.get(url + "?template=long", headers=reader) as holder:
+            assert (await _next_event(holder))[0] == "page"
+            status, body, _ = await ask(http, "POST", f"{daemon.url}/v1/sessions/{a['id']}/stop")
+            assert status == 202, body
+            await _until(holder, lambda n, _, d: d.get("status") == "stopped")
+            async with http.get(
+                url + "?template=long", headers={**reader, "Last-Event-ID": paused_id}
+            ) as again:
+                assert again.status == 200
+                missed = await _until(again, lambda n, _, d: d.get("status") == "stopped")
+                assert all(n == "session" for n, _, _ in missed), missed
+            # An id it does not know (another feed's, or a restarted daemon's): a fresh page.
+            async with http.get(url + "?template=long&after=0badc0de-7", headers=reader) as fresh:
+                name, _, page = await _next_event(fresh)
+                assert name == "page" and [s["id"] for s in page["sessions"]] == [a["id"]]
+
+    # Filters: by status and label (as the operator: the reader's closed streams may take a
+    # moment to give back their slots).
+    async with http.get(url + "?status=running") as r:
+        name, _, page = await _next_event(r)
+        assert name == "page" and [s["id"] for s in page["sessions"]] == [b["id"]]
+        assert page["sessions"][0]["template"] == "other"
+    async with http.get(url + "?label=a&limit=5") as r:
+        _, _, page = await _next_event(r)
+        assert [s["id"] for s in page["sessions"]] == [a["id"]]
+        assert page["sessions"][0]["status"] == "stopped"
+        assert page["sessions"][0]["paused"] is None  # no node runs it now
+    # The session JSON says whether it is paused, too.
+    status, got, _ = await ask(http, "GET", f"{daemon.url}/v1/sessions/{b['id']}")
+    assert status == 200 and got["paused"] is False
+
+    # Bad input: 400 with a JSON body naming the problem.
+    for query, headers, what in [
+        ("?status=done", {}, "status"),
+        ("?template=Bad%20Name", {}, "template name"),
+        ("?limit=0", {}, "limit"),
+        ("?limit=lots", {}, "limit"),
+        ("?limit=100000", {}, "limit"),
+        ("?colour=red", {}, "unknown parameter 'colour'"),
+        ("", {"Last-Event-ID": "yesterday"}, "Last-Event-ID"),
+    ]:
+        status, body, _ = await ask(http, "GET", url + query, headers={**reader, **headers})
+        assert status == 400 and what in body["error"], (query, status, body)
+    # Readers may watch; nobody else.
+    status, body, _ = await ask(http, "GET", url, headers={"Authorization": ""})
+    assert status == 401 and "error" in body
+    status, body, _ = await ask(http, "GET", url, headers=_bearer("sst_nope"))
+    assert status == 401 and "error" in body
+    await ask(http, "POST", f"{daemon.url}/v1/sessions/{b['id']}/stop")

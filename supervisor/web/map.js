@@ -137,6 +137,7 @@ export class LiveMap {
       this.layer.height = canvas.height;
       this.paintNet(this.layer.getContext("2d"), dpr);
       this.layerKey = key;
+      canvas.dataset.closed = [...this.closedEdges].join(",");
     }
     ctx.drawImage(this.layer, 0, 0);
     ctx.setTransform(s, 0, 0, -s, tx, ty);

@@ -87,15 +87,19 @@ export function render(root, [id]) {
 
   let controlsFor = null;
   function showControls() {
-    const key = `${session.status}`;
+    const key = `${session.status}:${session.paused}`;
     if (controlsFor === key) return;
     controlsFor = key;
     const running = session.status === "running";
     const stepped = session.request?.mode === "stepped";
     const act = (label, path, json) => h("button", { type: "button", class: label === "Stop" ? "danger" : "", disabled: !running && label !== "Stop",
       onclick: async () => {
-        try { await api(`${base}/${path}`, { method: "POST", json }); toast(`${label}: done`); controls.dataset.last = label.toLowerCase(); }
-        catch (err) { toast(`${label} failed: ${errorText(err)}`, true); }
+        try {
+          const r = await api(`${base}/${path}`, { method: "POST", json });
+          toast(`${label}: done`);
+          controls.dataset.last = label.toLowerCase();
+          if (typeof r.paused === "boolean") { session.paused = r.paused; showControls(); }
+        } catch (err) { toast(`${label} failed: ${errorText(err)}`, true); }
       } }, label);
     const stepInput = h("input", { id: "step-seconds", type: "number", min: 0.1, step: "any", value: 10, style: undefined, "aria-label": "seconds to step" });
     clear(controls);
@@ -106,14 +110,22 @@ export function render(root, [id]) {
       } }, "Delete"));
       return;
     }
-    controls.append(act("Pause", "pause"), act("Resume", "resume"), act("Stop", "stop"));
+    // Pause or Resume, as the session is; both when this node does not run it (paused null).
+    controls.dataset.paused = String(session.paused);
+    if (session.paused !== true) controls.append(act("Pause", "pause"));
+    if (session.paused !== false) controls.append(act("Resume", "resume"));
+    controls.append(act("Stop", "stop"));
+    if (session.paused) controls.append(h("span", { class: "muted" }, " paused"));
     if (stepped) {
-      controls.append(h("span", {}, " "), stepInput, h("button", { type: "button", disabled: !running, onclick: async () => {
+      const stepOut = h("span", { id: "step-result", "aria-live": "polite" });
+      controls.append(h("span", {}, " "), stepInput, h("button", { type: "button", id: "step", disabled: !running, onclick: async () => {
         try {
           const r = await api(`${base}/step`, { method: "POST", json: { seconds: Number(stepInput.value) } });
+          stepOut.textContent = ` at ${fmt(r.sample.sim_time, 1)} s`;
+          stepOut.dataset.simTime = String(r.sample.sim_time);
           toast(`stepped to ${r.sample.sim_time}`);
         } catch (err) { toast(`step failed: ${errorText(err)}`, true); }
-      } }, "Step"));
+      } }, "Step"), stepOut);
     }
   }
 
@@ -174,7 +186,13 @@ export function render(root, [id]) {
     let selection = null;
     mapView = new LiveMap(canvas, {
       onStatus: (t) => { status.textContent = t; },
-      onSelect: (target) => { selection = target; showSelection(panel, target); },
+      onSelect: (target) => {
+        // The same thing again (an edge typed, then its input left) keeps its panel and the
+        // answer of the command just sent.
+        if (target && selection && target.kind === selection.kind && target.id === selection.id) return;
+        selection = target;
+        showSelection(panel, target);
+      },
       onFrame: () => { if (selection) updateSelection(panel, selection); },
     });
     cleanups.push(() => mapView?.destroy());

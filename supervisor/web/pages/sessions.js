@@ -1,26 +1,27 @@
-// Every session at a glance: a table refreshed twice a second while shown, filters, the start
-// form, and stop / pause / resume / delete on each row.
-import { api } from "../api.js";
-import { badge, clear, every, FINAL, fmt, h, STATUSES, toast, errorText } from "../ui.js";
+// Every session at a glance: a table fed by the session-list stream (a page, then each change)
+// while shown, filters (a new stream each), the start form, and stop / pause / resume / delete
+// on each row.
+import { api, stream } from "../api.js";
+import { badge, clear, FINAL, fmt, h, STATUSES, toast, errorText } from "../ui.js";
 
 export function render(root) {
   const filters = { status: "", label: "", template: "" };
   const tbody = h("tbody");
   const count = h("p", { class: "muted", "aria-live": "polite" });
-  const templateFilter = h("select", { id: "f-template", onchange: (e) => { filters.template = e.target.value; refresh(); } },
+  const templateFilter = h("select", { id: "f-template", onchange: (e) => { filters.template = e.target.value; subscribe(); } },
     h("option", { value: "" }, "all templates"));
-  const form = startForm(() => refresh());
+  const form = startForm(() => {});
 
   root.append(
     h("h2", {}, "Sessions"),
     h("div", { class: "card" },
       h("div", { class: "row", role: "search" },
         h("div", {}, h("label", { for: "f-status" }, "Status"),
-          h("select", { id: "f-status", onchange: (e) => { filters.status = e.target.value; refresh(); } },
+          h("select", { id: "f-status", onchange: (e) => { filters.status = e.target.value; subscribe(); } },
             h("option", { value: "" }, "any status"), STATUSES.map((s) => h("option", { value: s }, s)))),
         h("div", {}, h("label", { for: "f-label" }, "Label"),
           h("input", { id: "f-label", type: "search", placeholder: "exact label",
-            onchange: (e) => { filters.label = e.target.value.trim(); refresh(); } })),
+            onchange: (e) => { filters.label = e.target.value.trim(); subscribe(); } })),
         h("div", {}, h("label", { for: "f-template" }, "Template"), templateFilter),
       ),
       count,
@@ -33,40 +34,72 @@ export function render(root) {
     form.element,
   );
 
-  let templatesSeen = new Set();
-  async function refresh() {
-    const q = new URLSearchParams({ limit: "200" });
-    if (filters.status) q.set("status", filters.status);
-    if (filters.label) q.set("label", filters.label);
-    const { sessions } = await api(`/v1/sessions?${q}`);
-    const names = new Set(sessions.map((s) => s.template));
-    for (const n of names) {
-      if (!templatesSeen.has(n)) { templatesSeen.add(n); templateFilter.append(h("option", { value: n }, n)); }
-    }
-    const shown = sessions.filter((s) => !filters.template || s.template === filters.template);
-    count.textContent = `${shown.length} session${shown.length === 1 ? "" : "s"}`;
-    tbody.replaceChildren(...shown.map((s) => row(s, refresh)));
+  const templatesSeen = new Set();
+  const seeTemplate = (n) => {
+    if (!templatesSeen.has(n)) { templatesSeen.add(n); templateFilter.append(h("option", { value: n }, n)); }
+  };
+  // The rows shown, by session id; a change replaces its own row only (focus elsewhere stays).
+  let rows = new Map();
+  const showCount = () => { count.textContent = `${rows.size} session${rows.size === 1 ? "" : "s"}`; };
+  function put(s) {
+    seeTemplate(s.template);
+    const tr = row(s);
+    const old = rows.get(s.id);
+    rows.set(s.id, tr);
+    if (old) { old.replaceWith(tr); return; }
+    // Newest first: ids sort by creation.
+    const after = [...tbody.children].find((el) => el.dataset.id < s.id);
+    tbody.insertBefore(tr, after || null);
+    showCount();
+  }
+  function drop(id) {
+    rows.get(id)?.remove();
+    rows.delete(id);
+    showCount();
   }
 
-  const stop = every(2000, refresh);
+  let feed = null;
+  function subscribe() {
+    feed?.close();
+    const q = new URLSearchParams({ limit: "200" });
+    for (const [k, v] of Object.entries(filters)) if (v) q.set(k, v);
+    feed = stream(`/v1/sessions/stream?${q}`, {
+      onEvent: (e) => {
+        const data = JSON.parse(e.data);
+        if (e.type === "page") {
+          rows = new Map();
+          tbody.replaceChildren();
+          data.sessions.forEach(put);
+          showCount();
+          tbody.dataset.cursor = data.cursor;
+        } else if (e.type === "session") put(data);
+        else if (e.type === "removed") drop(data.id);
+      },
+      onError: (err) => toast(`sessions: ${errorText(err)}`, true),
+    });
+  }
+
+  subscribe();
   form.load();
-  return () => stop();
+  return () => feed?.close();
 }
 
-function row(s, refresh) {
+function row(s) {
   const act = (label, path, method = "POST", cls = "quiet") =>
     h("button", { type: "button", class: cls, "aria-label": `${label} ${s.id}`,
       onclick: async () => {
         if (method === "DELETE" && !confirm(`Delete session ${s.id} and all its rows?`)) return;
-        try { await api(path, { method }); toast(`${label}: ${s.id}`); refresh(); }
+        // The stream brings the row's new state.
+        try { await api(path, { method }); toast(`${label}: ${s.id}`); }
         catch (err) { toast(`${label} failed: ${errorText(err)}`, true); }
       } }, label);
   const base = `/v1/sessions/${encodeURIComponent(s.id)}`;
   const running = s.status === "running";
   const ended = FINAL.has(s.status);
-  return h("tr", { dataset: { id: s.id, status: s.status } },
+  // paused is null when this node does not run it: both offered then.
+  return h("tr", { dataset: { id: s.id, status: s.status, paused: String(s.paused) } },
     h("td", { "data-label": "Session" }, h("a", { href: `#/session/${encodeURIComponent(s.id)}`, class: "mono" }, s.id)),
-    h("td", { "data-label": "Status" }, badge(s.status)),
+    h("td", { "data-label": "Status" }, badge(s.status), s.paused && running ? h("span", { class: "muted" }, " paused") : null),
     h("td", { "data-label": "Template" }, `${s.template} v${s.version}`),
     h("td", { "data-label": "Label" }, s.label || "–"),
     h("td", { "data-label": "Progress" }, h("progress", { max: 1, value: s.progress, "aria-label": `progress ${Math.round(s.progress * 100)}%` }),
@@ -75,8 +108,8 @@ function row(s, refresh) {
     h("td", { "data-label": "Vehicles", class: "num" }, fmt(s.vehicles)),
     h("td", { "data-label": "Node", class: "mono" }, s.node ? s.node.slice(0, 12) : "–"),
     h("td", { "data-label": "Actions" }, h("div", { class: "actions" },
-      running && act("Pause", `${base}/pause`),
-      running && act("Resume", `${base}/resume`),
+      running && s.paused !== true && act("Pause", `${base}/pause`),
+      running && s.paused !== false && act("Resume", `${base}/resume`),
       !ended && act("Stop", `${base}/stop`, "POST", "danger"),
       ended && act("Delete", base, "DELETE", "danger"))),
   );
