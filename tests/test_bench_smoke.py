@@ -32,6 +32,7 @@ def _env(db_url: str) -> dict[str, str]:
         "sandbox",
         "readers",
         "nodes",
+        "store_scale",
     ],
 )
 def test_benchmark_runs_on_a_tiny_case(script, db_url):
