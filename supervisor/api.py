@@ -52,6 +52,7 @@ from supervisor import (
 from supervisor.access import AUDIT, Access, Route, error_response
 from supervisor.config import Config
 from supervisor.feeds import (
+    LIST_STREAM_LIMIT,
     EndEvent,
     FeedHub,
     LaggedEvent,
@@ -754,7 +755,6 @@ async def _stream_events(
 
 # The session list a stream watches: its page is read once a second (feeds.LIST_POLL_S) by one
 # poller per filter, however many streams share the filter.
-LIST_STREAM_LIMIT = 1000
 _LIST_STREAM_PARAMS = frozenset({"status", "label", "template", "limit", "after"})
 
 

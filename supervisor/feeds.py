@@ -39,6 +39,8 @@ BATCH = 5000
 LIST_RECENT = 1000
 # Distinct session-list filters watched at once: each costs one query a second.
 MAX_LIST_FEEDS = 32
+# The most sessions one list stream follows.
+LIST_STREAM_LIMIT = 1000
 
 # Whether this node's run of a session is paused (None: it runs no such session).
 PausedLookup = Callable[[str], bool | None]

@@ -14,6 +14,7 @@ from actors import request, scenario, traci_commands
 from actors.request import Limits
 from supervisor import db, exports, sweeps, tokens
 from supervisor.access import Route, canonical
+from supervisor.feeds import LIST_STREAM_LIMIT
 
 VERSION = "0.1.0"
 JSON = "application/json"
@@ -119,6 +120,9 @@ def _schemas(limits: Limits) -> dict[str, Any]:
         attempt=INT,
         node=_null(STR),
         request=ANY_OBJ,
+        vehicles={**_null(INT), "description": "vehicles in the network at the latest sample"},
+        sweep={**_null(STR), "description": "the sweep it is a run of"},
+        paused={**_null(BOOL), "description": "null when another node runs it"},
     )
     session_request = request.json_schema(limits)
     session_request["description"] = (
@@ -466,10 +470,28 @@ OPERATIONS: dict[tuple[str, str], Op] = {
         "Sessions, newest first",
         _list("sessions", _ref("Session")),
         params=(
-            Param("status", {"type": "string", "enum": ALL_STATUSES}),
-            Param("label", STR),
+            Param("status", {"type": "string", "enum": ["", *ALL_STATUSES]}, "empty for any"),
+            Param("label", STR, "empty for any"),
+            Param("template", STR, "a template's name; empty for any"),
             Param("limit", {"type": "integer", "minimum": 1, "maximum": 10_000}),
         ),
+    ),
+    ("GET", "/v1/sessions/stream"): Op(
+        "streamSessions",
+        "The session list, live (server-sent events)",
+        None,
+        media="text/event-stream",
+        params=(
+            Param("status", {"type": "string", "enum": ["", *ALL_STATUSES]}, "empty for any"),
+            Param("label", STR, "empty for any"),
+            Param("template", STR, "a template's name; empty for any"),
+            Param("limit", {"type": "integer", "minimum": 1, "maximum": LIST_STREAM_LIMIT}),
+            Param("after", STR, "resume after this event id (or send Last-Event-ID)"),
+        ),
+        errors=(503,),
+        description="Events: `page` (the sessions the filters select, newest first), then "
+        "`session` (one new or changed) and `removed` (one gone from the page). An event's id "
+        "resumes the stream while its feed lives; otherwise a fresh `page` comes first.",
     ),
     ("GET", "/v1/sessions/{id}"): Op(
         "getSession", "A session", _ref("Session"), params=(_SESSION_ID,), errors=(404,)
