@@ -142,8 +142,8 @@ def session_body(args: argparse.Namespace) -> dict[str, Any]:
     request is refused before any daemon is asked (or needed)."""
     body: dict[str, Any] = {"template": args.template}
     for key in ("end", "seed", "label", "sample_every", "sample_detail"):
-        if getattr(args, key) is not None:
-            body[key] = getattr(args, key)
+        if (value := getattr(args, key, None)) is not None:
+            body[key] = value
     if args.record:
         body["record"] = [r.strip() for r in args.record.split(",") if r.strip()]
     try:
