@@ -132,6 +132,11 @@ function startForm(onCreated) {
       h("div", {}, h("label", { for: "s-mode" }, "Mode"),
         h("select", { id: "s-mode", name: "mode" }, h("option", { value: "" }, "run (continuous)"), h("option", { value: "stepped" }, "stepped"))),
       field("s-max_wall_s", "Max wall time (s)", { type: "number", min: 1 }),
+      h("div", {}, h("label", { for: "s-sample_detail" }, "Sample detail"),
+        h("select", { id: "s-sample_detail", name: "sample_detail" },
+          h("option", { value: "" }, "default (period when running, exact when stepped)"),
+          h("option", { value: "period" }, "period: SUMO's summary once per sample"),
+          h("option", { value: "exact" }, "exact: every step"))),
     ),
     h("fieldset", {}, h("legend", {}, "Record"), records),
     h("label", { for: "s-sumo_options" }, "SUMO options (JSON object, optional)"),
@@ -149,6 +154,8 @@ function startForm(onCreated) {
     }
     const mode = form.querySelector("#s-mode").value;
     if (mode) body.mode = mode;
+    const detail = form.querySelector("#s-sample_detail").value;
+    if (detail) body.sample_detail = detail;
     const record = [...form.querySelectorAll("input[name=record]:checked")].map((c) => c.value);
     if (record.length) body.record = record;
     const opts = form.querySelector("#s-sumo_options").value.trim();
