@@ -38,8 +38,10 @@ def chromium_path() -> str:
 
 @asynccontextmanager
 async def browser_context(profile: Path, *, width: int = 1280, height: int = 800) -> AsyncIterator:  # type: ignore[type-arg]
-    from playwright.async_api import async_playwright
+    from playwright.async_api import async_playwright, expect
 
+    # An assertion polls until its deadline: generous, for a CI machine that is busy.
+    expect.set_options(timeout=30_000)
     async with async_playwright() as pw:
         context = await pw.chromium.launch_persistent_context(
             str(profile),
