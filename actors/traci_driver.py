@@ -96,10 +96,16 @@ class Driver:
 
 
 def advance(
-    driver: Driver, start: float | None, target: float, cuts: deque[float] | None = None
+    driver: Driver,
+    start: float | None,
+    target: float,
+    cuts: deque[float] | None = None,
+    interrupt: threading.Event | None = None,
 ) -> tuple[Jump, list[Cut]]:
     """Advance to `target`, reading SUMO's summary rows of every step on the way; the samples
-    at `cuts` are cut as their rows come in."""
+    at `cuts` are cut as their rows come in. With `interrupt`, a message for the session ends
+    the jump early, between two of its pieces: a jump of a sample far away (a long
+    sample_every at a short step) must not keep a pause or a stop waiting for it."""
     step = driver.setup.delta_t
     now = driver.setup.sim_time if start is None else start
     cut: list[Cut] = []
@@ -110,7 +116,7 @@ def advance(
         now = float(sim[tc.VAR_TIME])
         # SUMO sent the rows of the steps before `now` before it answered.
         cut += driver.summary.read_until(driver.summary.due(now), cuts)
-        if now >= target - 1e-9:
+        if now >= target - 1e-9 or (interrupt is not None and interrupt.is_set()):
             return Jump(sim_time=now, min_expected=int(sim[tc.VAR_MIN_EXPECTED_VEHICLES])), cut
 
 
@@ -140,7 +146,7 @@ def run_slice(
             if bound is not None:
                 target = min(target, bound)
         began = time.monotonic()
-        jump, cut = advance(driver, start, target, pending)
+        jump, cut = advance(driver, start, target, pending, interrupt)
         driver.adapt(time.monotonic() - began, len(cut))
         ended = jump.min_expected == 0 or driver.finished(jump) is not None
         if jump.min_expected == 0 and any(active == 0 for _row, active in cut):

@@ -132,3 +132,28 @@ async def test_a_stepped_session_is_sampled_exactly_and_cannot_ask_for_period(
     ) as r:
         assert r.status == 400 and (await r.json())["field"] == "sample_detail"
     assert (await get_session(http, daemon, session["id"]))["request"]["sample_detail"] == "exact"
+
+
+async def test_a_pause_does_not_wait_for_a_sample_far_away(daemons, db_url, http, scenarios):
+    """A sample every 100,000 steps of 0.01 s is 1,000 s of sim time, minutes of SUMO's: a pause
+    (or a stop) takes effect between two pieces of that jump, not after it."""
+    daemon = await daemons.start(db_url)
+    await upload(http, daemon, "long", scenarios["long"])
+    session = await create_session(
+        http,
+        daemon,
+        template="long",
+        sample_every=100_000,
+        sumo_options={"step-length": 0.01},
+    )
+    url = f"{daemon.url}/v1/sessions/{session['id']}"
+    await wait_status(http, daemon, session["id"], "running")
+    async with http.post(f"{url}/pause", json={}) as r:
+        assert r.status == 200, await r.text()
+    paused = await get_session(http, daemon, session["id"])
+    assert paused["status"] == "running" and paused["paused"] is True
+    # Paused in the middle of the first sample's jump: no sample yet.
+    assert await samples(http, daemon, session["id"]) == []
+    async with http.post(f"{url}/stop", json={}) as r:
+        assert r.status == 202, await r.text()
+    await wait_status(http, daemon, session["id"], "stopped")
