@@ -21,15 +21,36 @@ COUNTS: Counter[str] = Counter()
 _seen = Counter[str]()
 
 
+def _number(value: Any) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool)
+
+
 def _aim(body: Any) -> Any:
     if not isinstance(body, dict):
         return body
     # Every third body keeps the template it was generated with (mostly unknown: a 404).
     _seen["bodies"] += 1
     if _seen["bodies"] % 3:
-        body = {**body, "template": TEMPLATE}
+        body = _bounded({**body, "template": TEMPLATE})
         body.pop("replay_of", None)
         body.pop("version", None)
+    return body
+
+
+def _bounded(body: dict[str, Any]) -> dict[str, Any]:
+    """A session that SUMO can run in seconds: valid extremes (scale 100, a step of 1 ms, no
+    teleports in a jam) are each a simulation of hours, which would only starve the rest of a
+    CI run. Their validation is fuzzed all the same, in the bodies not aimed at the template."""
+    options = body.get("sumo_options")
+    if isinstance(options, dict):
+        options = dict(options)
+        if _number(options.get("scale")):
+            options["scale"] = min(options["scale"], 1.0)
+        if _number(options.get("step-length")):
+            options["step-length"] = max(options["step-length"], 0.5)
+        body["sumo_options"] = options
+    wall = body.get("max_wall_s")
+    body["max_wall_s"] = min(wall, 20.0) if _number(wall) else 20.0
     return body
 
 

@@ -62,7 +62,7 @@ def schemathesis_run(url: str, token: str, examples: int, phases: str, counts: P
         "FUZZ_COUNTS": str(counts),
         "PYTHONPATH": str(Path(__file__).parent.parent),
     }
-    done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+    done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
     report = done.stdout + done.stderr
     assert done.returncode == 0, report[-20_000:]
     return report
