@@ -419,29 +419,37 @@ def sumocfg_options(
     return scan.options
 
 
-def config_value(config: bytes, config_path: str, names: Iterable[str]) -> str | None:
-    """The value the config gives the option named by any of `names` (SUMO's synonyms); the
-    last occurrence counts, as in SUMO. None when it gives none, or when the config would not
-    pass the upload checks (a template stored before them: SUMO, in its sandbox, decides)."""
-    wanted = set(names)
+def config_values(config: bytes, config_path: str) -> dict[str, str]:
+    """Each option the config gives, by SUMO's name for it, with its value; the last
+    occurrence counts, as in SUMO, and comes last in the dict (among synonyms too). Empty when
+    the config would not pass the upload checks (a template stored before them: SUMO, in its
+    sandbox, decides)."""
     try:
         options = sumocfg_options(config, config_path)
     except (InvalidTemplate, PayloadTooLarge):
-        return None
-    values = [v for _s, option, v in options if option in wanted]
-    return values[-1].strip() if values else None
+        return {}
+    values: dict[str, str] = {}
+    for _s, option, value in options:
+        values.pop(option, None)
+        values[option] = value.strip()
+    return values
 
 
-def config_output(config: bytes, config_path: str, names: Iterable[str]) -> str | None:
-    """Where the config sends the output named by any of `names` (SUMO's synonyms), as a path
-    relative to the template's root; None when it names none, `/dev/null`, or a name SUMO
-    completes while it runs (${PID}...), or when the config would not pass the upload checks
-    (a template stored before them: SUMO, in its sandbox, decides). The last occurrence counts,
-    as in SUMO."""
-    value = config_value(config, config_path, names)
+def output_path(values: Mapping[str, str], config_path: str, names: Iterable[str]) -> str | None:
+    """Where the config (its `config_values`) sends the output named by any of `names` (SUMO's
+    synonyms), as a path relative to the template's root; None when it names none,
+    `/dev/null`, or a name SUMO completes while it runs (${PID}...)."""
+    wanted = set(names)
+    given = [v for option, v in values.items() if option in wanted]
+    value = given[-1] if given else None
     if not value or value == "/dev/null" or "${" in value:
         return None
     return posixpath.normpath(posixpath.join(posixpath.dirname(config_path), value))
+
+
+def config_output(config: bytes, config_path: str, names: Iterable[str]) -> str | None:
+    """`output_path` of a config not parsed yet."""
+    return output_path(config_values(config, config_path), config_path, names)
 
 
 def _check_inputs(config_path: str, options: Iterable[Option], files: Mapping[str, bytes]) -> None:

@@ -22,7 +22,7 @@ import socket
 import struct
 import threading
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, Protocol, TypeVar
@@ -358,12 +358,14 @@ class SessionActor:
         self._workdir.mkdir(parents=True, exist_ok=False)
         scenario.materialize(files, self._workdir)
         self._recorder.prepare(self.spec.config_path)
-        config = (self._workdir / self.spec.config_path).read_bytes()
-        own = scenario.config_output(config, self.spec.config_path, ("summary-output", "summary"))
+        path = self.spec.config_path
+        # Parsed once for all the session needs of it.
+        config = scenario.config_values((self._workdir / path).read_bytes(), path)
+        own = scenario.output_path(config, path, ("summary-output", "summary"))
         self._own_summary = None if own is None else self._workdir / own
         self._summary_period = self._sample_period(config)
 
-    def _sample_period(self, config: bytes) -> float | None:
+    def _sample_period(self, config: Mapping[str, str]) -> float | None:
         """SUMO's summary period for "period" samples: every `sample_every` steps. None (a row
         every step) for "exact" samples, for a config that asks for its own summary file (it
         gets every step, as it would from SUMO), and where SUMO's periods would not start at
@@ -371,12 +373,11 @@ class SessionActor:
         request = self.spec.request
         if request.sample_detail != "period" or self._own_summary is not None:
             return None
-        path = self.spec.config_path
-        if scenario.config_value(config, path, ("load-state",)) is not None:
+        if "load-state" in config:
             return None
         step = dict(request.sumo_options).get("step-length")
         if step is None:
-            step = scenario.config_value(config, path, ("step-length",)) or 1.0
+            step = config.get("step-length") or 1.0
         try:
             return round(float(step) * request.sample_every, 6)
         except ValueError:

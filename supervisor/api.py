@@ -695,6 +695,18 @@ def _client_gone(request: web.Request) -> bool:
 STREAM_CHECK_S = 1.0
 
 
+async def _next_event(request: web.Request, watcher: Watcher[Any]) -> Any | None:
+    """The watcher's next event; None once the stream's client has gone (looked for every
+    STREAM_CHECK_S while nothing comes)."""
+    while True:
+        try:
+            async with asyncio.timeout(STREAM_CHECK_S):
+                return await watcher.queue.get()
+        except TimeoutError:
+            if _client_gone(request):
+                return None
+
+
 class _EventStream(EventSourceResponse):
     """An SSE response that remembers whether it was cut off for a send timeout."""
 
@@ -729,14 +741,7 @@ async def _stream_events(
     _with_paused(s, row)
     state = (row["status"], row["paused"])
     await stream.send(_dumps(_session_json(row)), event="status")
-    while True:
-        try:
-            async with asyncio.timeout(STREAM_CHECK_S):
-                event = await watcher.queue.get()
-        except TimeoutError:
-            if _client_gone(request):
-                return
-            continue
+    while (event := await _next_event(request, watcher)) is not None:
         if isinstance(event, SampleEvent):
             t = event.sample["sim_time"]
             if last is None or t > last:
@@ -816,14 +821,7 @@ async def _stream_list(
     for change in missed or ():
         await _send_change(feed, stream, change)
         seq = change.seq
-    while True:
-        try:
-            async with asyncio.timeout(STREAM_CHECK_S):
-                event = await watcher.queue.get()
-        except TimeoutError:
-            if _client_gone(request):
-                return
-            continue
+    while (event := await _next_event(request, watcher)) is not None:
         if isinstance(event, SessionChanged | SessionLeft):
             if event.seq > seq:
                 await _send_change(feed, stream, event)
@@ -1102,7 +1100,7 @@ async def session_map(request: web.Request) -> web.StreamResponse:
                     elif watcher.ended:
                         await stream.send("{}", event="end")
                         break
-                    elif (transport := request.transport) is None or transport.is_closing():
+                    elif _client_gone(request):
                         break
     return stream
 
