@@ -56,15 +56,7 @@ class _Reader:
     def __init__(self) -> None:
         self.net = _Net()
         self._edge: str | None = None
-        parser = expat.ParserCreate()
-        parser.SetParamEntityParsing(expat.XML_PARAM_ENTITY_PARSING_NEVER)
-        parser.StartDoctypeDeclHandler = self._refuse
-        parser.EntityDeclHandler = self._refuse
-        parser.UnparsedEntityDeclHandler = self._refuse
-        parser.NotationDeclHandler = self._refuse
-        parser.StartElementHandler = self._start
-        parser.EndElementHandler = self._end
-        self._parser = parser
+        self._parser = scenario.no_dtd_parser(self._refuse, self._start, self._end)
         self._fed = 0
 
     def feed(self, chunk: bytes, *, final: bool = False) -> None:

@@ -308,14 +308,7 @@ class _XmlScan:
         self._names: set[str] = set()
         self._item: tuple[str, str] | None = None  # (section, option) that text would set
         self._text: list[str] = []
-        parser = expat.ParserCreate()
-        parser.SetParamEntityParsing(expat.XML_PARAM_ENTITY_PARSING_NEVER)
-        parser.StartDoctypeDeclHandler = self._refuse_dtd
-        parser.EntityDeclHandler = self._refuse_dtd
-        parser.UnparsedEntityDeclHandler = self._refuse_dtd
-        parser.NotationDeclHandler = self._refuse_dtd
-        parser.StartElementHandler = self._start
-        parser.EndElementHandler = self._end
+        parser = no_dtd_parser(self._refuse_dtd, self._start, self._end)
         if config:
             parser.CharacterDataHandler = self._text.append
         self._parser = parser
@@ -407,6 +400,25 @@ def _scan(path: str, data: bytes, limit: int, *, config: bool = False) -> _XmlSc
         scan.feed(chunk)
     scan.feed(b"", final=True)
     return scan
+
+
+def no_dtd_parser(
+    refuse: Callable[..., None],
+    start: Callable[[str, dict[str, str]], None],
+    end: Callable[[str], None],
+) -> Any:
+    """An expat parser that calls `refuse` (which raises) at any DOCTYPE, entity or notation
+    declaration, and never reads an external one: the only XML parser the daemon uses on a
+    template's files."""
+    parser = expat.ParserCreate()
+    parser.SetParamEntityParsing(expat.XML_PARAM_ENTITY_PARSING_NEVER)
+    parser.StartDoctypeDeclHandler = refuse
+    parser.EntityDeclHandler = refuse
+    parser.UnparsedEntityDeclHandler = refuse
+    parser.NotationDeclHandler = refuse
+    parser.StartElementHandler = start
+    parser.EndElementHandler = end
+    return parser
 
 
 def sumocfg_options(
