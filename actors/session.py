@@ -134,6 +134,10 @@ class SessionActor:
         self._in_hand: Control | None = None
         # Whether a pause holds the simulation now: read by the supervisor for the API.
         self.paused = False
+        # The session's own pause clock (loop time): what max_wall_s does not count when
+        # pause_counts is false. Kept here, where the pause takes effect, not where it was asked.
+        self._paused_since: float | None = None
+        self._paused_s = 0.0
         self._net: traci_commands.Network | None = None
         self._stderr_tail: deque[str] = deque(maxlen=STDERR_TAIL_LINES)
         self._sim_time: float | None = None
@@ -624,8 +628,6 @@ class SessionActor:
         self._sim_time = setup.sim_time
         loop = asyncio.get_running_loop()
         idle_since = loop.time()
-        paused = False
-        paused_since = 0.0
         stepped = request.mode == "stepped"
         while True:
             self._interrupt.clear()
@@ -638,11 +640,9 @@ class SessionActor:
                 msg = self._in_hand = self._control.popleft()
                 idle_since = loop.time()
                 if isinstance(msg, Pause | Resume):
-                    if isinstance(msg, Pause) and not paused:
-                        paused_since = loop.time()
-                    paused = self.paused = isinstance(msg, Pause)
-                    log.info("session_paused" if paused else "session_resumed")
-                    if paused:
+                    self._set_paused(isinstance(msg, Pause), loop.time())
+                    log.info("session_paused" if self.paused else "session_resumed")
+                    if self.paused:
                         # Whoever paused it can read every sample up to here at once.
                         await asyncio.wait_for(self._writer.flush(), 60)
                     reply(msg.reply, None)
@@ -650,6 +650,12 @@ class SessionActor:
                     await self._apply_commands(conn, msg, log)
                 elif not stepped:
                     msg.reply.set_exception(SessionConflict("only a stepped session can step"))
+                elif self.paused:
+                    # A pause holds SUMO still (and stops its wall clock): a step would run it
+                    # unbounded by max_wall_s.
+                    msg.reply.set_exception(
+                        SessionConflict("the session is paused: resume it before stepping")
+                    )
                 else:
                     target = (self._sim_time or 0.0) + msg.seconds
                     sample, done = await self._jump(
@@ -661,12 +667,12 @@ class SessionActor:
                     if done is not None:
                         return done
             await self.live_map.tick(conn, self._in_thread, self._sim_time)
-            if paused or stepped:
+            if self._paused_since is not None or stepped:
                 # Held still: wait for the next message (a stepped session only until idle).
                 wait = 1.0
-                if paused:
+                if self._paused_since is not None:
                     # A pause somebody forgot must not hold a run slot (and its port) forever.
-                    wait = paused_since + self._max_pause_s - loop.time()
+                    wait = self._paused_since + self._max_pause_s - loop.time()
                     if wait <= 0:
                         return Ending("pause_timeout")
                 elif stepped:
@@ -683,6 +689,19 @@ class SessionActor:
             await self._replay_due(conn, replay, log)
             if done is not None:
                 return done
+
+    def _set_paused(self, paused: bool, now: float) -> None:
+        if paused and self._paused_since is None:
+            self._paused_since = now
+        elif not paused and self._paused_since is not None:
+            self._paused_s += now - self._paused_since
+            self._paused_since = None
+        self.paused = paused
+
+    def paused_for(self, now: float) -> float:
+        """Loop seconds it has been paused so far, the pause it is in included."""
+        since = self._paused_since
+        return self._paused_s + (now - since if since is not None else 0.0)
 
     async def _replay_due(self, conn: Connection, replay: deque[RecordedCommand], log: Any) -> None:
         due = []

@@ -169,8 +169,16 @@ class _Running:
     stop_sent_at: float | None = None
     killed: bool = False
     cancelled: bool = False
-    # Set while paused, when paused time must not count towards max_wall_s.
-    paused_at: float | None = None
+
+    def wall_deadline_at(self, now: float) -> float | None:
+        """When max_wall_s runs out; None while that clock stands still (paused, and pauses
+        do not count). The session's own pause clock counts: a pause asked for but not yet
+        taken (or refused) stops nothing."""
+        if self.wall_deadline is None or self.actor.spec.request.pause_counts:
+            return self.wall_deadline
+        if self.actor.paused:
+            return None
+        return self.wall_deadline + self.actor.paused_for(now)
 
 
 class _Broker:
@@ -655,13 +663,6 @@ class SupervisorActor:
                 f"session {session_id} is not running ({status})", status=status.value
             )
         run.actor.send(control)
-        if not run.actor.spec.request.pause_counts and run.wall_deadline is not None:
-            now = asyncio.get_running_loop().time()
-            if isinstance(control, Pause) and run.paused_at is None:
-                run.paused_at = now
-            elif isinstance(control, Resume) and run.paused_at is not None:
-                run.wall_deadline += now - run.paused_at
-                run.paused_at = None
 
     def _request_stop(self, run: _Running, stop: StopSession) -> None:
         if run.stop_sent_at is None:
@@ -713,8 +714,8 @@ class SupervisorActor:
         times: list[float] = []
         for run in self._running.values():
             if run.stop_sent_at is None:
-                if run.wall_deadline is not None and run.paused_at is None:
-                    times.append(run.wall_deadline)
+                if (wall := run.wall_deadline_at(now)) is not None:
+                    times.append(wall)
             elif not run.killed:
                 times.append(run.stop_sent_at + grace)
             elif not run.cancelled:
@@ -725,8 +726,8 @@ class SupervisorActor:
         grace = self._settings.session.stop_grace_s
         for session_id, run in self._running.items():
             if run.stop_sent_at is None:
-                wall = run.wall_deadline
-                if wall is not None and run.paused_at is None and now >= wall:
+                wall = run.wall_deadline_at(now)
+                if wall is not None and now >= wall:
                     self._request_stop(run, StopSession(Status.TIMED_OUT, "max_wall_s exceeded"))
             elif not run.killed and now >= run.stop_sent_at + grace:
                 # A jump of many steps can take long; killing SUMO ends it at once, and the actor

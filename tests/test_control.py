@@ -73,6 +73,33 @@ async def test_stepped_session_advances_exactly_and_idles_out(daemons, db_url, h
     assert status == 409
 
 
+async def test_a_pause_stops_the_wall_clock_and_steps(daemons, db_url, http, scenarios):
+    daemon = await daemons.start(db_url)
+    await upload(http, daemon, "grid4", scenarios["grid4"])
+    s = await create_session(
+        http, daemon, template="grid4", mode="stepped", idle_timeout_s=120, max_wall_s=6,
+        pause_counts=False,
+    )  # fmt: skip
+    await wait_status(http, daemon, s["id"], "running")
+    running_at = time.monotonic()
+    status, body = await post(http, f"{daemon.url}/v1/sessions/{s['id']}/pause")
+    assert status == 200, body
+    # Paused, SUMO is held still: a step would run it with its wall clock stopped.
+    status, body = await post(http, f"{daemon.url}/v1/sessions/{s['id']}/step", {"seconds": 5})
+    assert status == 409 and "paused" in body["error"], body
+    # Held past its max_wall_s (a window to see that nothing ends it, not a synchronisation).
+    while time.monotonic() < running_at + 8:
+        assert (await get_session(http, daemon, s["id"]))["status"] == "running"
+        await asyncio.sleep(0.25)
+    status, body = await post(http, f"{daemon.url}/v1/sessions/{s['id']}/resume")
+    assert status == 200, body
+    status, body = await post(http, f"{daemon.url}/v1/sessions/{s['id']}/step", {"seconds": 5})
+    assert status == 200 and body["sample"]["sim_time"] == 5.0, body
+    # Resumed, its clock runs again: it ends on max_wall_s, not on its idle timeout.
+    ended = await wait_status(http, daemon, s["id"], {"timed_out", "completed", "failed"})
+    assert (ended["status"], ended["cause"]) == ("timed_out", "timeout"), ended
+
+
 async def test_commands_change_what_sumo_reports(daemons, db_url, http, scenarios):
     daemon = await daemons.start(db_url)
     await upload(http, daemon, "long", scenarios["long"])

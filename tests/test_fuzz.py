@@ -14,9 +14,11 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import aiohttp
 import pytest
@@ -38,7 +40,9 @@ ST = Path(sys.executable).parent / "st"
 CONFIG = Path(__file__).parent / "fuzz.toml"
 
 
-def schemathesis_run(url: str, token: str, examples: int, phases: str, counts: Path) -> str:
+def schemathesis_run(
+    url: str, token: str, examples: int, phases: str, counts: Path
+) -> tuple[int, str]:
     cmd = [
         str(ST), "--config-file", str(CONFIG), "run", f"{url}/openapi.json",
         "--checks", CHECKS,
@@ -63,9 +67,15 @@ def schemathesis_run(url: str, token: str, examples: int, phases: str, counts: P
         "PYTHONPATH": str(Path(__file__).parent.parent),
     }
     done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
-    report = done.stdout + done.stderr
-    assert done.returncode == 0, report[-20_000:]
-    return report
+    return done.returncode, done.stdout + done.stderr
+
+
+def session_lines(daemon: Any, report: str) -> str:
+    """The daemon's log lines about each session the report names: what the session was doing
+    when a request about it failed is the clue the report itself lacks."""
+    ids = set(re.findall(r"/v1/sessions/([0-9a-z]{20,}-[0-9a-f]{8})", report))
+    lines = [line[:600] for line in list(daemon.raw) if any(i in line for i in ids)]
+    return "\n".join(lines[-150:])
 
 
 @pytest.mark.slow
@@ -90,8 +100,13 @@ async def test_schemathesis_finds_nothing(daemons, db_url, scenarios, tmp_path):
     acted: dict[str, int] = {}
     for role, examples, phases in passes:
         counts = tmp_path / f"counts-{role}.json"
-        report = await asyncio.to_thread(
+        code, report = await asyncio.to_thread(
             schemathesis_run, daemon.url, tokens[role], examples, phases, counts
+        )
+        assert code == 0, (
+            report[-20_000:]
+            + "\n---- the daemon on those sessions ----\n"
+            + (session_lines(daemon, report))
         )
         seen = json.loads(counts.read_text())
         requests[role] = seen["requests"]
