@@ -134,6 +134,9 @@ class SessionActor:
         self._in_hand: Control | None = None
         # Whether a pause holds the simulation now: read by the supervisor for the API.
         self.paused = False
+        # Set once its loop reads no more messages (its end being written): a message sent
+        # then is answered at once.
+        self._closed = False
         # The session's own pause clock (loop time): what max_wall_s does not count when
         # pause_counts is false. Kept here, where the pause takes effect, not where it was asked.
         self._paused_since: float | None = None
@@ -167,6 +170,10 @@ class SessionActor:
             # The stop jumps the queue: it must not wait behind control messages.
             self._take_stop(msg)
             self._interrupt.set()
+            return
+        if self._closed:
+            # Its loop reads no more messages: an answer now, not the caller's timeout.
+            reply_error(msg.reply, SessionConflict("the session has ended"))
             return
         try:
             self._inbox.put_nowait(msg)
@@ -213,12 +220,7 @@ class SessionActor:
                 Status.FAILED, "internal error", cause=Cause.INTERNAL, error=repr(exc)
             )
         finally:
-            self._drain_inbox()
-            # The message in hand too: a session that ends while applying commands or stepping
-            # answers at once, not after the caller's timeout (a no-op if it was answered).
-            in_hand = [self._in_hand] if self._in_hand is not None else []
-            for msg in [*in_hand, *self._control]:
-                reply_error(msg.reply, SessionConflict("the session has ended"))
+            self._close_inbox()
             self._executor.shutdown(wait=False, cancel_futures=True)
             outcome = await asyncio.shield(self._finish(outcome))
         return outcome
@@ -519,6 +521,8 @@ class SessionActor:
             # traci reports a socket SUMO closed mid-message as a struct.error (a short read).
             return Ending("traci_lost", str(exc) or type(exc).__name__)
         finally:
+            # What comes after (SUMO's exit, the last recorded rows, the end) reads no message.
+            self._close_inbox()
             self.live_map.close()
             await self._in_thread(close_quietly, conn)
 
@@ -816,6 +820,17 @@ class SessionActor:
             self._take_stop(msg)
         else:
             self._control.append(msg)
+
+    def _close_inbox(self) -> None:
+        """Its loop reads no more messages: each waiting one, and each sent from now on, is
+        answered at once, not after the caller's timeout. The message in hand too: a session
+        that ends while applying commands or stepping (a no-op if it was answered)."""
+        self._closed = True
+        self._drain_inbox()
+        in_hand = [self._in_hand] if self._in_hand is not None else []
+        for msg in [*in_hand, *self._control]:
+            reply_error(msg.reply, SessionConflict("the session has ended"))
+        self._control.clear()
 
     def _drain_inbox(self) -> None:
         while not self._inbox.empty():

@@ -15,6 +15,7 @@ import asyncpg
 import pytest
 
 from actors import scenario
+from actors.errors import SessionConflict
 from actors.lifecycle import NOW, Status, transition
 from actors.messages import SessionSpec
 from actors.ports import PortPool, port_is_free
@@ -126,7 +127,8 @@ class HeldFlushWriter(WriterActor):
 
 async def test_a_session_writing_down_its_end_frees_its_place(pool, scenarios, tmp_path: Path):
     """max_running bounds SUMO processes: the next session starts while the one before is still
-    writing down its end."""
+    writing down its end. A pause sent to that one meanwhile is refused at once: its loop reads
+    no more messages (it used to wait out the control timeout, 120 s)."""
     writer = HeldFlushWriter(PgStore(pool), batch_rows=100, flush_s=0.05, queue_rows=1000)
     supervisor = make_supervisor(PgStore(pool), writer, PortPool(range(23410, 23420)), tmp_path, 1)
     async with asyncio.TaskGroup() as tg:
@@ -142,6 +144,8 @@ async def test_a_session_writing_down_its_end_frees_its_place(pool, scenarios, t
             await asyncio.sleep(0.05)
         # The first is still not final: its end is held in the writer.
         assert (await db.get_session(pool, first.id) or {})["status"] == "running"
+        with pytest.raises(SessionConflict, match="has ended"):
+            await asyncio.wait_for(supervisor.pause(first.id), 10)
         writer.release.set()
         rows = [await wait_final(pool, spec.id) for spec in (first, second)]
         await supervisor.shutdown("test over")
