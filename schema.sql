@@ -167,6 +167,18 @@ CREATE TABLE IF NOT EXISTS session_statistics (
     statistics  jsonb NOT NULL
 );
 
+-- A finished session's sample totals, kept when its end is written: a summary of a session
+-- nobody read for a while is then one row, not every sample page of it from a cold disk.
+-- A session without (ended before this table, or not by its own actor) is summed live.
+CREATE TABLE IF NOT EXISTS session_totals (
+    session_id  text PRIMARY KEY REFERENCES sessions (id) ON DELETE CASCADE,
+    inserted    bigint NOT NULL,
+    arrived     bigint NOT NULL,
+    teleports   bigint NOT NULL,
+    running     integer NOT NULL,
+    last_time   double precision
+);
+
 -- Per-edge aggregates per interval (SUMO's edgeData output).
 CREATE TABLE IF NOT EXISTS edge_data (
     session_id      text NOT NULL,

@@ -119,6 +119,7 @@ class MemStore:
         self._partitions: dict[str, _Partition] = {}
         self._marks: dict[tuple[str, str], int] = {}
         self._statistics: dict[str, dict[str, Any]] = {}
+        self._totals: dict[str, dict[str, Any]] = {}
         self._commands: dict[str, list[dict[str, Any]]] = {}
         self._nodes: dict[str, dict[str, Any]] = {}
         # This store's claims, as a PgStore keeps them: the memory is shared by the nodes of a
@@ -290,6 +291,7 @@ class MemStore:
         self._fence(session_id)
         self._samples.pop(session_id, None)
         self._statistics.pop(session_id, None)
+        self._totals.pop(session_id, None)
         for key in [k for k in self._marks if k[0] == session_id]:
             del self._marks[key]
         for table in RECORD_TABLES.values():
@@ -307,6 +309,23 @@ class MemStore:
         self._require_session(session_id)
         self._fence(session_id)
         self._statistics[session_id] = copy.deepcopy(statistics)
+
+    async def keep_totals(self, session_id: str) -> None:
+        await asyncio.sleep(0)
+        self._require_session(session_id)
+        self._fence(session_id)
+        rows = self.samples(session_id)
+        self._totals[session_id] = {
+            "inserted": sum(r["departed"] for r in rows),
+            "arrived": sum(r["arrived"] for r in rows),
+            "teleports": sum(r["teleports"] for r in rows),
+            "running": rows[-1]["vehicles"] if rows else 0,
+            "last_time": rows[-1]["sim_time"] if rows else None,
+        }
+
+    def totals(self, session_id: str) -> dict[str, Any] | None:
+        """What keep_totals kept, as the session_totals row reads."""
+        return dict(self._totals[session_id]) if session_id in self._totals else None
 
     async def add_commands(
         self, session_id: str, sim_time: float, commands: Sequence[dict[str, Any]]

@@ -251,6 +251,7 @@ class SessionActor:
         except TimeoutError:
             self._log.error("flush_timeout")
         await self._store_statistics()
+        await self._keep_totals()
         refused = self._writer.take_failure(self.spec.id)
         if refused is not None and outcome.status != Status.FAILED:
             # Its rows are not all there: whatever SUMO did, the session did not succeed.
@@ -322,6 +323,14 @@ class SessionActor:
             await self._store.store_statistics(self.spec.id, figures)
         except Exception as exc:
             self._log.error("statistics_not_stored", error=repr(exc))
+
+    async def _keep_totals(self) -> None:
+        """Its samples summed once, now that they are all written: a later summary reads one
+        row. Without them (a failure here), a summary sums the samples itself."""
+        try:
+            await self._store.keep_totals(self.spec.id)
+        except Exception as exc:
+            self._log.error("totals_not_kept", error=repr(exc))
 
     async def _run(self) -> Outcome:
         # The store's calls retry while the database is away (a connection error is an OSError

@@ -270,8 +270,9 @@ class Store(Protocol):
     # ---- a session's rows ----------------------------------------------------------------------
 
     async def clear_session_rows(self, session_id: str) -> None:
-        """Forget an earlier attempt's samples, recorded rows (partitions too), ingest marks and
-        statistics, at once: readers see the old rows or none, never a mix of attempts."""
+        """Forget an earlier attempt's samples, recorded rows (partitions too), ingest marks,
+        statistics and totals, at once: readers see the old rows or none, never a mix of
+        attempts."""
         ...
 
     async def create_record_partitions(self, session_id: str, tables: Iterable[str]) -> None:
@@ -280,6 +281,11 @@ class Store(Protocol):
 
     async def store_statistics(self, session_id: str, statistics: dict[str, Any]) -> None:
         """SUMO's statistics of the session's run, replacing any stored before."""
+        ...
+
+    async def keep_totals(self, session_id: str) -> None:
+        """Sum the session's samples once, at its end (inserted, arrived and teleports added up;
+        running and last_time of its last sample), replacing any kept before."""
         ...
 
     async def add_commands(

@@ -147,14 +147,23 @@ SELECT s.id, k * {SAMPLE_PERIOD}, 40 + (k * 7 + s.n) % 300, (k + s.n) % 13,
 """
 
 
+# The sample totals each session's end keeps (session_totals), for $1 the sessions' ids.
+TOTALS_SQL = (
+    "INSERT INTO session_totals (session_id, inserted, arrived, teleports, last_time, running)"
+    " SELECT ids.id, t.* FROM unnest($1::text[]) AS ids (id) CROSS JOIN LATERAL ("
+    + db.SAMPLE_TOTALS.format(id="ids.id", gate="")
+    + ") t"
+)
+
+
 async def _connect(url: str) -> asyncpg.Connection:
     return await asyncpg.connect(url, command_timeout=3600)
 
 
 async def build(url: str, sessions: int, per: int, say: Callable[[str], None]) -> None:
     """The schema, four templates of three versions, three stopped nodes, and `sessions`
-    finished sessions with their events, SUMO's statistics (completed ones) and `per` samples
-    each."""
+    finished sessions with their events, SUMO's statistics (completed ones), `per` samples
+    each and the sample totals their ends kept."""
     pool = await db.create_pool(url, max_size=2, command_timeout=3600)
     try:
         await db.apply_schema(pool)
@@ -203,6 +212,7 @@ async def build(url: str, sessions: int, per: int, say: Callable[[str], None]) -
         start = time.perf_counter()
         for i in range(0, len(ids), CHUNK):
             await conn.execute(SAMPLES_SQL, ids[i : i + CHUNK], per)
+            await conn.execute(TOTALS_SQL, ids[i : i + CHUNK])
             done = min(i + CHUNK, len(ids))
             if done % (CHUNK * 4) == 0 or done == len(ids):
                 rate = done * per / (time.perf_counter() - start)

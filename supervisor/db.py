@@ -574,22 +574,40 @@ async def get_sessions(pool: asyncpg.Pool, session_ids: Sequence[str]) -> dict[s
     return {r["id"]: dict(r) for r in rows}
 
 
+# A session's sample totals: what its summary adds up from its samples. `{id}` names the session;
+# `{gate}` may skip the scan (a condition on the outer row, which PostgreSQL tests once).
+SAMPLE_TOTALS = """
+    SELECT coalesce(sum(departed), 0) AS inserted, coalesce(sum(arrived), 0) AS arrived,
+           coalesce(sum(teleports), 0) AS teleports, max(sim_time) AS last_time,
+           coalesce((SELECT vehicles FROM samples WHERE session_id = {id}{gate}
+                      ORDER BY sim_time DESC LIMIT 1), 0) AS running
+      FROM samples WHERE session_id = {id}{gate}
+"""
+
+# Kept once, when a session's end is written (PgStore.keep_totals).
+KEEP_TOTALS_SQL = (
+    "INSERT INTO session_totals (session_id, inserted, arrived, teleports, last_time, running)"
+    " SELECT $1, * FROM ("
+    + SAMPLE_TOTALS.format(id="$1", gate="")
+    + ") t ON CONFLICT (session_id) DO UPDATE SET inserted = EXCLUDED.inserted,"
+    " arrived = EXCLUDED.arrived, teleports = EXCLUDED.teleports,"
+    " last_time = EXCLUDED.last_time, running = EXCLUDED.running"
+)
+
 # The summary figures of sessions, in one statement: a session with no samples or trips gets
-# zeros and nulls. The trips SUMO's own averages take are of vehicles that departed (with
-# write-unfinished, also those still running at the end); a row of write-undeparted has depart -1.
-SUMMARIES_SQL = """
+# zeros and nulls. A finished session's sample totals are its kept ones; only a session without
+# (running, or ended before they were kept) sums its samples. The trips SUMO's own averages take
+# are of vehicles that departed (with write-unfinished, also those still running at the end); a
+# row of write-undeparted has depart -1.
+SUMMARIES_SQL = f"""
 SELECT ids.id AS session_id,
-       s.inserted, s.arrived, coalesce(last.vehicles, 0) AS running, s.teleports, s.last_time,
+       coalesce(k.inserted, s.inserted) AS inserted, coalesce(k.arrived, s.arrived) AS arrived,
+       coalesce(k.running, s.running) AS running, coalesce(k.teleports, s.teleports) AS teleports,
+       CASE WHEN k.session_id IS NULL THEN s.last_time ELSE k.last_time END AS last_time,
        t.*, st.statistics
   FROM unnest($1::text[]) AS ids (id)
- CROSS JOIN LATERAL (
-    SELECT coalesce(sum(departed), 0) AS inserted, coalesce(sum(arrived), 0) AS arrived,
-           coalesce(sum(teleports), 0) AS teleports, max(sim_time) AS last_time
-      FROM samples WHERE session_id = ids.id
- ) s
-  LEFT JOIN LATERAL (
-    SELECT vehicles FROM samples WHERE session_id = ids.id ORDER BY sim_time DESC LIMIT 1
- ) last ON true
+  LEFT JOIN session_totals k ON k.session_id = ids.id
+ CROSS JOIN LATERAL ({SAMPLE_TOTALS.format(id="ids.id", gate=" AND k.session_id IS NULL")}) s
  CROSS JOIN LATERAL (
     SELECT count(*) AS trips,
            avg(duration) AS mean_duration,

@@ -277,6 +277,7 @@ class PgStore:
                 await conn.execute(
                     "DELETE FROM session_statistics WHERE session_id = $1", session_id
                 )
+                await conn.execute("DELETE FROM session_totals WHERE session_id = $1", session_id)
                 for table in RECORD_TABLES.values():
                     part = partition_name(table, session_id)
                     await conn.execute(f'DROP TABLE IF EXISTS "{part}"')
@@ -320,6 +321,14 @@ class PgStore:
                 )
 
         await self._retrying(op, "store_session_statistics")
+
+    async def keep_totals(self, session_id: str) -> None:
+        async def op() -> None:
+            async with self._pool.acquire() as conn, conn.transaction():
+                await self._fence(conn, session_id)
+                await conn.execute(db.KEEP_TOTALS_SQL, session_id)
+
+        await self._retrying(op, "keep_session_totals")
 
     async def add_commands(
         self, session_id: str, sim_time: float, commands: Sequence[dict[str, Any]]

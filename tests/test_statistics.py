@@ -16,6 +16,7 @@ import xml.etree.ElementTree as ET
 from pathlib import Path
 from typing import Any
 
+import asyncpg
 import defusedxml
 import pytest
 
@@ -251,6 +252,27 @@ async def test_summary_is_sumo_statistic_output(
     assert math.isclose(
         summary["throughput_per_hour"], summary["arrived"] / (summary["sim_seconds"] / 3600)
     )
+
+
+async def test_a_finished_session_sums_its_samples_once(daemons, db_url, http, scenarios):
+    """Its end keeps its sample totals (session_totals): its summary reads them, and says what
+    summing every sample again would say."""
+    daemon = await daemons.start(db_url)
+    await upload(http, daemon, "grid3", scenarios["grid3"])
+    session = await create_session(http, daemon, template="grid3", seed=SEED, sample_every=7)
+    await wait_status(http, daemon, session["id"], "completed")
+    url = f"{daemon.url}/v1/sessions/{session['id']}/summary"
+    kept = await get_json(http, url)
+    conn = await asyncpg.connect(db_url)
+    try:
+        row = await conn.fetchrow(
+            "SELECT * FROM session_totals WHERE session_id = $1", session["id"]
+        )
+        assert row is not None and row["inserted"] > 0 and row["last_time"] > 0, row
+        await conn.execute("DELETE FROM session_totals WHERE session_id = $1", session["id"])
+    finally:
+        await conn.close()
+    assert await get_json(http, url) == kept
 
 
 async def test_a_stopped_session_has_sumo_statistics_up_to_its_stop(

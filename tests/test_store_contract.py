@@ -57,6 +57,7 @@ class Look(Protocol):
     async def samples(self, session_id: str) -> list[dict[str, Any]]: ...
     async def rows(self, partition: str) -> list[dict[str, Any]] | None: ...
     async def statistics(self, session_id: str) -> dict[str, Any] | None: ...
+    async def totals(self, session_id: str) -> dict[str, Any] | None: ...
     async def ingest_mark(self, session_id: str, target: str) -> int: ...
     async def sweep(self, sweep_id: str) -> dict[str, Any] | None: ...
     async def refuse_negative(self, table: str, column: str) -> None:
@@ -96,6 +97,9 @@ class MemLook:
 
     async def statistics(self, session_id: str) -> dict[str, Any] | None:
         return self.store.statistics(session_id)
+
+    async def totals(self, session_id: str) -> dict[str, Any] | None:
+        return self.store.totals(session_id)
 
     async def ingest_mark(self, session_id: str, target: str) -> int:
         return self.store.ingest_mark(session_id, target)
@@ -153,6 +157,14 @@ class PgLook:
             "SELECT statistics FROM session_statistics WHERE session_id = $1", session_id
         )
         return value  # type: ignore[no-any-return]
+
+    async def totals(self, session_id: str) -> dict[str, Any] | None:
+        row = await self.pool.fetchrow(
+            "SELECT inserted, arrived, teleports, running, last_time FROM session_totals"
+            " WHERE session_id = $1",
+            session_id,
+        )
+        return dict(row) if row is not None else None
 
     async def ingest_mark(self, session_id: str, target: str) -> int:
         seq = await self.pool.fetchval(
@@ -421,6 +433,25 @@ async def test_statistics_are_stored_and_replaced(b: Backend):
     assert await b.look.statistics(sid) == {"vehicles": {"loaded": "4"}, "teleports": {}}
 
 
+async def test_a_sessions_totals_are_kept_and_replaced(b: Backend):
+    sid, other = await queued(b, 2)
+    assert await b.look.totals(sid) is None
+    await b.store.keep_totals(sid)
+    nothing = {"inserted": 0, "arrived": 0, "teleports": 0, "running": 0, "last_time": None}
+    assert await b.look.totals(sid) == nothing
+    rows = [
+        (sid, 2.0, 4, 2, 1, 5.0, 0, 0.0, 1),
+        (sid, 1.0, 3, 3, 0, 5.0, 1, 1.0, 0),
+        (other, 1.0, 9, 9, 9, 1.0, 0, 0.0, 9),
+    ]
+    await b.store.copy_rows("samples", SAMPLE_COLUMNS, rows)
+    await b.store.keep_totals(sid)
+    # Sums of the session's own samples; running is its last sample's (by sim time).
+    assert await b.look.totals(sid) == {
+        "inserted": 5, "arrived": 1, "teleports": 1, "running": 4, "last_time": 2.0
+    }  # fmt: skip
+
+
 async def test_commands_are_numbered_on_and_read_in_order(b: Backend):
     (sid,) = await queued(b)
     assert await b.store.session_commands(sid) == []
@@ -458,6 +489,7 @@ async def test_clearing_a_session_forgets_its_earlier_attempt(b: Backend):
     await b.store.copy_rows("samples", SAMPLE_COLUMNS, [sample(sid, 1.0), sample(other, 1.0)])
     await b.store.copy_csv(part, FCD, b"0;v0;1;2;3;90;e_0\n", mark=Mark(sid, 1))
     await b.store.store_statistics(sid, {"vehicles": {}})
+    await b.store.keep_totals(sid)
     await b.store.add_commands(sid, 1.0, [{"type": "edge.close", "id": "e"}])
     await b.store.clear_session_rows(sid)
     assert await b.look.samples(sid) == []
@@ -465,6 +497,7 @@ async def test_clearing_a_session_forgets_its_earlier_attempt(b: Backend):
     assert await b.look.rows(part) is None
     assert await b.look.ingest_mark(sid, part) == -1
     assert await b.look.statistics(sid) is None
+    assert await b.look.totals(sid) is None
     # Commands stay: a rerun of a replay is still a replay of the same commands.
     assert len(await b.store.session_commands(sid)) == 1
     # The next attempt starts with fresh partitions, and its first chunk is not skipped.
@@ -646,6 +679,8 @@ async def test_a_lapsed_lease_is_rescued_and_the_old_owner_is_fenced(b: Backend)
         await old.add_commands(sid, 5.0, [{"type": "x"}])
     with pytest.raises(LeaseLost):
         await old.store_statistics(sid, {"a": 1})
+    with pytest.raises(LeaseLost):
+        await old.keep_totals(sid)
     await old.copy_rows("samples", SAMPLE_COLUMNS, [sample(sid, 10.0)])  # left out, silently
     assert await b.look.samples(sid) == []
     row = await b.look.session(sid)
