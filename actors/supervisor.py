@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import math
 import os
 import secrets
 import shutil
@@ -59,6 +60,8 @@ INBOX_SIZE = 1024
 # How long a control message (pause, resume, step, commands) may take to be answered: a step
 # of many sim seconds can take long.
 CONTROL_TIMEOUT_S = 120.0
+# How often, at most, a node admitting from a long queue counts what is left of it.
+QUEUE_COUNT_S = 1.0
 
 
 def new_node_id() -> str:
@@ -245,6 +248,7 @@ class SupervisorActor:
         # Claims: due at once when something was queued here, else every claim_poll_s.
         self._claim_due = 0.0
         self._queued_seen = 0
+        self._counted_at = -math.inf
         self._drain_deadline: float | None = None
         self._log = structlog.get_logger(component="supervisor").bind(node_id=self.node_id)
 
@@ -554,12 +558,16 @@ class SupervisorActor:
         for c in claimed:
             self._start(tg, c)
         try:
-            # All there was, or count what is left (for /healthz and the metrics only).
+            # All there was, or what is left (for /healthz and the metrics only): counted at
+            # most once a QUEUE_COUNT_S, as the count of a long queue costs as much as a claim.
             if len(claimed) < free:
                 self._queued_seen = 0
-            else:
+            elif loop.time() >= self._counted_at + QUEUE_COUNT_S:
                 async with asyncio.timeout(CLAIM_TIMEOUT_S):
                     self._queued_seen = await self._store.count_queued()
+                self._counted_at = loop.time()
+            else:
+                self._queued_seen = max(0, self._queued_seen - len(claimed))
         except Exception as exc:
             self._log.warning("queue_count_failed", error=repr(exc))
         if len(claimed) == free:
