@@ -1,6 +1,6 @@
 """sumo-supervisor: the daemon (config, wiring, API, CLI, database access), and its Python client:
 
-    from supervisor import Client, AsyncClient
+    from supervisor import Client, AsyncClient, to_dataframe
 
 The client is imported on first use: the daemon's own modules never load it."""
 
@@ -9,9 +9,9 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from supervisor.client import AsyncClient, Client
+    from supervisor.client import AsyncClient, Client, to_dataframe
 
-__all__ = ["AsyncClient", "Client"]
+__all__ = ["AsyncClient", "Client", "to_dataframe"]
 
 
 def __getattr__(name: str) -> Any:

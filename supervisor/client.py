@@ -35,6 +35,7 @@ from supervisor.client_errors import (
     RequestTimeout,
     api_error,
 )
+from supervisor.client_models import to_dataframe
 from supervisor.client_plans import (
     Blocking,
     Call,
@@ -47,6 +48,8 @@ from supervisor.client_plans import (
     Step,
     StreamPlan,
 )
+
+__all__ = ["DEFAULT_URL", "AsyncClient", "Client", "to_dataframe"]
 
 DEFAULT_URL = "http://127.0.0.1:8750"
 P = ParamSpec("P")
