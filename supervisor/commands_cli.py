@@ -4,15 +4,14 @@ for scripts (--json). A daemon error is one line on stderr and a non-zero exit, 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import math
-import os
 import sys
 from collections.abc import Callable
-from pathlib import Path
+from datetime import datetime
 from typing import Any
 
-import sumolib.options
 from rich.console import Console
 from rich.markup import escape
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
@@ -20,12 +19,26 @@ from rich.table import Table
 
 from actors.errors import InvalidRequest
 from actors.request import DefaultLimits, parse_session_request
-from supervisor.client import Client, CliError
+from supervisor.client import Client
+from supervisor.client_errors import (
+    ApiError,
+    ClientError,
+    DaemonUnreachable,
+    Forbidden,
+    RequestTimeout,
+    Unauthorized,
+)
+from supervisor.client_models import SampleEvent, Session, StatusEvent
+from supervisor.client_scenario import scenario_files
 
 # What the daemon says is printed as it is: an error text with [brackets] is not rich markup.
 out = Console(highlight=False, markup=False)
 # An error is one line however long: scripts and people grep it.
 err = Console(stderr=True, highlight=False, soft_wrap=True)
+
+
+class CliError(Exception):
+    """What went wrong, said in one line; the CLI prints it and exits non-zero."""
 
 
 def run_command(args: argparse.Namespace) -> int:
@@ -36,14 +49,47 @@ def run_command(args: argparse.Namespace) -> int:
     except CliError as exc:
         err.print(f"[red]error:[/red] {escape(str(exc))}")
         return 1
+    except ClientError as exc:
+        err.print(f"[red]error:[/red] {escape(explain(exc, client))}")
+        return 1
     except KeyboardInterrupt:
         return 130
     finally:
         client.close()
 
 
+def explain(exc: ClientError, client: Client) -> str:
+    """The client's error in one line, saying what to do about it where the CLI knows."""
+    url = client.url
+    if isinstance(exc, Unauthorized) and not client.has_token:
+        return (
+            f"the daemon at {url} needs a token: set SUMO_SUPERVISOR_TOKEN (make one with"
+            " `sumo-supervisor token create NAME --role operator`)"
+        )
+    if isinstance(exc, Unauthorized):
+        return f"the daemon at {url} refused SUMO_SUPERVISOR_TOKEN: {exc.message}"
+    if isinstance(exc, Forbidden):
+        return f"not allowed: {exc.message}"
+    if isinstance(exc, ApiError):
+        return f"{exc.message} (HTTP {exc.status})"
+    if isinstance(exc, DaemonUnreachable):
+        return f"no daemon answers at {url} (start it with `sumo-supervisor serve`, or give --url)"
+    if isinstance(exc, RequestTimeout):
+        return f"the daemon at {url} did not answer in time"
+    return str(exc)  # ConnectionLost, ScenarioError, WaitTimeout... say it all
+
+
+def _plain(value: Any) -> Any:
+    """The client's typed rows as the daemon's JSON had them."""
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return dataclasses.asdict(value)
+    if isinstance(value, datetime):
+        return value.isoformat()
+    return str(value)
+
+
 def _json(data: Any) -> None:
-    print(json.dumps(data, indent=2, default=str))
+    print(json.dumps(data, indent=2, default=_plain))
 
 
 def _table(rows: list[dict[str, Any]], columns: list[str], title: str | None = None) -> None:
@@ -58,33 +104,8 @@ def _table(rows: list[dict[str, Any]], columns: list[str], title: str | None = N
 # ---- templates ---------------------------------------------------------------------------------
 
 
-def scenario_files(config: Path) -> tuple[str, dict[str, Path]]:
-    """The config and every input file it names (in any folder, .gz too), as upload paths
-    relative to the folder that holds them all."""
-    config = config.resolve()
-    if not config.is_file():
-        raise CliError(f"{config}: no such file")
-    try:
-        options = sumolib.options.readOptions(str(config))
-    except Exception as exc:  # sumolib raises what its XML parser raises
-        raise CliError(f"{config}: not a readable SUMO configuration ({exc})") from None
-    paths = [config]
-    for opt in options:
-        if not opt.name.endswith(("-file", "-files")):
-            continue  # outputs are named *-output and are SUMO's to write
-        for item in str(opt.value).replace(" ", ",").split(","):
-            if item.strip():
-                path = (config.parent / item.strip()).resolve()
-                if not path.is_file():
-                    raise CliError(f"{config.name} names {opt.name}={item.strip()}, not found")
-                paths.append(path)
-    root = Path(os.path.commonpath([p.parent for p in paths]))
-    files = {p.relative_to(root).as_posix(): p for p in dict.fromkeys(paths)}
-    return config.relative_to(root).as_posix(), files
-
-
 def template_add(client: Client, args: argparse.Namespace) -> int:
-    config, files = scenario_files(args.config)
+    config, files = scenario_files(args.config)  # ScenarioError: one line
     if not args.json:
         _table(
             [{"path": rel, "bytes": p.stat().st_size, "from": str(p)} for rel, p in files.items()],
@@ -93,16 +114,16 @@ def template_add(client: Client, args: argparse.Namespace) -> int:
         )
     if args.dry_run:
         return 0
-    created = client.upload(args.name, config, files)
+    created = client.upload_template(args.name, config, files)
     if args.json:
         _json(created)
     else:
-        out.print(f"uploaded {args.name} version {created['version']} ({len(files)} files)")
+        out.print(f"uploaded {args.name} version {created.version} ({len(files)} files)")
     return 0
 
 
 def template_list(client: Client, args: argparse.Namespace) -> int:
-    templates = client.get("/v1/templates")["templates"]
+    templates = [dataclasses.asdict(t) for t in client.list_templates()]
     if args.json:
         _json(templates)
     else:
@@ -111,12 +132,13 @@ def template_list(client: Client, args: argparse.Namespace) -> int:
 
 
 def template_show(client: Client, args: argparse.Namespace) -> int:
-    template = client.get(f"/v1/templates/{args.name}")
+    template = client.get_template(args.name)
     if args.json:
         _json(template)
         return 0
-    for v in template["versions"]:
-        _table(v["files"], ["path", "size", "sha256"], title=f"{args.name} v{v['version']}")
+    for v in template.versions:
+        files = [dataclasses.asdict(f) for f in v.files]
+        _table(files, ["path", "size", "sha256"], title=f"{args.name} v{v.version}")
     return 0
 
 
@@ -154,26 +176,26 @@ def session_body(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def run(client: Client, args: argparse.Namespace) -> int:
-    session = client.post("/v1/sessions", session_body(args))
+    session = client.create_session(session_body(args))
     if not args.wait:
         if args.json:
             _json(session)
         else:
-            out.print(session["id"])
+            out.print(session.id)
         return 0
     final = _follow_with_progress(client, session, quiet=args.json)
     if args.json:
         _json(final)
-    if final["status"] != "completed":
-        reason = escape(str(final.get("error") or final.get("cause")))
-        err.print(f"[red]{final['status']}[/red]: {reason}")
+    if final.status != "completed":
+        reason = escape(str(final.error or final.cause))
+        err.print(f"[red]{final.status}[/red]: {reason}")
         return 1
     if not args.json:
-        out.print(f"{final['id']} completed at sim time {final['sim_time']}")
+        out.print(f"{final.id} completed at sim time {final.sim_time}")
     return 0
 
 
-def _follow_with_progress(client: Client, session: dict[str, Any], *, quiet: bool) -> Any:
+def _follow_with_progress(client: Client, session: Session, *, quiet: bool) -> Session:
     progress = Progress(
         TextColumn("{task.description}"),
         BarColumn(),
@@ -184,39 +206,41 @@ def _follow_with_progress(client: Client, session: dict[str, Any], *, quiet: boo
         disable=quiet,
     )
     with progress:
-        task = progress.add_task(session["id"], total=session.get("end"), info=session["status"])
-        for name, data in client.stream(session["id"]):
-            if name == "sample":
-                info = f"{data['vehicles']} vehicles, {data['mean_speed']:.1f} m/s"
-                progress.update(task, completed=data["sim_time"], info=info)
-            elif name == "status":
-                progress.update(task, total=data.get("end"), info=data["status"])
-    return client.get(f"/v1/sessions/{session['id']}")
+        task = progress.add_task(session.id, total=session.end, info=session.status)
+        for event in client.stream_session(session.id):
+            if isinstance(event, SampleEvent):
+                sample = event.sample
+                info = f"{sample.vehicles} vehicles, {sample.mean_speed:.1f} m/s"
+                progress.update(task, completed=sample.sim_time, info=info)
+            else:
+                progress.update(task, total=event.session.end, info=event.session.status)
+    return client.get_session(session.id)
 
 
 def ps(client: Client, args: argparse.Namespace) -> int:
-    sessions = client.get("/v1/sessions", status=args.status, label=args.label, limit=args.limit)
+    sessions = client.list_sessions(status=args.status, label=args.label, limit=args.limit)
+    rows = [dataclasses.asdict(s) for s in sessions]
     if args.json:
-        _json(sessions["sessions"])
+        _json(rows)
     else:
-        _table(sessions["sessions"], SESSION_COLUMNS)
+        _table(rows, SESSION_COLUMNS)
     return 0
 
 
 def show(client: Client, args: argparse.Namespace) -> int:
-    session = client.get(f"/v1/sessions/{args.id}")
+    session = client.get_session(args.id)
     if args.json:
         _json(session)
         return 0
     table = Table(show_header=False)
-    for key, value in session.items():
+    for key, value in dataclasses.asdict(session).items():
         table.add_row(key, json.dumps(value) if isinstance(value, dict) else str(value))
     out.print(table)
     return 0
 
 
 def stop(client: Client, args: argparse.Namespace) -> int:
-    answer = client.post(f"/v1/sessions/{args.id}/stop")
+    answer = client.stop_session(args.id)
     if args.json:
         _json(answer)
     else:
@@ -226,27 +250,31 @@ def stop(client: Client, args: argparse.Namespace) -> int:
 
 def watch(client: Client, args: argparse.Namespace) -> int:
     status = None
-    for name, data in client.stream(args.id):
+    for event in client.stream_session(args.id):
+        if isinstance(event, StatusEvent):
+            status = event.session.status
         if args.json:
-            print(json.dumps({"event": name, "data": data}), flush=True)
-        elif name == "sample":
+            name, data = (
+                ("sample", event.sample)
+                if isinstance(event, SampleEvent)
+                else ("status", event.session)
+            )
+            print(json.dumps({"event": name, "data": data}, default=_plain), flush=True)
+        elif isinstance(event, SampleEvent):
+            s = event.sample
             print(
-                f"t={data['sim_time']:g} vehicles={data['vehicles']} departed={data['departed']}"
-                f" arrived={data['arrived']} speed={data['mean_speed']:.2f}",
+                f"t={s.sim_time:g} vehicles={s.vehicles} departed={s.departed}"
+                f" arrived={s.arrived} speed={s.mean_speed:.2f}",
                 flush=True,
             )
-        elif name == "status":
-            status = data["status"]
-            print(
-                f"status {status}" + (f": {data['error']}" if data.get("error") else ""), flush=True
-            )
         else:
-            print(f"{name}: {data}", flush=True)
+            error = event.session.error
+            print(f"status {status}" + (f": {error}" if error else ""), flush=True)
     return 0 if status in (None, "completed", "running") else 1
 
 
 def logs(client: Client, args: argparse.Namespace) -> int:
-    events = client.get(f"/v1/sessions/{args.id}/logs")["logs"]
+    events = client.session_logs(args.id)
     if args.json:
         _json(events)
         return 0
@@ -261,13 +289,12 @@ def logs(client: Client, args: argparse.Namespace) -> int:
 
 
 def get(client: Client, args: argparse.Namespace) -> int:
-    path = f"/v1/sessions/{args.id}/{args.what}.csv"
     if args.output is None:
-        client.download(path, sys.stdout.buffer)
+        client.export_csv(args.id, args.what, sys.stdout.buffer)
         return 0
     partial = args.output.with_name(args.output.name + ".part")
     with open(partial, "wb") as fh:
-        size = client.download(path, fh)
+        size = client.export_csv(args.id, args.what, fh)
     partial.replace(args.output)
     if args.json:
         _json({"file": str(args.output), "bytes": size})
@@ -290,19 +317,19 @@ def _fmt(v: Any) -> str:
 
 
 def summary(client: Client, args: argparse.Namespace) -> int:
-    figures = client.get(f"/v1/sessions/{args.id}/summary")
+    figures = client.summary(args.id)
     if args.json:
         _json(figures)
         return 0
     table = Table(title=args.id, show_header=False)
     for key in FIGURES:
-        table.add_row(key, _fmt(figures.get(key)))
+        table.add_row(key, _fmt(getattr(figures, key)))
     out.print(table)
     return 0
 
 
 def compare(client: Client, args: argparse.Namespace) -> int:
-    result = client.get("/v1/compare", sessions=",".join(args.ids))
+    result = client.compare(args.ids)
     if args.json:
         _json(result)
         return 0
@@ -332,7 +359,7 @@ def _size(n: int) -> str:
 
 
 def storage(client: Client, args: argparse.Namespace) -> int:
-    report = client.get("/v1/storage", limit=args.limit, offset=args.offset, order=args.order)
+    report = client.storage(limit=args.limit, offset=args.offset, order=args.order)
     if args.json:
         _json(report)
         return 0
@@ -361,7 +388,7 @@ def storage(client: Client, args: argparse.Namespace) -> int:
 
 
 def nodes(client: Client, args: argparse.Namespace) -> int:
-    listed = client.get("/v1/nodes")["nodes"]
+    listed = client.nodes()
     if args.json:
         _json(listed)
         return 0
@@ -382,8 +409,7 @@ def nodes(client: Client, args: argparse.Namespace) -> int:
 
 
 def drain(client: Client, args: argparse.Namespace) -> int:
-    body = {} if args.timeout is None else {"timeout_s": args.timeout}
-    answer = client.post("/v1/node/drain", body)
+    answer = client.drain(args.timeout)
     if args.json:
         _json(answer)
     else:

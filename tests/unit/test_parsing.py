@@ -12,8 +12,7 @@ import pytest
 
 from actors.errors import InvalidRequest
 from supervisor import api, sweeps
-from supervisor.client import CliError
-from supervisor.commands_cli import session_body
+from supervisor.commands_cli import CliError, session_body
 
 
 @pytest.mark.parametrize("seconds", [0.5, 1, 1e7])
