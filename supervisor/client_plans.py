@@ -225,10 +225,12 @@ def list_sessions(
     label: str | None = None,
     template: str | None = None,
     limit: int | None = None,
+    before: str | None = None,
 ) -> Plan[list[Session]]:
     """Sessions, newest first: those with this status, label and template (None: any), at most
-    `limit` (the daemon's default 100, at most 10 000)."""
-    params = _query(status=status, label=label, template=template, limit=limit)
+    `limit` (the daemon's default 100, at most 10 000); with `before` (a session's id: the last
+    of the page before), only those older than it, the next page."""
+    params = _query(status=status, label=label, template=template, limit=limit, before=before)
     body = yield Call("GET", "/v1/sessions", params)
     return [Session.from_json(s) for s in body["sessions"]]
 

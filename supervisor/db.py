@@ -203,16 +203,18 @@ async def list_sessions(
     limit: int,
     *,
     template: str | None = None,
+    before: str | None = None,
 ) -> list[dict[str, Any]]:
     rows = await pool.fetch(
         f"SELECT {_SESSION_FIELDS} FROM sessions s"
         " WHERE ($1::text IS NULL OR s.status = $1) AND ($2::text IS NULL OR s.label = $2)"
-        " AND ($4::text IS NULL OR s.template_name = $4)"
+        " AND ($4::text IS NULL OR s.template_name = $4) AND ($5::text IS NULL OR s.id < $5)"
         " ORDER BY s.id DESC LIMIT $3",
         status,
         label,
         limit,
         template,
+        before,
     )
     return [dict(r) for r in rows]
 

@@ -474,6 +474,12 @@ OPERATIONS: dict[tuple[str, str], Op] = {
             Param("label", STR, "empty for any"),
             Param("template", STR, "a template's name; empty for any"),
             Param("limit", {"type": "integer", "minimum": 1, "maximum": 10_000}),
+            Param(
+                "before",
+                {"type": "string", "pattern": "^[0-9a-z-]{1,64}$"},
+                "the next page: sessions older than this one (the last id of a page); empty for"
+                " the newest",
+            ),
         ),
     ),
     ("GET", "/v1/sessions/stream"): Op(

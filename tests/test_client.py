@@ -166,6 +166,9 @@ def _results(client: Any) -> tuple[Session, Session]:
 
     assert [s.id for s in client.list_sessions(label="client")] == [other.id, first.id]
     assert [s.id for s in client.list_sessions(label="client", limit=1)] == [other.id]
+    # The next page starts after the last one of the page before, none repeated or skipped.
+    assert [s.id for s in client.list_sessions(label="client", before=other.id)] == [first.id]
+    assert client.list_sessions(label="client", before=first.id) == []
     assert client.list_sessions(label="client", status="failed") == []
     assert len(client.list_sessions(template="grid3")) == 2
 
