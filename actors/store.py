@@ -35,12 +35,19 @@ SAMPLE_COLUMNS: Final = (
 
 # Tables with one partition per recording session, and what `record` names them.
 RECORD_TABLES: Final = {"trajectories": "trajectories", "trips": "trips", "edges": "edge_data"}
-_SAFE_ID = re.compile(r"^[0-9a-z][0-9a-z_-]{0,80}$")
+# What a session id may be (new_session_id makes them so): safe in a partition's name and as
+# a list's cursor.
+SESSION_ID_PATTERN: Final = r"^[0-9a-z][0-9a-z_-]{0,80}$"
+_SAFE_ID = re.compile(SESSION_ID_PATTERN)
+
+
+def is_session_id(text: str) -> bool:
+    return _SAFE_ID.match(text) is not None
 
 
 def partition_name(table: str, session_id: str) -> str:
     """The partition of `table` that holds one session's rows; ids are checked, never quoted in."""
-    if table not in RECORD_TABLES.values() or not _SAFE_ID.match(session_id):
+    if table not in RECORD_TABLES.values() or not is_session_id(session_id):
         raise ValueError(f"bad partition {table}/{session_id}")
     return f"{table}__{session_id.replace('-', '_')}"
 

@@ -8,7 +8,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-import re
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping
 from dataclasses import dataclass, field
@@ -34,6 +33,7 @@ from actors.errors import (
     TokenNotFound,
 )
 from actors.request import parse_session_request
+from actors.store import is_session_id
 from actors.supervisor import SupervisorActor
 from actors.writer import WriterActor
 from supervisor import (
@@ -441,17 +441,13 @@ def _list_query(request: web.Request, *, default_limit: int, max_limit: int) -> 
     )
 
 
-# A session id as the daemon makes them (new_session_id): what `before` may name.
-_SESSION_ID_RE = re.compile(r"[0-9a-z-]{1,64}")
-
-
 async def list_sessions(request: web.Request) -> web.Response:
     s = request.app[SERVICES]
     q = _list_query(request, default_limit=100, max_limit=10_000)
     # The next page: sessions older than `before` (ids sort by creation), so a page never
     # repeats or skips one, whatever was created meanwhile.
     before = request.query.get("before") or None
-    if before is not None and not _SESSION_ID_RE.fullmatch(before):
+    if before is not None and not is_session_id(before):
         raise InvalidRequest("before must be a session id", field="before")
     rows = await db.list_sessions(
         s.pool, q.status, q.label, q.limit, template=q.template, before=before

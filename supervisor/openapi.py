@@ -12,6 +12,7 @@ from typing import Any
 
 from actors import request, scenario, traci_commands
 from actors.request import Limits
+from actors.store import SESSION_ID_PATTERN
 from supervisor import db, exports, sweeps, tokens
 from supervisor.access import Route, canonical
 from supervisor.feeds import LIST_STREAM_LIMIT
@@ -476,7 +477,7 @@ OPERATIONS: dict[tuple[str, str], Op] = {
             Param("limit", {"type": "integer", "minimum": 1, "maximum": 10_000}),
             Param(
                 "before",
-                {"type": "string", "pattern": "^[0-9a-z-]{1,64}$"},
+                {"type": "string", "pattern": SESSION_ID_PATTERN},
                 "the next page: sessions older than this one (the last id of a page); empty for"
                 " the newest",
             ),

@@ -222,7 +222,7 @@ async def test_bad_session_requests(shared_grid3_daemon, http, body, status, mes
         ("GET", "/v1/sessions?limit=0", 400, "limit must be in"),
         ("GET", "/v1/sessions?limit=many", 400, "limit must be an integer"),
         ("GET", "/v1/sessions?before=A%20b", 400, "before must be a session id"),
-        ("GET", "/v1/sessions?before=" + "x" * 65, 400, "before must be a session id"),
+        ("GET", "/v1/sessions?before=" + "x" * 82, 400, "before must be a session id"),
         ("GET", "/v2/anything", 404, "Not Found"),
         ("DELETE", "/v1/templates", 405, "Method Not Allowed"),
     ],
