@@ -34,7 +34,7 @@ def _free_port() -> int:
 
 
 async def main() -> None:
-    board = dashboard.Dashboard(dashboard.load())
+    board = dashboard.StaticFiles(dashboard.load())
     app = web.Application()
     app.router.add_get("/", board.index)
     app.router.add_get("/ui/{file:.+}", board.asset)

@@ -99,7 +99,7 @@ class Services:
 
 SERVICES = web.AppKey("services", Services)
 ACCESS = web.AppKey("access", Access)
-DASHBOARD = web.AppKey("dashboard", dashboard.Dashboard)
+DASHBOARD = web.AppKey("dashboard", dashboard.StaticFiles)
 NETMAPS = web.AppKey("netmaps", netmap.NetMaps)
 
 
@@ -1174,7 +1174,8 @@ def make_app(services: Services, *, test_hooks: bool = False) -> web.Application
     )
     app[SERVICES] = services
     app[ACCESS] = access
-    app[DASHBOARD] = dashboard.Dashboard(dashboard.load())
+    app[DASHBOARD] = dashboard.StaticFiles(dashboard.load())
+    app[docs.PAGE] = docs.page_files()
     app[NETMAPS] = netmap.NetMaps(
         services.pool, services.upload_checks, services.config.max_inflated_bytes
     )

@@ -1,5 +1,5 @@
 """The web dashboard's files (supervisor/web/): HTML, ES modules, CSS and vendored libraries,
-served as they are (no build step).
+served as they are (no build step). `StaticFiles` serves /docs's vendored page too (docs.py).
 
 They are public (route role None, like /healthz): they hold no data, only the code that asks
 for it, and every data call the code makes carries the token the user typed into its login
@@ -11,6 +11,7 @@ string can never run as code."""
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -24,6 +25,7 @@ _TYPES = {
     ".js": "text/javascript; charset=utf-8",
     ".css": "text/css; charset=utf-8",
     ".svg": "image/svg+xml",
+    ".png": "image/png",
     ".txt": "text/plain; charset=utf-8",
     ".md": "text/plain; charset=utf-8",
 }
@@ -63,10 +65,11 @@ class Asset:
     etag: str
 
 
-def load(root: Path = ROOT) -> dict[str, Asset]:
-    """Every servable file under `root`, by its path relative to it."""
+def load(root: Path = ROOT, names: Iterable[str] | None = None) -> dict[str, Asset]:
+    """Every servable file under `root` (or only those `names`), by its path relative to it."""
     assets = {}
-    for path in sorted(root.rglob("*")):
+    paths = sorted(root.rglob("*")) if names is None else [root / name for name in names]
+    for path in paths:
         kind = _TYPES.get(path.suffix)
         if kind is None or not path.is_file():
             continue
@@ -76,15 +79,24 @@ def load(root: Path = ROOT) -> dict[str, Asset]:
     return assets
 
 
-class Dashboard:
-    def __init__(self, assets: dict[str, Asset]) -> None:
-        self._assets = assets
+class StaticFiles:
+    """Files held in memory, each answered with `headers` and revalidated by its ETag."""
 
-    def _answer(self, request: web.Request, name: str) -> web.Response:
+    def __init__(
+        self,
+        assets: dict[str, Asset],
+        headers: Mapping[str, str] = HEADERS,
+        what: str = "dashboard",
+    ) -> None:
+        self._assets = assets
+        self._headers = dict(headers)
+        self._what = what
+
+    def answer(self, request: web.Request, name: str) -> web.Response:
         asset = self._assets.get(name)
         if asset is None:
-            raise AssetNotFound(f"no dashboard file {name[:200]!r}")
-        headers = {**HEADERS, "ETag": asset.etag}
+            raise AssetNotFound(f"no {self._what} file {name[:200]!r}")
+        headers = {**self._headers, "ETag": asset.etag}
         if request.headers.get("If-None-Match") == asset.etag:
             return web.Response(status=304, headers=headers)
         return web.Response(
@@ -94,7 +106,7 @@ class Dashboard:
         )
 
     async def index(self, request: web.Request) -> web.Response:
-        return self._answer(request, "index.html")
+        return self.answer(request, "index.html")
 
     async def asset(self, request: web.Request) -> web.Response:
-        return self._answer(request, request.match_info["file"])
+        return self.answer(request, request.match_info["file"])

@@ -11,16 +11,12 @@ from pathlib import Path
 
 from aiohttp import web
 
+from supervisor import dashboard
 from supervisor.jsonio import encode
 
 STATIC = Path(__file__).parent / "static" / "docs"
 # The only files /docs/{file} serves, by name (never a path from the request).
-FILES = {
-    "swagger-ui-bundle.js": "text/javascript",
-    "swagger-ui.css": "text/css",
-    "init.js": "text/javascript",
-    "favicon-32x32.png": "image/png",
-}
+FILES = ("swagger-ui-bundle.js", "swagger-ui.css", "init.js", "favicon-32x32.png")
 # The page runs only the daemon's own scripts and talks only to the daemon (Swagger UI sets
 # inline styles, hence 'unsafe-inline' for styles alone).
 CSP = (
@@ -29,33 +25,27 @@ CSP = (
 )
 
 DOCUMENT = web.AppKey("openapi_document", bytes)
+PAGE = web.AppKey("docs_page", dashboard.StaticFiles)
+
+
+def page_files() -> dashboard.StaticFiles:
+    """The page and its files, read once at start, as the dashboard's are."""
+    headers = {**dashboard.HEADERS, "Content-Security-Policy": CSP}
+    return dashboard.StaticFiles(
+        dashboard.load(STATIC, ["index.html", *FILES]), headers, what="/docs"
+    )
 
 
 async def openapi_json(request: web.Request) -> web.Response:
     return web.Response(body=request.app[DOCUMENT], content_type="application/json")
 
 
-async def page(request: web.Request) -> web.FileResponse:
-    return _file("index.html", "text/html")
+async def page(request: web.Request) -> web.Response:
+    return await request.app[PAGE].index(request)
 
 
-async def asset(request: web.Request) -> web.FileResponse:
-    name = request.match_info["file"]
-    if name not in FILES:
-        raise web.HTTPNotFound(reason=f"no file {name[:100]!r} in /docs")
-    return _file(name, FILES[name])
-
-
-def _file(name: str, content_type: str) -> web.FileResponse:
-    return web.FileResponse(
-        STATIC / name,
-        headers={
-            "Content-Type": content_type,
-            "Content-Security-Policy": CSP,
-            "X-Content-Type-Options": "nosniff",
-            "Cache-Control": "no-cache",
-        },
-    )
+async def asset(request: web.Request) -> web.Response:
+    return await request.app[PAGE].asset(request)
 
 
 def document_bytes(document: dict[str, object]) -> bytes:
