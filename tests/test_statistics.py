@@ -269,6 +269,12 @@ async def test_a_finished_session_sums_its_samples_once(daemons, db_url, http, s
             "SELECT * FROM session_totals WHERE session_id = $1", session["id"]
         )
         assert row is not None and row["inserted"] > 0 and row["last_time"] > 0, row
+        # The summary reads the kept row, not the samples.
+        await conn.execute(
+            "UPDATE session_totals SET arrived = arrived + 1000 WHERE session_id = $1",
+            session["id"],
+        )
+        assert (await get_json(http, url))["arrived"] == kept["arrived"] + 1000
         await conn.execute("DELETE FROM session_totals WHERE session_id = $1", session["id"])
     finally:
         await conn.close()
