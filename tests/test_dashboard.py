@@ -71,14 +71,38 @@ async def test_log_in_start_watch_pause_resume(daemons, db_url, http, scenarios,
         await _log_in(page, daemon.url, token)
         await expect(page.locator("#app h2")).to_have_text("Sessions")
 
-        # Start a session from the form: the page goes to the session, whose charts fill.
+        # The form is built from the daemon's own schema of a request: a control for every
+        # field, the SUMO options' allow-list among them.
+        schema = await page.evaluate(
+            "fetch('/openapi.json').then(r => r.json())"
+            ".then(d => d.components.schemas.SessionRequest.properties)"
+        )
+        fields = await page.locator("#start-form [data-field]").evaluate_all(
+            "els => els.map(e => e.dataset.field)"
+        )
+        assert set(schema) | set(schema["sumo_options"]["anyOf"][0]["properties"]) == set(fields)
+        # A bad field is refused with the daemon's message, naming it.
         await page.select_option("#s-template", "long")
+        await page.fill("#s-label", "not a label!")
+        await page.click("#start-form button[type=submit]")
+        await expect(page.locator("#start-error")).to_contain_text("label")
+        # Start a session from the form: the page goes to the session, whose charts fill.
         await page.fill("#s-end", "100000")
         await page.fill("#s-label", "from-the-form")
+        await page.click("#start-more > summary")
+        await page.select_option("#s-on_interrupt", "fail")
+        await page.fill("#s-max_attempts", "2")
+        await page.click("[data-field=sumo_options] > summary")
+        await page.fill("#s-sumo_options-scale", "1.5")
+        await page.select_option("#s-sumo_options-eager-insert", "false")
         await page.click("#start-form button[type=submit]")
         await expect(page).to_have_url(re.compile(r"#/session/"))
         session_id = page.url.rsplit("/", 1)[-1]
         await expect(page.locator("#session-head .badge")).to_have_text("running")
+        async with http.get(f"{daemon.url}/v1/sessions/{session_id}") as r:
+            sent = (await r.json())["request"]
+        assert sent["on_interrupt"] == "fail" and sent["max_attempts"] == 2
+        assert sent["sumo_options"] == {"scale": 1.5, "eager-insert": False}
         await _wait_points_above(page, "vehicles", 5)
         first = await _chart_points(page, "vehicles")
         await _wait_points_above(page, "vehicles", first)

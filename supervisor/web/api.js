@@ -68,6 +68,7 @@ export function stream(path, { onEvent, onError, done = () => false, lastEventId
   let last = lastEventId;
   (async () => {
     let delay = 500;
+    let refusals = 0;
     while (!closed) {
       controller = new AbortController();
       try {
@@ -76,12 +77,17 @@ export function stream(path, { onEvent, onError, done = () => false, lastEventId
         const r = await fetch(path, { headers: h, signal: controller.signal, cache: "no-store", credentials: "omit" });
         if (!r.ok) {
           const body = await r.json().catch(() => ({}));
-          onError?.(new ApiError(r.status, body));
+          // Busy (a stream slot not yet freed by the stream this page just closed, a node
+          // changing hands) passes: said only when it lasts.
+          const busy = r.status === 429 || r.status === 503;
+          if (!busy || ++refusals > 2) onError?.(new ApiError(r.status, body));
           if ([401, 403, 404].includes(r.status)) return;
-          await sleep(2000);
+          const after = Number(r.headers.get("Retry-After"));
+          await sleep(busy && after > 0 ? Math.min(after, 30) * 1000 : 2000);
           continue;
         }
         delay = 500;
+        refusals = 0;
         await readEvents(r.body, (event) => {
           if (event.id !== null) last = event.id;
           onEvent(event);

@@ -2,6 +2,7 @@
 // while shown, filters (a new stream each), the start form, and stop / pause / resume / delete
 // on each row.
 import { api, stream } from "../api.js";
+import { fields, openapi } from "../schema_form.js";
 import { badge, clear, FINAL, fmt, h, STATUSES, toast, errorText } from "../ui.js";
 
 export function render(root) {
@@ -115,53 +116,28 @@ function row(s) {
   );
 }
 
+// The request's fields as a form, built from the daemon's own schema of a session request
+// (schema_form.js): every field, with this daemon's limits. The common ones are shown, the rest
+// folded away; the daemon's answer to a bad request is shown as it is.
+const SHOWN = ["template", "version", "end", "seed", "label", "mode", "sample_every", "sample_detail", "max_wall_s", "record"];
+
 function startForm(onCreated) {
-  const template = h("select", { id: "s-template", name: "template", required: true });
-  const field = (id, label, attrs) => h("div", {}, h("label", { for: id }, label), h("input", { id, name: id.slice(2), ...attrs }));
-  const error = h("p", { class: "error", role: "alert" });
-  const records = ["trajectories", "trips", "edges"].map((r) =>
-    h("label", { class: "inline" }, h("input", { type: "checkbox", name: "record", value: r }), ` ${r}`));
-  const form = h("form", { id: "start-form", onsubmit: submit },
-    h("div", { class: "grid-form" },
-      h("div", {}, h("label", { for: "s-template" }, "Template"), template),
-      field("s-version", "Version (latest if empty)", { type: "number", min: 1 }),
-      field("s-end", "End (sim s)", { type: "number", min: 1, step: "any" }),
-      field("s-seed", "Seed", { type: "number", min: 0 }),
-      field("s-sample_every", "Sample every (steps)", { type: "number", min: 1, placeholder: "10" }),
-      field("s-label", "Label", { type: "text", maxlength: 200 }),
-      h("div", {}, h("label", { for: "s-mode" }, "Mode"),
-        h("select", { id: "s-mode", name: "mode" }, h("option", { value: "" }, "run (continuous)"), h("option", { value: "stepped" }, "stepped"))),
-      field("s-max_wall_s", "Max wall time (s)", { type: "number", min: 1 }),
-      h("div", {}, h("label", { for: "s-sample_detail" }, "Sample detail"),
-        h("select", { id: "s-sample_detail", name: "sample_detail" },
-          h("option", { value: "" }, "default (period when running, exact when stepped)"),
-          h("option", { value: "period" }, "period: SUMO's summary once per sample"),
-          h("option", { value: "exact" }, "exact: every step"))),
-    ),
-    h("fieldset", {}, h("legend", {}, "Record"), records),
-    h("label", { for: "s-sumo_options" }, "SUMO options (JSON object, optional)"),
-    h("textarea", { id: "s-sumo_options", rows: 2, cols: 50, placeholder: '{"scale": 1.5}' }),
-    h("p", {}, h("button", { type: "submit" }, "Start session")),
+  const template = h("select", { name: "template" });
+  const error = h("p", { class: "error", role: "alert", id: "start-error" });
+  const shown = h("div", { class: "grid-form" });
+  const more = h("div", { class: "grid-form" });
+  const submit = h("button", { type: "submit", disabled: true }, "Start session");
+  let request = null;
+  const form = h("form", { id: "start-form", onsubmit: send },
+    shown,
+    h("details", { id: "start-more" }, h("summary", {}, "More settings"), more),
+    h("p", {}, submit),
     error);
 
-  async function submit(event) {
+  async function send(event) {
     event.preventDefault();
     error.textContent = "";
-    const body = { template: template.value };
-    for (const [key, kind] of [["version", "int"], ["end", "num"], ["seed", "int"], ["sample_every", "int"], ["max_wall_s", "num"], ["label", "str"]]) {
-      const v = form.querySelector(`#s-${key}`).value.trim();
-      if (v) body[key] = kind === "str" ? v : Number(v);
-    }
-    const mode = form.querySelector("#s-mode").value;
-    if (mode) body.mode = mode;
-    const detail = form.querySelector("#s-sample_detail").value;
-    if (detail) body.sample_detail = detail;
-    const record = [...form.querySelectorAll("input[name=record]:checked")].map((c) => c.value);
-    if (record.length) body.record = record;
-    const opts = form.querySelector("#s-sumo_options").value.trim();
-    if (opts) {
-      try { body.sumo_options = JSON.parse(opts); } catch { error.textContent = "SUMO options must be a JSON object"; return; }
-    }
+    const body = request.read();
     try {
       const s = await api("/v1/sessions", { method: "POST", json: body });
       toast(`Started ${s.id}`);
@@ -172,13 +148,31 @@ function startForm(onCreated) {
     }
   }
 
+  async function build() {
+    const doc = await openapi();
+    const schema = doc.components.schemas.SessionRequest;
+    request = fields("s", schema.properties, {
+      template: (id, described) => {
+        template.id = id;
+        if (described) template.setAttribute("aria-describedby", described);
+        return { element: template, read: () => template.value || undefined };
+      },
+    });
+    // The common fields in SHOWN's order; the rest in the schema's, the SUMO options last.
+    const rest = Object.keys(request.byName).filter((n) => !SHOWN.includes(n));
+    shown.append(...SHOWN.filter((n) => n in request.byName).map((n) => request.byName[n]));
+    more.append(...rest.sort((a, b) => (a === "sumo_options") - (b === "sumo_options")).map((n) => request.byName[n]));
+    submit.disabled = false;
+  }
+
   return {
     element: h("section", { class: "card", "aria-labelledby": "start-h" }, h("h3", { id: "start-h" }, "Start a session"), form),
     async load() {
       try {
-        const { templates } = await api("/v1/templates");
-        clear(template).append(...templates.map((t) => h("option", { value: t.name }, `${t.name} (v${t.latest_version})`)));
-        if (!templates.length) template.append(h("option", { value: "" }, "no templates: upload one first"));
+        const [{ templates }] = await Promise.all([api("/v1/templates"), build()]);
+        clear(template).append(...templates.map((t) => h("option", { value: t.name }, `${t.name} (v${t.latest_version})`)),
+          h("option", { value: "" }, "none: replay_of names a session"));
+        if (!templates.length) error.textContent = "No templates yet: upload one first (Templates).";
       } catch (err) { error.textContent = errorText(err); }
     },
   };
