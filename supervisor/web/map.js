@@ -1,6 +1,8 @@
 // The live map: the template's net drawn once into paths (lanes, junctions), then each frame
 // the session streams (vehicles, light states) drawn over it on a 2D canvas. Vehicles are one
-// path per colour per frame, never an element each, so 2,000 of them at 2 Hz stay smooth.
+// path per colour per frame, never an element each, so 2,000 of them at 2 Hz stay smooth;
+// between two frames they glide at the display's rate (not for a user who asks for reduced
+// motion: then each frame is drawn as it comes).
 // Pan by dragging or with the arrow keys, zoom with the wheel or +/-; click (or Enter on the
 // focused map, which picks the thing at its centre) to see an object's values.
 import { api, stream } from "./api.js";
@@ -11,6 +13,10 @@ const COLORS = {
   green: "#009E73", yellow: "#F0E442", red: "#D55E00", off: "#777777",
 };
 const HALTED = 0.1;
+// A vehicle that moved further than this between two frames (a teleport, a vehicle that left
+// and one that came under the same id) is drawn where it is now, not glided across the map.
+const JUMP = 60;
+const REDUCED = window.matchMedia?.("(prefers-reduced-motion: reduce)");
 
 function lightColor(c) {
   if (c === "G" || c === "g") return "green";
@@ -28,6 +34,13 @@ export class LiveMap {
     this.onStatus = onStatus;
     this.view = { s: 1, tx: 0, ty: 0 };
     this.frame = null;
+    // Where each vehicle of `frame` was drawn when it came (NaN: nowhere), and where it is drawn
+    // now; frames come `interval` ms apart, the latest at `frameAt`.
+    this.from = new Float64Array(0);
+    this.drawn = new Float64Array(0);
+    this.interval = 500;
+    this.frameAt = 0;
+    this.lightsKey = "";
     this.selected = null;
     this.closedEdges = new Set();
     this.pending = false;
@@ -73,8 +86,7 @@ export class LiveMap {
       onEvent: (e) => {
         if (e.type === "end") { ended = true; this.onStatus?.("the session's map has ended"); return; }
         if (e.type !== "frame") return;
-        this.frame = JSON.parse(e.data);
-        this.index = new Map(this.frame.ids.map((id, i) => [id, i]));
+        this.setFrame(JSON.parse(e.data), performance.now());
         this.onStatus?.(`${this.frame.ids.length} vehicles at ${this.frame.sim_time ?? "–"} s`);
         this.canvas.dataset.vehicles = String(this.frame.ids.length);
         this.canvas.dataset.simTime = String(this.frame.sim_time);
@@ -84,6 +96,27 @@ export class LiveMap {
       onError: (err) => { this.onStatus?.(`map: ${err.message}`); if (err.status === 409) ended = true; },
       done: () => ended,
     });
+  }
+
+  // A new frame: each vehicle glides from where it is drawn now to where the frame has it.
+  setFrame(frame, now) {
+    const before = this.frame ? this.index : new Map();
+    const drawn = this.drawn;
+    const n = frame.ids.length;
+    const from = new Float64Array(2 * n).fill(NaN);
+    for (let i = 0; i < n; i++) {
+      const j = before.get(frame.ids[i]);
+      if (j === undefined) continue;
+      const x = drawn[2 * j], y = drawn[2 * j + 1];
+      if ((x - frame.xy[2 * i]) ** 2 + (y - frame.xy[2 * i + 1]) ** 2 < JUMP * JUMP) { from[2 * i] = x; from[2 * i + 1] = y; }
+    }
+    if (this.frameAt) this.interval = Math.min(Math.max(0.7 * this.interval + 0.3 * (now - this.frameAt), 100), 2000);
+    this.frameAt = now;
+    this.frame = frame;
+    this.index = new Map(frame.ids.map((id, i) => [id, i]));
+    this.from = from;
+    this.drawn = Float64Array.from(frame.xy);
+    this.lightsKey = JSON.stringify(frame.tls || {});
   }
 
   destroy() {
@@ -127,23 +160,39 @@ export class LiveMap {
     ctx.setTransform(1, 0, 0, 1, 0, 0);
     ctx.clearRect(0, 0, canvas.width, canvas.height);
     if (!this.paths) return;
-    // The net changes only with the view (or a closed edge): drawn once into a layer of its
-    // own and copied under each frame, so a new frame costs only its lights and vehicles.
+    // The net changes only with the view (or a closed edge), the lights with a frame: each is
+    // drawn into a layer when it changes, and the layer copied under every paint, so a paint
+    // between frames (a glide, a pan) costs only the vehicles.
     const { s, tx, ty } = this.view;
     const key = `${s} ${tx} ${ty} ${canvas.width} ${canvas.height} ${[...this.closedEdges].join(",")}`;
-    if (this.layerKey !== key) {
-      this.layer ??= document.createElement("canvas");
-      this.layer.width = canvas.width;
-      this.layer.height = canvas.height;
-      this.paintNet(this.layer.getContext("2d"), dpr);
-      this.layerKey = key;
+    if (this.netKey !== key) {
+      this.netLayer = this.paintLayer(this.netLayer, (c) => this.paintNet(c, dpr));
+      this.netKey = key;
+      this.baseKey = null;
       canvas.dataset.closed = [...this.closedEdges].join(",");
     }
-    ctx.drawImage(this.layer, 0, 0);
+    if (this.baseKey !== this.lightsKey) {
+      this.base = this.paintLayer(this.base, (c) => {
+        c.drawImage(this.netLayer, 0, 0);
+        c.setTransform(s, 0, 0, -s, tx, ty);
+        this.paintLights(c, dpr);
+      });
+      this.baseKey = this.lightsKey;
+    }
+    ctx.drawImage(this.base, 0, 0);
     ctx.setTransform(s, 0, 0, -s, tx, ty);
-    this.paintLights(dpr);
-    this.paintVehicles(dpr);
+    const gliding = this.paintVehicles(dpr);
     this.paintSelection(dpr);
+    if (gliding) this.draw();
+  }
+
+  // `layer` (a canvas the size of the map's, made when missing) cleared and painted by `fn`.
+  paintLayer(layer, fn) {
+    layer ??= document.createElement("canvas");
+    layer.width = this.canvas.width;
+    layer.height = this.canvas.height;
+    fn(layer.getContext("2d"));
+    return layer;
   }
 
   paintNet(ctx, dpr) {
@@ -176,7 +225,7 @@ export class LiveMap {
     for (let i = 2; i < sh.length; i += 2) path.lineTo(sh[i], sh[i + 1]);
   }
 
-  paintLights(dpr) {
+  paintLights(ctx, dpr) {
     const states = this.frame?.tls || {};
     const r = Math.max(1.2, 3 * dpr / this.view.s);
     const paths = { green: new Path2D(), yellow: new Path2D(), red: new Path2D(), off: new Path2D() };
@@ -186,21 +235,29 @@ export class LiveMap {
       paths[c].moveTo(l.x + r, l.y);
       paths[c].arc(l.x, l.y, r, 0, 2 * Math.PI);
     }
-    const { ctx } = this;
     ctx.lineWidth = r * 0.35;
     ctx.strokeStyle = "#222";
     for (const [c, p] of Object.entries(paths)) { ctx.fillStyle = COLORS[c]; ctx.fill(p); ctx.stroke(p); }
   }
 
+  // Draws the vehicles where they are at this moment of their glide; whether they still glide.
   paintVehicles(dpr) {
     const f = this.frame;
-    if (!f) return;
+    if (!f) return false;
+    const t = REDUCED?.matches ? 1 : Math.min(1, (performance.now() - this.frameAt) / this.interval);
+    const { from, drawn } = this;
     // At least a few pixels long when zoomed out, a car's size when zoomed in.
     const len = Math.max(5, 7 * dpr / this.view.s), wid = len * 0.45;
     const moving = new Path2D(), halted = new Path2D();
     const { xy, angle, speed } = f;
     for (let i = 0; i < f.ids.length; i++) {
-      const x = xy[2 * i], y = xy[2 * i + 1];
+      let x = xy[2 * i], y = xy[2 * i + 1];
+      if (t < 1 && !Number.isNaN(from[2 * i])) {
+        x = from[2 * i] + (x - from[2 * i]) * t;
+        y = from[2 * i + 1] + (y - from[2 * i + 1]) * t;
+      }
+      drawn[2 * i] = x;
+      drawn[2 * i + 1] = y;
       // SUMO's angle: degrees clockwise from north; the position is the front bumper.
       const a = (angle[i] * Math.PI) / 180;
       const dx = Math.sin(a), dy = Math.cos(a);
@@ -215,6 +272,7 @@ export class LiveMap {
     this.ctx.fill(moving);
     this.ctx.fillStyle = COLORS.halted;
     this.ctx.fill(halted);
+    return t < 1;
   }
 
   paintSelection(dpr) {
@@ -226,7 +284,7 @@ export class LiveMap {
     const ring = (x, y) => { const p = new Path2D(); p.arc(x, y, 9 * dpr / this.view.s, 0, 2 * Math.PI); ctx.stroke(p); };
     if (sel.kind === "vehicle" && this.index?.has(sel.id)) {
       const i = this.index.get(sel.id);
-      ring(this.frame.xy[2 * i], this.frame.xy[2 * i + 1]);
+      ring(this.drawn[2 * i], this.drawn[2 * i + 1]);
     } else if (sel.kind === "light") {
       for (const l of this.lights) if (l.tls === sel.id) ring(l.x, l.y);
     } else if (sel.kind === "edge") {
@@ -246,7 +304,7 @@ export class LiveMap {
     const f = this.frame;
     if (f) {
       for (let i = 0; i < f.ids.length; i++) {
-        const d = (f.xy[2 * i] - wx) ** 2 + (f.xy[2 * i + 1] - wy) ** 2;
+        const d = (this.drawn[2 * i] - wx) ** 2 + (this.drawn[2 * i + 1] - wy) ** 2;
         if (d < bestD) { bestD = d; best = { kind: "vehicle", id: f.ids[i] }; }
       }
       if (best) return best;

@@ -62,3 +62,26 @@ async def browser_context(profile: Path, *, width: int = 1280, height: int = 800
 def screenshot_path(name: str) -> Path:
     ARTIFACTS.mkdir(parents=True, exist_ok=True)
     return ARTIFACTS / f"{name}.png"
+
+
+@asynccontextmanager
+async def dashboard_files() -> AsyncIterator[str]:
+    """The dashboard's files alone, served on a loopback port (no daemon behind them): for what
+    runs in the page by itself (the map's drawing, its benchmark). Yields the base URL."""
+    from aiohttp import web
+
+    from supervisor import dashboard
+
+    board = dashboard.StaticFiles(dashboard.load())
+    app = web.Application()
+    app.router.add_get("/", board.index)
+    app.router.add_get("/ui/{file:.+}", board.asset)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        await runner.cleanup()
