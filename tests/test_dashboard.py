@@ -203,6 +203,20 @@ async def test_set_a_traffic_light_from_the_map(daemons, db_url, http, scenarios
         await expect(canvas).to_have_attribute(
             "data-selected", re.compile(r"^(vehicle|light|edge):")
         )
+        # A click on a vehicle (still: the session is paused) shows its values, those of its
+        # frame and those SUMO is asked for once.
+        x, y, vehicle = await page.evaluate(
+            "() => { const m = document.querySelector('canvas#map').liveMap;"
+            " const [x, y] = m.toScreen(m.drawn[0], m.drawn[1]);"
+            " return [x / devicePixelRatio, y / devicePixelRatio, m.frame.ids[0]]; }"
+        )
+        await canvas.click(position={"x": x, "y": y})
+        await expect(canvas).to_have_attribute("data-selected", f"vehicle:{vehicle}")
+        values = page.locator("#selection-values")
+        await expect(values).to_contain_text("road")
+        await expect(values).to_contain_text("route")
+        await expect(values.locator('dd[data-key="speed"]')).to_have_text(re.compile(r"\d"))
+        await page.screenshot(path=screenshot_path("04-map-vehicle"), full_page=True)
         # The command is in the session's history, for a replay.
         async with http.get(f"{daemon.url}/v1/sessions/{session['id']}/commands") as r:
             history = (await r.json())["commands"]

@@ -28,6 +28,8 @@ function lightColor(c) {
 export class LiveMap {
   constructor(canvas, { onSelect, onFrame, onStatus }) {
     this.canvas = canvas;
+    // Reachable from the page (and its tests) through the element it draws on.
+    canvas.liveMap = this;
     this.ctx = canvas.getContext("2d");
     this.onSelect = onSelect;
     this.onFrame = onFrame;
@@ -240,14 +242,16 @@ export class LiveMap {
     for (const [c, p] of Object.entries(paths)) { ctx.fillStyle = COLORS[c]; ctx.fill(p); ctx.stroke(p); }
   }
 
+  // At least a few pixels long when zoomed out, a car's size when zoomed in (world units).
+  vehicleLength(dpr) { return Math.max(5, 7 * dpr / this.view.s); }
+
   // Draws the vehicles where they are at this moment of their glide; whether they still glide.
   paintVehicles(dpr) {
     const f = this.frame;
     if (!f) return false;
     const t = REDUCED?.matches ? 1 : Math.min(1, (performance.now() - this.frameAt) / this.interval);
     const { from, drawn } = this;
-    // At least a few pixels long when zoomed out, a car's size when zoomed in.
-    const len = Math.max(5, 7 * dpr / this.view.s), wid = len * 0.45;
+    const len = this.vehicleLength(dpr), wid = len * 0.45;
     const moving = new Path2D(), halted = new Path2D();
     const { xy, angle, speed } = f;
     for (let i = 0; i < f.ids.length; i++) {
@@ -284,7 +288,9 @@ export class LiveMap {
     const ring = (x, y) => { const p = new Path2D(); p.arc(x, y, 9 * dpr / this.view.s, 0, 2 * Math.PI); ctx.stroke(p); };
     if (sel.kind === "vehicle" && this.index?.has(sel.id)) {
       const i = this.index.get(sel.id);
-      ring(this.drawn[2 * i], this.drawn[2 * i + 1]);
+      // Around the vehicle's middle: its position is its front bumper.
+      const a = (this.frame.angle[i] * Math.PI) / 180, half = this.vehicleLength(dpr) / 2;
+      ring(this.drawn[2 * i] - Math.sin(a) * half, this.drawn[2 * i + 1] - Math.cos(a) * half);
     } else if (sel.kind === "light") {
       for (const l of this.lights) if (l.tls === sel.id) ring(l.x, l.y);
     } else if (sel.kind === "edge") {

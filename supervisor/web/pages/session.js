@@ -241,6 +241,16 @@ export function render(root, [id]) {
       command([{ type: "get", domain: "edge", id: target.id, var: "vehicle_count" }, { type: "get", domain: "edge", id: target.id, var: "mean_speed" }])
         .then((r) => appendValues(values, { vehicles: r.results[0].value, "mean speed": r.results[1].value }))
         .catch(() => {});
+    } else if (target.kind === "vehicle") {
+      // What a frame does not carry, asked once: where it drives and where it goes.
+      const vars = ["road", "lane", "max_speed", "route"];
+      command(vars.map((v) => ({ type: "get", domain: "vehicle", id: target.id, var: v })))
+        .then((r) => {
+          const got = Object.fromEntries(vars.map((v, i) => [v.replace("_", " "), r.results[i]]).filter(([, x]) => x.ok).map(([k, x]) => [k, x.value]));
+          if (Array.isArray(got.route)) got.route = `${got.route.length} edges, to ${got.route.at(-1)}`;
+          appendValues(values, got);
+        })
+        .catch(() => {});
     }
     panel.append(out);
     updateSelection(panel, target);
