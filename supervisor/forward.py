@@ -8,7 +8,8 @@ caller always gets a definite answer: the owner's (acked or failed), 409 `supers
 session changed hands while the request was on its way, 503 with Retry-After when the owner
 cannot be reached (its lease lapses within the TTL; the session is then rescued and the same
 request meets its new state), or 504 when the owner may have had the request but its answer was
-lost (a step or commands sent again could act twice). A request is forwarded at most once.
+lost (a step or commands sent again could act twice). A request is forwarded at most once. The
+live map, a stream, is relayed under the same rules by supervisor/map_relay.py.
 """
 
 from __future__ import annotations
