@@ -74,6 +74,10 @@ class LiveMap:
     def watched(self) -> bool:
         return bool(self._watchers)
 
+    @property
+    def watchers(self) -> int:
+        return len(self._watchers)
+
     @contextlib.contextmanager
     def watch(self) -> Iterator[MapWatcher]:
         if self._closed:

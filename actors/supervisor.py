@@ -332,6 +332,11 @@ class SupervisorActor:
         run = self._running.get(session_id)
         return run.actor.live_map if run is not None else None
 
+    @property
+    def map_watchers(self) -> int:
+        """Live maps open on the sessions this node runs (read at scrape time)."""
+        return sum(run.actor.live_map.watchers for run in self._running.values())
+
     def paused(self, session_id: str) -> bool | None:
         """Whether a session this node runs is paused now; None when it runs no such session."""
         run = self._running.get(session_id)

@@ -42,6 +42,7 @@ from supervisor import (
     docs,
     exports,
     forward,
+    map_relay,
     netmap,
     openapi,
     plots,
@@ -1082,20 +1083,18 @@ MAP_CHECK_S = 1.0
 
 async def session_map(request: web.Request) -> web.StreamResponse:
     """Server-Sent Events: `frame` events (vehicles, light states) about twice a second, while
-    this stream is open; the session reads them from SUMO only while some map watches."""
+    this stream is open; the session reads them from SUMO only while some map watches. The map
+    of a session another node runs is that node's, relayed (supervisor/map_relay.py)."""
     s = request.app[SERVICES]
     row = await _session_row(request)
     live = s.supervisor.live_map(row["id"])
     if live is None:
-        if row["status"] in ("starting", "running"):
+        if row["status"] not in ("starting", "running"):
             raise SessionConflict(
-                f"session {row['id']} runs on node {row['node']}: its map is served there",
-                node=row["node"],
+                f"session {row['id']} is {row['status']}: a live map needs a running session",
+                status=row["status"],
             )
-        raise SessionConflict(
-            f"session {row['id']} is {row['status']}: a live map needs a running session",
-            status=row["status"],
-        )
+        return await _relayed_map(request, s, row["id"])
     async with request.app[ACCESS].hold(request, "streams"):
         with live.watch() as watcher:
             async with sse_response(
@@ -1110,6 +1109,34 @@ async def session_map(request: web.Request) -> web.StreamResponse:
                         break
                     elif _client_gone(request):
                         break
+    return stream
+
+
+async def _relayed_map(request: web.Request, s: Services, session_id: str) -> web.StreamResponse:
+    owner = await db.session_owner(s.pool, session_id)
+    if owner is not None and owner["id"] == s.supervisor.node_id:
+        # Ours, but its map is not open yet (starting) or no more (ending).
+        raise Busy(
+            f"session {session_id}'s map is not open: try again", headers={"Retry-After": "1"}
+        )
+    async with (
+        request.app[ACCESS].hold(request, "streams"),
+        map_relay.connect(request, owner, session_id) as upstream,
+    ):
+        if upstream.refusal is not None:
+            return upstream.refusal
+        with s.metrics.map_relays.track_inprogress():
+            async with sse_response(
+                request,
+                headers={forward.NODE_HEADER: upstream.node},
+                send_timeout=s.config.stream_send_timeout_s,
+                response_cls=_EventStream,
+            ) as stream:
+                with _ends_if_stalled(request, stream, s.config.stream_send_timeout_s):
+                    while event := await upstream.next_event(lambda: _client_gone(request)):
+                        await stream.send(event.data, id=event.id, event=event.name)
+                if stream.timed_out:
+                    upstream.reason = "client_stalled"
     return stream
 
 

@@ -8,7 +8,8 @@ caller always gets a definite answer: the owner's (acked or failed), 409 `supers
 session changed hands while the request was on its way, 503 with Retry-After when the owner
 cannot be reached (its lease lapses within the TTL; the session is then rescued and the same
 request meets its new state), or 504 when the owner may have had the request but its answer was
-lost (a step or commands sent again could act twice). A request is forwarded at most once.
+lost (a step or commands sent again could act twice). A request is forwarded at most once. The
+live map, a stream, is relayed under the same rules by supervisor/map_relay.py.
 """
 
 from __future__ import annotations
@@ -52,32 +53,13 @@ async def to_owner(
 ) -> web.Response:
     """Send `request` (its JSON `body` already read, or None) on to `owner`, the node that
     holds the session; its answer."""
-    if request.headers.get(HEADER):
-        raise SessionConflict(
-            f"session {session_id} changed hands while the request was on its way: send it again",
-            outcome="superseded",
-        )
-    if owner is None:
-        # Between a lapse and its rescue, or just ended: its state is about to be settled.
-        raise OwnedElsewhere(
-            f"session {session_id} is changing hands: try again shortly",
-            headers={"Retry-After": "2"},
-        )
-    if not owner["api_url"]:
-        raise OwnedElsewhere(
-            f"session {session_id} runs on node {owner['name']}, which gives no API URL",
-            headers={"Retry-After": "5"},
-            node=owner["name"],
-        )
-    headers = {HEADER: "1"}
-    if auth := request.headers.get("Authorization"):
-        headers["Authorization"] = auth
+    owner = reachable(request, owner, session_id)
     url = owner["api_url"].rstrip("/") + request.rel_url.path_qs
     try:
         async with request.app[CLIENT].request(
-            request.method, url, json=body, headers=headers, allow_redirects=False
+            request.method, url, json=body, headers=headers_for(request), allow_redirects=False
         ) as answer:
-            data, whole = await _read_capped(answer)
+            data, whole = await read_capped(answer)
             log.info(
                 "request_forwarded",
                 session_id=session_id,
@@ -85,19 +67,7 @@ async def to_owner(
                 node_id=owner["id"],
                 status=answer.status,
             )
-            if not whole:
-                raise AnswerTooLarge(
-                    f"session {session_id}: node {owner['name']}'s answer is over"
-                    f" {MAX_ANSWER} bytes, too large to pass on",
-                    node=owner["name"],
-                )
-            passed = {h: answer.headers[h] for h in PASSED_ON if h in answer.headers}
-            return web.Response(
-                body=data,
-                status=answer.status,
-                content_type=answer.content_type,
-                headers={NODE_HEADER: owner["name"], **passed},
-            )
+            return passed_on(answer, data, whole, owner, session_id)
     except aiohttp.ClientConnectorError as exc:
         # Not even connected: the owner never had the request.
         log.warning("forward_failed", session_id=session_id, node=owner["name"], error=repr(exc))
@@ -118,7 +88,62 @@ async def to_owner(
         ) from None
 
 
-async def _read_capped(answer: aiohttp.ClientResponse) -> tuple[bytes, bool]:
+def reachable(
+    request: web.Request, owner: dict[str, Any] | None, session_id: str
+) -> dict[str, Any]:
+    """`owner`, when a request may be sent on to it; the caller's answer (raised) otherwise."""
+    if request.headers.get(HEADER):
+        raise SessionConflict(
+            f"session {session_id} changed hands while the request was on its way: send it again",
+            outcome="superseded",
+        )
+    if owner is None:
+        # Between a lapse and its rescue, or just ended: its state is about to be settled.
+        raise OwnedElsewhere(
+            f"session {session_id} is changing hands: try again shortly",
+            headers={"Retry-After": "2"},
+        )
+    if not owner["api_url"]:
+        raise OwnedElsewhere(
+            f"session {session_id} runs on node {owner['name']}, which gives no API URL",
+            headers={"Retry-After": "5"},
+            node=owner["name"],
+        )
+    return owner
+
+
+def headers_for(request: web.Request) -> dict[str, str]:
+    """The headers of a request sent on: the caller's token, and the mark that it was sent on."""
+    headers = {HEADER: "1"}
+    if auth := request.headers.get("Authorization"):
+        headers["Authorization"] = auth
+    return headers
+
+
+def passed_on(
+    answer: aiohttp.ClientResponse,
+    data: bytes,
+    whole: bool,
+    owner: dict[str, Any],
+    session_id: str,
+) -> web.Response:
+    """The owner's answer (its body read by `read_capped`), as the caller's."""
+    if not whole:
+        raise AnswerTooLarge(
+            f"session {session_id}: node {owner['name']}'s answer is over"
+            f" {MAX_ANSWER} bytes, too large to pass on",
+            node=owner["name"],
+        )
+    passed = {h: answer.headers[h] for h in PASSED_ON if h in answer.headers}
+    return web.Response(
+        body=data,
+        status=answer.status,
+        content_type=answer.content_type,
+        headers={NODE_HEADER: owner["name"], **passed},
+    )
+
+
+async def read_capped(answer: aiohttp.ClientResponse) -> tuple[bytes, bool]:
     """The answer (one read gives only what has arrived), up to MAX_ANSWER; and whether that
     was all of it."""
     chunks: list[bytes] = []

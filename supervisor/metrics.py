@@ -7,7 +7,7 @@ from collections.abc import Iterator
 from typing import Any
 
 import psutil
-from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
@@ -30,6 +30,11 @@ class Metrics:
             "sumo_writer_batch_seconds",
             "Time to commit one writer batch",
             buckets=(0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
+            registry=self.registry,
+        )
+        self.map_relays = Gauge(
+            "sumo_map_relays",
+            "Live maps relayed from the node that runs their session",
             registry=self.registry,
         )
         self._live = _Live()
@@ -77,6 +82,11 @@ class _Live(Collector):
         )
         yield GaugeMetricFamily(
             "sumo_sessions_running", "Sessions running now", value=self.supervisor.running_count
+        )
+        yield GaugeMetricFamily(
+            "sumo_map_watchers",
+            "Live maps open on the sessions this node runs",
+            value=self.supervisor.map_watchers,
         )
         yield GaugeMetricFamily(
             "sumo_writer_queue_depth", "Items waiting in the writer", value=self.writer.queued

@@ -379,10 +379,12 @@ OPERATIONS: dict[tuple[str, str], Op] = {
         None,
         media="text/event-stream",
         params=(_SESSION_ID,),
-        errors=(404, 409),
+        errors=(404, 409, 502),
         description="`frame` events about twice a second while the stream is open (SUMO is "
-        "read only while some map watches), then `end`. 409 when the session does not run "
-        "on this node.",
+        "read only while some map watches), then `end`. 409 when the session is not running. "
+        "Any node answers: one that does not run the session relays the map of the node that "
+        "does (named by the `X-Sumo-Supervisor-Node` header), with the caller's token, and "
+        "passes its refusals on; 503 with Retry-After when that node cannot be reached.",
     ),
     ("GET", "/metrics"): Op(
         "metrics", "Prometheus metrics", None, media="text/plain", tag="daemon"

@@ -18,8 +18,15 @@ import aiohttp
 import asyncpg
 import pytest
 
-from tests.harness.daemon import Daemon, pid_alive, sumo_children
-from tests.harness.http import create_session, get_session, samples, upload, wait_status
+from tests.harness.daemon import Daemon, make_token, pid_alive, sumo_children
+from tests.harness.http import (
+    create_session,
+    get_session,
+    metric,
+    samples,
+    upload,
+    wait_status,
+)
 from tests.harness.poll import DEADLINE_S, POLL_S, wait_until
 from tests.harness.scenarios import bare_sumo_totals
 from tests.test_cli import cli
@@ -303,3 +310,134 @@ async def test_a_restart_under_the_same_name_takes_over_no_live_lease(
         assert [n["this"] for n in named if n["id"] == new_id] == [True]
     finally:
         a.signal(signal.SIGCONT)
+
+
+async def _map_event(r: aiohttp.ClientResponse, timeout: float = DEADLINE_S) -> tuple[str, Any]:
+    """A map stream's next event (name, data); pings skipped."""
+    name, data = "message", []
+    async with asyncio.timeout(timeout):
+        while True:
+            raw = await r.content.readline()
+            assert raw, "the stream ended"
+            line = raw.decode().rstrip("\r\n")
+            if line == "" and data:
+                return name, json.loads("\n".join(data))
+            key, _, value = line.partition(":")
+            if key == "event":
+                name = value.strip()
+            elif key == "data":
+                data.append(value.removeprefix(" "))
+
+
+async def _frame_at(r: aiohttp.ClientResponse, sim_time: float) -> dict[str, Any]:
+    while True:
+        name, frame = await _map_event(r)
+        assert name == "frame", (name, frame)
+        if frame["sim_time"] == sim_time:
+            return frame  # type: ignore[no-any-return]
+
+
+async def _map_streams(http: aiohttp.ClientSession, owner: Daemon, other: Daemon) -> tuple:
+    return (
+        await metric(http, owner, "sumo_map_watchers"),
+        await metric(http, other, "sumo_map_relays"),
+    )
+
+
+async def test_the_live_map_from_a_node_that_does_not_run_the_session(
+    daemons, db_url, http, scenarios
+):
+    http.headers["Authorization"] = f"Bearer {await make_token(db_url, 'op', 'operator')}"
+    a, b = await _nodes(daemons, db_url, 2, max_running=1)
+    await upload(http, a, "long", scenarios["long"])
+    s = await create_session(http, a, template="long", mode="stepped")
+    s = await wait_status(http, a, s["id"], "running")
+    owner = next(d for d in (a, b) if d.events("daemon_ready")[0]["node_id"] == s["node"])
+    other = b if owner is a else a
+    _, listed, _ = await _json(http, "GET", f"{other.url}/v1/nodes")
+    (owner_name,) = [n["name"] for n in listed["nodes"] if n["id"] == s["node"]]
+    path = f"/v1/sessions/{s['id']}/map"
+
+    # A bad token is refused by the node it was sent to, before anything is relayed.
+    status, body, _ = await _json(
+        http, "GET", other.url + path, headers={"Authorization": "Bearer sst_nope"}
+    )
+    assert status == 401 and "error" in body, body
+    # A map request sent on already is never sent on again.
+    status, body, _ = await _json(
+        http, "GET", other.url + path, headers={"X-Sumo-Supervisor-Forwarded-By": "1"}
+    )
+    assert status == 409 and body["outcome"] == "superseded", body
+    assert not other.events("map_relay_started")
+
+    async with http.get(other.url + path) as r:
+        assert r.status == 200, await r.text()
+        assert r.headers["Content-Type"].startswith("text/event-stream")
+        assert r.headers["X-Sumo-Supervisor-Node"] == owner_name
+        status, _, _ = await _json(http, "POST", f"{other.url}/v1/sessions/{s['id']}/step",
+                                   json={"seconds": 30})  # fmt: skip
+        assert status == 200
+        relayed = await _frame_at(r, 30.0)
+        # The session's own vehicles: the owner's map shows the same at the same sim time (a
+        # stepped session holds still between steps).
+        async with http.get(owner.url + path) as direct:
+            assert direct.status == 200
+            assert (await _frame_at(direct, 30.0))["ids"] == relayed["ids"]
+        assert relayed["ids"] and set(relayed["tls"]) >= {"A0", "B1"}
+        status, _, _ = await _json(http, "POST", f"{other.url}/v1/sessions/{s['id']}/step",
+                                   json={"seconds": 30})  # fmt: skip
+        assert status == 200
+        await _frame_at(r, 60.0)
+        # One map open on the owner (the relay's), one relay on the other node.
+        assert await _map_streams(http, owner, other) == (1.0, 1.0)
+        r.close()
+    # The client gone, the relay ends and so does its stream from the owner.
+    deadline = time.monotonic() + DEADLINE_S
+    while await _map_streams(http, owner, other) != (0.0, 0.0):
+        assert time.monotonic() < deadline, await _map_streams(http, owner, other)
+        await asyncio.sleep(POLL_S)
+    await wait_until(
+        lambda: other.events("map_relay_ended", reason="client_gone"), "the relay to end", 10
+    )
+
+    # The session ends: the relay passes the owner's `end` on, and its stream ends.
+    async with http.get(other.url + path) as r:
+        assert r.status == 200
+        await _frame_at(r, 60.0)
+        status, _, _ = await _json(http, "POST", f"{other.url}/v1/sessions/{s['id']}/stop")
+        assert status == 202
+        while (event := await _map_event(r))[0] == "frame":
+            pass
+        assert event[0] == "end", event
+        assert await r.content.read() == b""
+    await wait_until(
+        lambda: other.events("map_relay_ended", reason="owner_ended"), "the relay's end", 10
+    )
+    await wait_status(http, other, s["id"], "stopped")
+    # Once it has ended, no node has a map of it.
+    status, body, _ = await _json(http, "GET", other.url + path)
+    assert status == 409 and "running session" in body["error"], body
+
+
+async def test_a_relayed_map_whose_owner_dies(daemons, db_url, http, scenarios):
+    a, b = await _nodes(daemons, db_url, 2, max_running=1)
+    await upload(http, a, "long", scenarios["long"])
+    s = await create_session(http, a, template="long", mode="stepped")
+    s = await wait_status(http, a, s["id"], "running")
+    owner = next(d for d in (a, b) if d.events("daemon_ready")[0]["node_id"] == s["node"])
+    other = b if owner is a else a
+    url = f"{other.url}/v1/sessions/{s['id']}/map"
+    async with http.get(url) as r:
+        assert r.status == 200
+        assert (await _map_event(r))[0] == "frame"
+        owner.signal(signal.SIGKILL)
+        # Cut without an `end`: the client's reader asks again.
+        with pytest.raises(AssertionError, match="the stream ended"):
+            while True:
+                assert (await _map_event(r))[0] == "frame"
+    await wait_until(lambda: other.events("map_relay_ended"), "the relay's end", 10)
+    assert other.events("map_relay_ended")[0]["reason"] in ("owner_lost", "owner_closed")
+    # Until the session is rescued, its map cannot be reached: 503, try again.
+    status, body, headers = await _json(http, "GET", url)
+    assert status == 503 and headers["Retry-After"], body
+    assert "cannot be reached" in body["error"] or "changing hands" in body["error"], body
