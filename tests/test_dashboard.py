@@ -2,7 +2,9 @@
 daemon, real PostgreSQL and real SUMO: log in, start a session from the form and watch its
 chart advance, pause and resume it, set a traffic light from the map, upload a template,
 compare two sessions; step a stepped session, close and reopen an edge from the map, download a
-CSV, drop a folder's files on the upload. Each page's screenshot is left in tmp/artifacts (DASHBOARD_ARTIFACTS)."""
+CSV, drop a folder's files on the upload. Each page's screenshot is left in tmp/artifacts (DASHBOARD_ARTIFACTS).
+Each page shown is also checked by axe-core (WCAG 2.1 A/AA, at 1280x800 and at a phone's 390x844
+for the sessions list and a session), and the keyboard alone reaches what a mouse does."""
 
 from __future__ import annotations
 
@@ -14,7 +16,7 @@ from pathlib import Path
 import pytest
 from playwright.async_api import Page, expect
 
-from tests.harness.browser import browser_context, screenshot_path
+from tests.harness.browser import assert_accessible, browser_context, screenshot_path
 from tests.harness.daemon import make_token
 from tests.harness.http import create_session, upload, wait_status
 
@@ -31,6 +33,39 @@ async def _log_in(page: Page, url: str, token: str) -> None:
     await page.fill("#token", token)
     await page.click("#login-form button[type=submit]")
     await expect(page.locator("#login")).to_be_hidden()
+
+
+PHONE = {"width": 390, "height": 844}
+DESKTOP = {"width": 1280, "height": 800}
+
+
+async def _tab_to(page: Page, selector: str, limit: int = 60) -> int:
+    """Presses Tab until the focused element matches `selector`; how many presses it took."""
+    for presses in range(1, limit + 1):
+        await page.keyboard.press("Tab")
+        if await page.evaluate("s => document.activeElement?.matches(s) ?? false", selector):
+            return presses
+    focused = await page.evaluate("document.activeElement?.outerHTML.slice(0, 120)")
+    raise AssertionError(f"{limit} Tabs did not reach {selector} (focus is on {focused})")
+
+
+async def _assert_focus_visible(page: Page) -> None:
+    """The focused element shows it: :focus-visible, with an outline at least 2 px wide."""
+    ring = await page.evaluate(
+        """() => {
+            const el = document.activeElement, cs = getComputedStyle(el);
+            return { visible: el.matches(":focus-visible"), style: cs.outlineStyle,
+                     width: parseFloat(cs.outlineWidth), html: el.outerHTML.slice(0, 120) };
+        }"""
+    )
+    assert ring["visible"] and ring["style"] != "none" and ring["width"] >= 2, ring
+
+
+async def _fits_the_width(page: Page) -> None:
+    """Nothing is wider than the window: no sideways scrolling to read a page."""
+    await page.wait_for_function(
+        "() => document.documentElement.scrollWidth <= document.documentElement.clientWidth"
+    )
 
 
 async def _chart_points(page: Page, metric: str) -> int:
@@ -68,6 +103,7 @@ async def test_log_in_start_watch_pause_resume(daemons, db_url, http, scenarios,
         await page.click("#login-form button[type=submit]")
         await expect(page.locator("#login-error")).to_contain_text("unknown")
         await page.screenshot(path=screenshot_path("01-login"))
+        await assert_accessible(page, "the login form, a token refused")
         await _log_in(page, daemon.url, token)
         await expect(page.locator("#app h2")).to_have_text("Sessions")
 
@@ -118,6 +154,7 @@ async def test_log_in_start_watch_pause_resume(daemons, db_url, http, scenarios,
         async with http.get(f"{daemon.url}/v1/sessions/{session_id}/samples") as r:
             assert (await r.json())["samples"][-1]["sim_time"] == paused_at
         await page.screenshot(path=screenshot_path("03-session-paused"), full_page=True)
+        await assert_accessible(page, "a running session, paused")
 
         # Resume: it goes on from there.
         await page.click("#controls button:text-is('Resume')")
@@ -137,19 +174,36 @@ async def test_log_in_start_watch_pause_resume(daemons, db_url, http, scenarios,
         await page.select_option("#f-status", "running")
         await expect(row).to_have_count(1)
         await page.screenshot(path=screenshot_path("02-sessions"), full_page=True)
+        await assert_accessible(page, "the sessions list, filtered")
         # Stop from the table.
         await row.locator("button:text-is('Stop')").click()
         await wait_status(http, daemon, session_id, {"stopped"})
         await page.select_option("#f-status", "")
         await expect(row.locator(".badge")).to_have_text("stopped")
 
+        # The keyboard alone, from the top of the page (the token is kept in the tab): the
+        # first Tab shows "Skip to content"; Tabs go on to the first session's link and to the
+        # start form's button, each showing where the focus is.
+        await page.reload()
+        await expect(row.locator(".badge")).to_have_text("stopped")
+        assert await _tab_to(page, "a.skip", limit=1) == 1
+        skip = await page.locator("a.skip").bounding_box()
+        assert skip is not None and skip["x"] >= 0 and skip["y"] >= 0, skip
+        await _assert_focus_visible(page)
+        await _tab_to(page, "#sessions-table tbody tr:first-child a")
+        await _assert_focus_visible(page)
+        await _tab_to(page, "#start-form button[type=submit]")
+        await _assert_focus_visible(page)
+
         # A phone-sized screen shows the same table, one card per session. (A new tab asks
         # for the token again: it is kept per tab.)
         phone = await context.new_page()
-        await phone.set_viewport_size({"width": 390, "height": 844})
+        await phone.set_viewport_size(PHONE)
         await _log_in(phone, daemon.url, token)
         await expect(phone.locator(f'tr[data-id="{session_id}"]')).to_be_visible()
+        await _fits_the_width(phone)
         await phone.screenshot(path=screenshot_path("02-sessions-phone"), full_page=True)
+        await assert_accessible(phone, "the sessions list")
         assert errors == []
 
 
@@ -196,6 +250,7 @@ async def test_set_a_traffic_light_from_the_map(daemons, db_url, http, scenarios
         # The map's own frames show the light in its new state.
         await expect(live_state).to_have_text(new_state)
         await page.screenshot(path=screenshot_path("04-map"), full_page=True)
+        await assert_accessible(page, "a running session with its map, a light picked")
         # A click on the canvas, near the picked light, selects something on the map.
         box = await canvas.bounding_box()
         assert box is not None
@@ -221,6 +276,38 @@ async def test_set_a_traffic_light_from_the_map(daemons, db_url, http, scenarios
         async with http.get(f"{daemon.url}/v1/sessions/{session['id']}/commands") as r:
             history = (await r.json())["commands"]
         assert any(c["command"]["type"] == "tls.set_phase" for c in history), history
+
+        # The keyboard: the map is in the Tab order (just before its Fit button), shows its
+        # focus, and the arrow keys pan it (and back); "0" fits it again.
+        await page.click("#map-fit")
+        await page.keyboard.press("Shift+Tab")
+        await expect(canvas).to_be_focused()
+        await _assert_focus_visible(page)
+        fitted = await canvas.get_attribute("data-view")
+        assert fitted
+        await page.keyboard.press("ArrowLeft")
+        await expect(canvas).not_to_have_attribute("data-view", fitted)
+        panned = await canvas.get_attribute("data-view")
+        assert panned and panned.split()[0] == fitted.split()[0]  # panned, not zoomed
+        await page.keyboard.press("ArrowRight")
+        await expect(canvas).to_have_attribute("data-view", fitted)
+        await page.keyboard.press("+")
+        await expect(canvas).not_to_have_attribute("data-view", fitted)
+        await page.keyboard.press("0")
+        await expect(canvas).to_have_attribute("data-view", fitted)
+        # "Skip to content" moves the focus to the page's main part and stays on this page.
+        await page.evaluate("document.activeElement.blur()")
+        await page.locator("a.skip").focus()
+        await page.keyboard.press("Enter")
+        await expect(page.locator("main#main")).to_be_focused()
+        await expect(page).to_have_url(re.compile(rf"#/session/{session['id']}$"))
+
+        # A phone-sized screen: the same page, one column, and just as accessible.
+        await page.set_viewport_size(PHONE)
+        await expect(canvas).to_be_visible()
+        await _fits_the_width(page)
+        await page.screenshot(path=screenshot_path("04-map-phone"), full_page=True)
+        await assert_accessible(page, "a running session with its map")
         assert errors == []
 
 
@@ -245,6 +332,7 @@ async def test_upload_a_template_folder(daemons, db_url, scenarios, tmp_path):
         await row.locator("button").click()
         await expect(page.locator("#template-detail")).to_contain_text("add/detectors.add.xml")
         await page.screenshot(path=screenshot_path("05-templates"), full_page=True)
+        await assert_accessible(page, "the templates, one shown")
         # The same checks as the API: a name it refuses is refused with its message.
         await page.fill("#u-name", "Bad Name!")
         await page.evaluate("document.getElementById('u-name').removeAttribute('pattern')")
@@ -315,11 +403,14 @@ async def test_compare_two_sessions(daemons, db_url, http, scenarios, tmp_path):
         await expect(page.locator("#sweep-result")).to_contain_text("2 runs, 100% done")
         await expect(page.locator("#sweep-result")).to_contain_text("95% interval")
         await page.screenshot(path=screenshot_path("06-compare"), full_page=True)
+        await assert_accessible(page, "two sessions and a sweep compared")
         # An ended session's page: its summary and the status history.
         await page.goto(f"{daemon.url}/#/session/{a['id']}")
         await expect(page.locator("#summary-table")).to_contain_text("arrived")
         await expect(page.locator("#session-head .badge")).to_have_text("completed")
+        await _wait_points_above(page, "vehicles", 0)  # its charts hold every sample
         await page.screenshot(path=screenshot_path("07-session-ended"), full_page=True)
+        await assert_accessible(page, "an ended session with its summary")
         assert errors == []
 
 
@@ -359,6 +450,7 @@ async def test_step_close_an_edge_and_download(daemons, db_url, http, scenarios,
         chart = page.locator('figure.chart[data-metric="vehicles"]')
         await expect(chart).to_have_attribute("data-last", "60")
         await page.screenshot(path=screenshot_path("08-session-stepped"), full_page=True)
+        await assert_accessible(page, "a stepped session")
 
         # Close an edge picked on the map: SUMO lets only emergency vehicles use its lanes, and
         # the map draws it closed; reopen it, and its lanes allow what they did before.

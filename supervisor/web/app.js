@@ -13,6 +13,7 @@ const pages = {
 
 let cleanup = null;
 let generation = 0;
+let routed = false;
 const app = document.getElementById("app");
 const login = document.getElementById("login");
 const logout = document.getElementById("logout");
@@ -55,6 +56,11 @@ async function route() {
   app.append(root);
   cleanup = module.render(root, rest.map(decodeURIComponent)) || null;
   document.title = `${page} · sumo-supervisor`;
+  // A link or button that led here went with the old page: the focus goes to the new page's
+  // start, not back to the top of the document. (Not on the first page: Tab starts at the top.)
+  const lost = !document.activeElement || document.activeElement === document.body;
+  if (routed && lost) document.getElementById("main").focus({ preventScroll: true });
+  routed = true;
 }
 
 document.getElementById("login-form").addEventListener("submit", async (event) => {
@@ -80,6 +86,12 @@ document.getElementById("login-form").addEventListener("submit", async (event) =
 logout.addEventListener("click", () => {
   setToken("");
   showLogin();
+});
+
+// The skip link moves the focus only: following its #main would be read as a page's route.
+document.querySelector("a.skip").addEventListener("click", (event) => {
+  event.preventDefault();
+  document.getElementById("main").focus();
 });
 
 onUnauthorized(() => showLogin("Your token no longer works: log in again."));

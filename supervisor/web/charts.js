@@ -60,6 +60,10 @@ export class LiveChart {
   }
 }
 
+// Overlaid series differ by their dash as well as their colour (the legend's marker shows both),
+// so they are told apart without telling colours apart.
+const DASHES = [{ dash: [], marker: "solid" }, { dash: [9, 4], marker: "dashed" }, { dash: [2, 3], marker: "dotted" }];
+
 // Several sessions' series of one metric on one chart (each with its own sim times).
 export function overlay(parent, metric, series) {
   const data = uPlot.join(series.map((s) => [s.x, s.y]));
@@ -69,7 +73,10 @@ export function overlay(parent, metric, series) {
     ...size(el),
     scales: { x: { time: false } },
     axes: [{ label: "sim time (s)" }, {}],
-    series: [{ label: "sim time" }, ...series.map((s, i) => ({ label: s.label, stroke: PALETTE[i % PALETTE.length], width: 1.5, spanGaps: true }))],
+    // uPlot merges `legend` one level deep: the markers' other options are given again.
+    legend: { markers: { show: true, width: 2, dash: (_, i) => DASHES[Math.max(0, i - 1) % DASHES.length].marker,
+      stroke: (u, i) => u.series[i].stroke(u, i), fill: (u, i) => u.series[i].fill(u, i) } },
+    series: [{ label: "sim time" }, ...series.map((s, i) => ({ label: s.label, stroke: PALETTE[i % PALETTE.length], dash: DASHES[i % DASHES.length].dash, width: 2, spanGaps: true }))],
   }, data, el);
   return plot;
 }

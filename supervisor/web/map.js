@@ -9,7 +9,7 @@ import { api, stream } from "./api.js";
 
 const COLORS = {
   lane: "#6b6b66", sidewalk: "#b9b9b2", junction: "#9a9a94", closed: "#D55E00",
-  moving: "#0072B2", halted: "#D55E00", selected: "#000000",
+  moving: "#0072B2", halted: "#CC79A7", selected: "#000000",
   green: "#009E73", yellow: "#F0E442", red: "#D55E00", off: "#777777",
 };
 const HALTED = 0.1;

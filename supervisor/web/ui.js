@@ -17,6 +17,12 @@ export function h(tag, attrs = {}, ...children) {
   return el;
 }
 
+// Attributes of a box that scrolls sideways on a narrow screen (a wide table): the keyboard can
+// focus it to scroll it, and a screen reader names it.
+export function scrolls(label) {
+  return { tabindex: 0, role: "region", "aria-label": label };
+}
+
 export function clear(el) { el.replaceChildren(); return el; }
 
 export function toast(message, bad = false) {
@@ -48,8 +54,9 @@ export function badge(status) {
   return h("span", { class: `badge ${status}` }, status.replace("_", " "));
 }
 
-// Okabe-Ito, in an order that keeps neighbours apart.
-export const PALETTE = ["#0072B2", "#D55E00", "#009E73", "#CC79A7", "#E69F00", "#56B4E9", "#000000", "#F0E442"];
+// Okabe-Ito for lines on white, in an order that keeps neighbours apart: the first five stand
+// at least 3:1 against white; its yellow (1.3:1) is left out, as a line would not be seen.
+export const PALETTE = ["#0072B2", "#D55E00", "#009E73", "#CC79A7", "#000000", "#E69F00", "#56B4E9"];
 
 // Runs `fn` now and every `ms` while the page is shown; returns a stop function.
 export function every(ms, fn) {

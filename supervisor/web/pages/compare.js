@@ -2,7 +2,7 @@
 // the first) and their samples overlaid; or a sweep's statistics per combination.
 import { api } from "../api.js";
 import { overlay } from "../charts.js";
-import { badge, clear, errorText, fmt, h, toast } from "../ui.js";
+import { badge, clear, errorText, fmt, h, scrolls, toast } from "../ui.js";
 
 const METRICS = ["vehicles", "mean_speed", "halting", "waiting_time", "departed", "arrived"];
 const FIGURES = ["arrived", "trips", "mean_duration", "mean_waiting_time", "mean_time_loss", "mean_speed", "mean_route_length", "throughput_per_hour", "p95_duration", "teleports", "collisions"];
@@ -17,7 +17,8 @@ export function render(root) {
     h("section", { class: "card", "aria-labelledby": "pick-h" }, h("h3", { id: "pick-h" }, "Sessions"),
       h("p", { class: "hint" }, "Pick two or more ended sessions; the first picked is the baseline."),
       h("div", { class: "table-wrap" }, h("table", { class: "responsive", id: "compare-pick" },
-        h("thead", {}, h("tr", {}, ["", "Session", "Status", "Template", "Label"].map((t) => h("th", { scope: "col" }, t)))), picks)),
+        h("thead", {}, h("tr", {}, h("th", { scope: "col" }, h("span", { class: "sr-only" }, "Pick")),
+          ["Session", "Status", "Template", "Label"].map((t) => h("th", { scope: "col" }, t)))), picks)),
       h("p", {}, h("button", { type: "button", id: "compare-go", onclick: () => compare() }, "Compare"))),
     result,
     h("section", { class: "card", "aria-labelledby": "sweep-h" }, h("h3", { id: "sweep-h" }, "Sweeps"),
@@ -34,7 +35,7 @@ export function render(root) {
           const i = order.indexOf(s.id);
           if (e.target.checked && i < 0) order.push(s.id); else if (!e.target.checked && i >= 0) order.splice(i, 1);
         } });
-        return h("tr", { dataset: { id: s.id } }, h("td", {}, box), h("td", { class: "mono" }, s.id), h("td", {}, badge(s.status)), h("td", {}, `${s.template} v${s.version}`), h("td", {}, s.label || "–"));
+        return h("tr", { dataset: { id: s.id } }, h("td", { "data-label": "Pick" }, box), h("td", { "data-label": "Session", class: "mono" }, s.id), h("td", { "data-label": "Status" }, badge(s.status)), h("td", { "data-label": "Template" }, `${s.template} v${s.version}`), h("td", { "data-label": "Label" }, s.label || "–"));
       }));
       const sweeps = [...new Set(sessions.map((s) => s.sweep).filter(Boolean))];
       sweepPick.append(...sweeps.map((id) => h("option", { value: id }, id)));
@@ -55,7 +56,7 @@ export function render(root) {
           return h("td", { class: "num" }, fmt(s[f], 2), i > 0 && d !== null && d !== undefined ? h("span", { class: d > 0 ? "pos" : d < 0 ? "neg" : "muted" }, ` (${d > 0 ? "+" : ""}${fmt(d, 2)})`) : "");
         })));
       const charts = h("div", { class: "charts", id: "compare-charts" });
-      result.append(h("section", { class: "card" }, h("h3", {}, "Summaries"), h("div", { class: "table-wrap" }, h("table", { id: "compare-table" }, h("thead", {}, head), h("tbody", {}, rows)))),
+      result.append(h("section", { class: "card" }, h("h3", {}, "Summaries"), h("div", { class: "table-wrap", ...scrolls("summaries compared") }, h("table", { id: "compare-table" }, h("thead", {}, head), h("tbody", {}, rows)))),
         h("section", { class: "card" }, h("h3", {}, "Samples, overlaid"), charts));
       const series = await Promise.all(c.sessions.map(async (s) => ({ s, data: (await api(`/v1/sessions/${encodeURIComponent(s.id)}/samples?limit=20000`)).samples })));
       for (const metric of METRICS) {
@@ -70,8 +71,8 @@ export function render(root) {
     try {
       const r = await api(`/v1/sweeps/${encodeURIComponent(id)}`);
       sweepOut.append(h("p", {}, `${r.total} runs, ${Math.round(r.progress * 100)}% done`),
-        ...r.groups.map((g) => h("div", { class: "table-wrap" }, h("h4", {}, Object.entries(g.params).map(([k, v]) => `${k}=${v}`).join(", ") || "all runs", ` (${g.completed} completed)`),
-          h("table", {}, h("thead", {}, h("tr", {}, ["Figure", "n", "mean", "std", "95% interval"].map((t) => h("th", {}, t)))),
+        ...r.groups.map((g) => h("div", { class: "table-wrap", ...scrolls("sweep statistics") }, h("h4", {}, Object.entries(g.params).map(([k, v]) => `${k}=${v}`).join(", ") || "all runs", ` (${g.completed} completed)`),
+          h("table", {}, h("thead", {}, h("tr", {}, ["Figure", "n", "mean", "std", "95% interval"].map((t, i) => h("th", { scope: "col", class: i ? "num" : "" }, t)))),
             h("tbody", {}, Object.entries(g.figures).filter(([, st]) => st.n > 0).map(([f, st]) => h("tr", {}, h("th", { scope: "row" }, f.replace(/_/g, " ")), h("td", { class: "num" }, st.n), h("td", { class: "num" }, fmt(st.mean, 2)), h("td", { class: "num" }, fmt(st.std, 2)), h("td", { class: "num" }, st.ci95 ? `${fmt(st.ci95[0], 2)} – ${fmt(st.ci95[1], 2)}` : "–"))))))));
     } catch (err) { sweepOut.append(h("p", { class: "error" }, errorText(err))); }
   }

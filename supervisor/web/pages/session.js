@@ -17,7 +17,8 @@ export function render(root, [id]) {
   const chartBox = h("div", { class: "charts", id: "charts" });
   const mapCard = h("section", { class: "card", id: "map-card", "aria-labelledby": "map-h", hidden: true });
   const eventsBox = h("div", { class: "table-wrap" });
-  const logsBox = h("pre", { class: "logs", id: "logs", tabindex: 0, "aria-label": "SUMO log lines" });
+  // A region (a pre may not carry a name): focusable, so the keyboard can scroll it.
+  const logsBox = h("pre", { class: "logs", id: "logs", tabindex: 0, role: "region", "aria-label": "SUMO log lines" });
   const summaryBox = h("section", { class: "card", id: "summary", hidden: true });
   const downloads = h("div", { class: "actions" }, EXPORTS.map((kind) =>
     h("button", { type: "button", class: "quiet", onclick: () => download(`${base}/${kind}.csv`, `${id}-${kind}.csv`).catch((e) => toast(errorText(e), true)) }, `${kind}.csv`)));
@@ -133,7 +134,7 @@ export function render(root, [id]) {
     try {
       const { events } = await api(`${base}/events`);
       clear(eventsBox).append(h("table", {}, h("thead", {}, h("tr", {}, h("th", {}, "When"), h("th", {}, "Status"), h("th", {}, "Why"))),
-        h("tbody", {}, events.map((e) => h("tr", {}, h("td", {}, when(e.at || e.created_at || e.time)), h("td", {}, badge(e.status || "?")), h("td", {}, e.reason || "–"))))));
+        h("tbody", {}, events.map((e) => h("tr", {}, h("td", {}, when(e.at || e.created_at || e.time)), h("td", {}, badge(e.status || "?")), h("td", { class: "wrap" }, e.reason || "–"))))));
     } catch (err) { eventsBox.textContent = errorText(err); }
   }
 
@@ -164,7 +165,8 @@ export function render(root, [id]) {
   async function startMap() {
     if (mapView) return;
     mapCard.hidden = false;
-    const canvas = h("canvas", { class: "map", id: "map", tabindex: 0, role: "img",
+    // An application to a screen reader: its keys go to the map, not to reading the page.
+    const canvas = h("canvas", { class: "map", id: "map", tabindex: 0, role: "application", "aria-roledescription": "map",
       "aria-label": "Live map. Arrow keys pan, plus and minus zoom, 0 fits, Enter picks what is at the centre, Escape clears." });
     const status = h("p", { class: "hint", id: "map-status", "aria-live": "off" }, "loading the network…");
     const panel = h("div", { id: "map-panel" }, h("p", { class: "hint" }, "Click a vehicle, a light or an edge to see its values."));
@@ -176,11 +178,13 @@ export function render(root, [id]) {
       h("h3", { id: "map-h" }, "Live map"),
       h("div", { class: "split" },
         h("div", { class: "map-wrap" }, canvas,
-          h("div", { class: "map-legend" },
-            h("span", {}, h("span", { class: "swatch sw-moving" }), "moving"), h("span", {}, h("span", { class: "swatch sw-halted" }), "halted"),
-            h("span", {}, h("span", { class: "swatch sw-green" }), "green"), h("span", {}, h("span", { class: "swatch sw-yellow" }), "yellow"),
-            h("span", {}, h("span", { class: "swatch sw-red" }), "red"),
-            h("button", { type: "button", class: "quiet", onclick: () => mapView.fit() }, "Fit")),
+          // Each swatch has the shape drawn on the map (vehicles are arrows, lights rings),
+          // so a halted vehicle and a red light differ in more than colour.
+          h("div", { class: "map-legend", id: "map-legend" },
+            h("span", {}, h("span", { class: "swatch vehicle sw-moving" }), "moving vehicle"), h("span", {}, h("span", { class: "swatch vehicle sw-halted" }), "halted vehicle"),
+            h("span", {}, h("span", { class: "swatch light sw-green" }), "green light"), h("span", {}, h("span", { class: "swatch light sw-yellow" }), "yellow light"),
+            h("span", {}, h("span", { class: "swatch light sw-red" }), "red light"), h("span", {}, h("span", { class: "swatch sw-closed" }), "closed edge"),
+            h("button", { type: "button", class: "quiet", id: "map-fit", onclick: () => { mapView.fit(); showView(); } }, "Fit")),
           status),
         h("div", {}, h("div", { class: "row" }, h("div", {}, lightPick), h("div", {}, edgePick, edgeList)), panel)));
     let selection = null;
@@ -196,6 +200,13 @@ export function render(root, [id]) {
       onFrame: () => { if (selection) updateSelection(panel, selection); },
     });
     cleanups.push(() => mapView?.destroy());
+    // The view (scale, offset) as the map's own handlers left it, on the canvas: what the
+    // keyboard (and a drag or the wheel) did can be seen without reading pixels.
+    const showView = () => {
+      const { s, tx, ty } = mapView.view;
+      canvas.dataset.view = `${s.toPrecision(6)} ${Math.round(tx)} ${Math.round(ty)}`;
+    };
+    for (const type of ["keydown", "pointerup", "wheel"]) canvas.addEventListener(type, showView);
     try {
       await mapView.load(session.template, session.version);
     } catch (err) { status.textContent = `network: ${errorText(err)}`; return; }

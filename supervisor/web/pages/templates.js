@@ -2,7 +2,7 @@
 // and drop, or a folder picker), sent as the API's multipart form: the daemon checks it as it
 // checks any upload and its refusal is shown as it says it.
 import { api } from "../api.js";
-import { clear, errorText, fmt, h, toast, when } from "../ui.js";
+import { clear, errorText, fmt, h, scrolls, toast, when } from "../ui.js";
 
 export function render(root) {
   const list = h("tbody");
@@ -34,7 +34,7 @@ export function render(root) {
       clear(detail).append(h("h3", {}, `Template ${t.name}`),
         ...t.versions.slice().reverse().map((v) => h("details", { open: v === t.versions[t.versions.length - 1] },
           h("summary", {}, `v${v.version} · ${v.config_path} · ${fmt(v.total_bytes)} bytes · ${when(v.created_at)}`),
-          h("div", { class: "table-wrap" }, h("table", {}, h("thead", {}, h("tr", {}, h("th", {}, "File"), h("th", { class: "num" }, "Size"), h("th", {}, "sha256"))),
+          h("div", { class: "table-wrap", ...scrolls(`files of v${v.version}`) }, h("table", {}, h("thead", {}, h("tr", {}, h("th", {}, "File"), h("th", { class: "num" }, "Size"), h("th", {}, "sha256"))),
             h("tbody", {}, v.files.map((f) => h("tr", {}, h("td", { class: "mono" }, f.path), h("td", { class: "num" }, fmt(f.size)), h("td", { class: "mono" }, f.sha256.slice(0, 16) + "…")))))))));
       detail.hidden = false;
       detail.scrollIntoView({ block: "nearest" });
