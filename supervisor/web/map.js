@@ -8,8 +8,10 @@
 import { api, stream } from "./api.js";
 
 const COLORS = {
-  lane: "#6b6b66", sidewalk: "#b9b9b2", junction: "#9a9a94", closed: "#D55E00",
-  moving: "#0072B2", halted: "#CC79A7", selected: "#000000",
+  // Lanes near black, as sumo-gui draws them: every vehicle and light colour stands at least
+  // 3:1 against them (WCAG's non-text contrast), and the lanes against the page.
+  lane: "#222220", sidewalk: "#b9b9b2", junction: "#444441", closed: "#D55E00",
+  moving: "#0072B2", halted: "#CC79A7", selected: "#000000", halo: "#ffffff",
   green: "#009E73", yellow: "#F0E442", red: "#D55E00", off: "#777777",
 };
 const HALTED = 0.1;
@@ -131,7 +133,8 @@ export class LiveMap {
     const dpr = window.devicePixelRatio || 1;
     this.canvas.width = Math.max(1, Math.round(r.width * dpr));
     this.canvas.height = Math.max(1, Math.round(r.height * dpr));
-    if (!this.fitted && this.net) this.fit();
+    // A view the user has not moved follows the map's size (a narrowed window shows it whole).
+    if (this.net && (!this.fitted || !this.moved)) this.fit();
     this.draw();
   }
 
@@ -143,6 +146,7 @@ export class LiveMap {
     const s = Math.min((w - 2 * pad) / Math.max(x1 - x0, 1), (hgt - 2 * pad) / Math.max(y1 - y0, 1));
     this.view = { s, tx: (w - s * (x0 + x1)) / 2, ty: (hgt + s * (y0 + y1)) / 2 };
     this.fitted = this.canvas.width > 1;
+    this.moved = false;
     this.draw();
   }
 
@@ -172,6 +176,8 @@ export class LiveMap {
       this.netKey = key;
       this.baseKey = null;
       canvas.dataset.closed = [...this.closedEdges].join(",");
+      // The view as the page sees it (what a key, a drag or the wheel did, without pixels).
+      canvas.dataset.view = `${s.toPrecision(6)} ${Math.round(tx)} ${Math.round(ty)}`;
     }
     if (this.baseKey !== this.lightsKey) {
       this.base = this.paintLayer(this.base, (c) => {
@@ -283,9 +289,10 @@ export class LiveMap {
     const sel = this.selected;
     if (!sel) return;
     const { ctx } = this;
-    ctx.strokeStyle = COLORS.selected;
-    ctx.lineWidth = 2.5 * dpr / this.view.s;
-    const ring = (x, y) => { const p = new Path2D(); p.arc(x, y, 9 * dpr / this.view.s, 0, 2 * Math.PI); ctx.stroke(p); };
+    const px = dpr / this.view.s;  // one device pixel, in world units
+    const path = new Path2D();
+    let width = 2.5 * px;
+    const ring = (x, y) => { path.moveTo(x + 9 * px, y); path.arc(x, y, 9 * px, 0, 2 * Math.PI); };
     if (sel.kind === "vehicle" && this.index?.has(sel.id)) {
       const i = this.index.get(sel.id);
       // Around the vehicle's middle: its position is its front bumper.
@@ -294,11 +301,16 @@ export class LiveMap {
     } else if (sel.kind === "light") {
       for (const l of this.lights) if (l.tls === sel.id) ring(l.x, l.y);
     } else if (sel.kind === "edge") {
-      const p = new Path2D();
-      for (const l of this.lanes) if (l.edge === sel.id) this.trace(p, l.shape);
-      ctx.lineWidth = Math.max(4, 4 * dpr / this.view.s);
-      ctx.stroke(p);
+      for (const l of this.lanes) if (l.edge === sel.id) this.trace(path, l.shape);
+      width = Math.max(4, 4 * px);
     }
+    // Black on a white halo: seen on the page and on the near-black lanes alike.
+    ctx.strokeStyle = COLORS.halo;
+    ctx.lineWidth = width + 3 * px;
+    ctx.stroke(path);
+    ctx.strokeStyle = COLORS.selected;
+    ctx.lineWidth = width;
+    ctx.stroke(path);
   }
 
   // What is under a screen point (device pixels): a vehicle, else a light, else an edge.
@@ -342,10 +354,11 @@ export class LiveMap {
     const ns = Math.min(Math.max(s * factor, 1e-4), 1e4);
     const k = ns / s;
     this.view = { s: ns, tx: px - (px - tx) * k, ty: py - (py - ty) * k };
+    this.moved = true;
     this.draw();
   }
 
-  pan(dx, dy) { this.view.tx += dx; this.view.ty += dy; this.draw(); }
+  pan(dx, dy) { this.view.tx += dx; this.view.ty += dy; this.moved = true; this.draw(); }
 
   bindInput() {
     const c = this.canvas;

@@ -184,7 +184,7 @@ export function render(root, [id]) {
             h("span", {}, h("span", { class: "swatch vehicle sw-moving" }), "moving vehicle"), h("span", {}, h("span", { class: "swatch vehicle sw-halted" }), "halted vehicle"),
             h("span", {}, h("span", { class: "swatch light sw-green" }), "green light"), h("span", {}, h("span", { class: "swatch light sw-yellow" }), "yellow light"),
             h("span", {}, h("span", { class: "swatch light sw-red" }), "red light"), h("span", {}, h("span", { class: "swatch sw-closed" }), "closed edge"),
-            h("button", { type: "button", class: "quiet", id: "map-fit", onclick: () => { mapView.fit(); showView(); } }, "Fit")),
+            h("button", { type: "button", class: "quiet", id: "map-fit", onclick: () => mapView.fit() }, "Fit")),
           status),
         h("div", {}, h("div", { class: "row" }, h("div", {}, lightPick), h("div", {}, edgePick, edgeList)), panel)));
     let selection = null;
@@ -200,13 +200,6 @@ export function render(root, [id]) {
       onFrame: () => { if (selection) updateSelection(panel, selection); },
     });
     cleanups.push(() => mapView?.destroy());
-    // The view (scale, offset) as the map's own handlers left it, on the canvas: what the
-    // keyboard (and a drag or the wheel) did can be seen without reading pixels.
-    const showView = () => {
-      const { s, tx, ty } = mapView.view;
-      canvas.dataset.view = `${s.toPrecision(6)} ${Math.round(tx)} ${Math.round(ty)}`;
-    };
-    for (const type of ["keydown", "pointerup", "wheel"]) canvas.addEventListener(type, showView);
     try {
       await mapView.load(session.template, session.version);
     } catch (err) { status.textContent = `network: ${errorText(err)}`; return; }
