@@ -397,6 +397,14 @@ async def test_compare_two_sessions(daemons, db_url, http, scenarios, tmp_path):
         await expect(table).to_contain_text("seed-2")
         await expect(table).to_contain_text("arrived")
         await expect(page.locator("#compare-charts figure.chart")).to_have_count(6)
+        # Seed 2's differences from seed 1 say which way is better: less waiting, more arrivals.
+        async with http.get(f"{daemon.url}/v1/compare?sessions={a['id']},{b['id']}") as r:
+            diff = (await r.json())["differences"][0]  # b against a
+        for figure, less_is_better in (("mean_waiting_time", True), ("arrived", False)):
+            cell = table.locator("tr", has_text=figure.replace("_", " ")).locator("td").nth(1)
+            if diff[figure]:
+                better = (diff[figure] < 0) == less_is_better
+                await expect(cell).to_contain_text("better" if better else "worse")
         # The sweep's statistics, per combination.
         await page.select_option("#sweep-id", sweep["id"])
         await page.click("#sweep-go")

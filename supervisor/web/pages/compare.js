@@ -5,6 +5,10 @@ import { overlay } from "../charts.js";
 import { badge, clear, errorText, fmt, h, scrolls, toast } from "../ui.js";
 
 const METRICS = ["vehicles", "mean_speed", "halting", "waiting_time", "departed", "arrived"];
+// Which way is better, for the figures that have one: +1 more is better, -1 less is better
+// (a route's length has none). A difference is coloured by it, and says it in words too.
+const BETTER = { arrived: 1, trips: 1, throughput_per_hour: 1, mean_speed: 1, mean_duration: -1, mean_waiting_time: -1,
+  mean_time_loss: -1, p95_duration: -1, teleports: -1, collisions: -1 };
 const FIGURES = ["arrived", "trips", "mean_duration", "mean_waiting_time", "mean_time_loss", "mean_speed", "mean_route_length", "throughput_per_hour", "p95_duration", "teleports", "collisions"];
 
 export function render(root) {
@@ -53,10 +57,13 @@ export function render(root) {
         h("th", { scope: "row" }, f.replace(/_/g, " ")),
         c.sessions.map((s, i) => {
           const d = diffs.get(s.id)?.[f];
-          return h("td", { class: "num" }, fmt(s[f], 2), i > 0 && d !== null && d !== undefined ? h("span", { class: d > 0 ? "pos" : d < 0 ? "neg" : "muted" }, ` (${d > 0 ? "+" : ""}${fmt(d, 2)})`) : "");
+          return h("td", { class: "num" }, fmt(s[f], 2), i > 0 && d !== null && d !== undefined ? difference(f, d) : "");
         })));
       const charts = h("div", { class: "charts", id: "compare-charts" });
-      result.append(h("section", { class: "card" }, h("h3", {}, "Summaries"), h("div", { class: "table-wrap", ...scrolls("summaries compared") }, h("table", { id: "compare-table" }, h("thead", {}, head), h("tbody", {}, rows)))),
+      result.append(h("section", { class: "card" }, h("h3", {}, "Summaries"),
+        h("p", { class: "hint" }, "In brackets: the difference from the baseline, ",
+          h("span", { class: "better" }, "better"), " or ", h("span", { class: "worse" }, "worse"), " by the figure's own measure."),
+        h("div", { class: "table-wrap", ...scrolls("summaries compared") }, h("table", { id: "compare-table" }, h("thead", {}, head), h("tbody", {}, rows)))),
         h("section", { class: "card" }, h("h3", {}, "Samples, overlaid"), charts));
       const series = await Promise.all(c.sessions.map(async (s) => ({ s, data: (await api(`/v1/sessions/${encodeURIComponent(s.id)}/samples?limit=20000`)).samples })));
       for (const metric of METRICS) {
@@ -76,4 +83,13 @@ export function render(root) {
             h("tbody", {}, Object.entries(g.figures).filter(([, st]) => st.n > 0).map(([f, st]) => h("tr", {}, h("th", { scope: "row" }, f.replace(/_/g, " ")), h("td", { class: "num" }, st.n), h("td", { class: "num" }, fmt(st.mean, 2)), h("td", { class: "num" }, fmt(st.std, 2)), h("td", { class: "num" }, st.ci95 ? `${fmt(st.ci95[0], 2)} – ${fmt(st.ci95[1], 2)}` : "–"))))))));
     } catch (err) { sweepOut.append(h("p", { class: "error" }, errorText(err))); }
   }
+}
+
+// A difference from the baseline: its sign, and whether it is better or worse in colour and in
+// words (for a screen reader, and for colours that look alike).
+function difference(figure, d) {
+  const way = Math.sign(d) * (BETTER[figure] || 0);
+  const verdict = way > 0 ? "better" : way < 0 ? "worse" : "";
+  return h("span", { class: verdict || "muted", title: verdict }, ` (${d > 0 ? "+" : ""}${fmt(d, 2)}`,
+    verdict ? h("span", { class: "sr-only" }, `, ${verdict}`) : null, ")");
 }
