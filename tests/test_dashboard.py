@@ -311,8 +311,9 @@ async def test_set_a_traffic_light_from_the_map(daemons, db_url, http, scenarios
         assert errors == []
 
 
-async def test_upload_a_template_folder(daemons, db_url, scenarios, tmp_path):
+async def test_upload_a_template_folder(daemons, db_url, http, scenarios, tmp_path):
     token = await make_token(db_url, "carol", "operator")
+    admin = await make_token(db_url, "frank", "admin")
     daemon = await daemons.start(db_url)
     scenario = scenarios["nested"]
     async with browser_context(tmp_path / "profile") as context:
@@ -367,6 +368,35 @@ async def test_upload_a_template_folder(daemons, db_url, scenarios, tmp_path):
         await expect(page.locator("#upload-form")).to_have_attribute("data-uploaded", "dropped:1")
         await expect(page.locator('#templates-table tr[data-name="dropped"]')).to_contain_text("v1")
         await page.screenshot(path=screenshot_path("05-templates-dropped"), full_page=True)
+
+        # Deleting takes an admin: an operator is told so, and nothing is deleted.
+        async def accept(dialog) -> None:
+            await dialog.accept()
+
+        page.on("dialog", accept)
+        await page.locator('#templates-table tr[data-name="dropped"] button').click()
+        await page.click("#delete-template")
+        await expect(page.locator("#toast")).to_contain_text("admin")
+        await expect(page.locator('#templates-table tr[data-name="dropped"]')).to_have_count(1)
+        # An admin deletes a version, then the whole template.
+        http.headers.update(_auth(admin))
+        await upload(http, daemon, "spider", scenario)  # v2
+        admin_page = await context.new_page()
+        admin_page.on("dialog", accept)
+        await _log_in(admin_page, daemon.url, admin)
+        await admin_page.click("header nav a[data-page=templates]")
+        await admin_page.locator('#templates-table tr[data-name="spider"] button').click()
+        versions = admin_page.locator("#template-detail details[data-version]")
+        await expect(versions).to_have_count(2)
+        await admin_page.click("#template-detail details[data-version='1'] > summary")
+        await admin_page.click("#template-detail details[data-version='1'] button")
+        await expect(versions).to_have_count(1)
+        async with http.get(f"{daemon.url}/v1/templates/spider") as r:
+            assert [v["version"] for v in (await r.json())["versions"]] == [2]
+        await admin_page.click("#delete-template")
+        await expect(admin_page.locator('#templates-table tr[data-name="spider"]')).to_have_count(0)
+        async with http.get(f"{daemon.url}/v1/templates/spider") as r:
+            assert r.status == 404
 
 
 async def test_compare_two_sessions(daemons, db_url, http, scenarios, tmp_path):

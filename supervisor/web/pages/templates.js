@@ -28,12 +28,30 @@ export function render(root) {
     } catch (err) { toast(errorText(err), true); }
   }
 
+  // Deleting needs an admin token: the daemon's refusal (403 naming the role) is shown as said.
+  async function remove(path, what, after) {
+    if (!confirm(`Delete ${what}? Sessions already run keep their data.`)) return;
+    try {
+      await api(path, { method: "DELETE" });
+      toast(`Deleted ${what}`);
+      await load();
+      await after();
+    } catch (err) { toast(`Delete ${what}: ${errorText(err)}`, true); }
+  }
+
   async function show(name) {
     try {
       const t = await api(`/v1/templates/${encodeURIComponent(name)}`);
+      const base = `/v1/templates/${encodeURIComponent(t.name)}`;
+      const hide = async () => { clear(detail); detail.hidden = true; };
       clear(detail).append(h("h3", {}, `Template ${t.name}`),
-        ...t.versions.slice().reverse().map((v) => h("details", { open: v === t.versions[t.versions.length - 1] },
+        h("p", {}, h("button", { type: "button", class: "danger", id: "delete-template",
+          onclick: () => remove(base, `template ${t.name} (every version)`, hide) }, "Delete template")),
+        ...t.versions.slice().reverse().map((v) => h("details", { open: v === t.versions[t.versions.length - 1], dataset: { version: v.version } },
           h("summary", {}, `v${v.version} · ${v.config_path} · ${fmt(v.total_bytes)} bytes · ${when(v.created_at)}`),
+          h("p", {}, h("button", { type: "button", class: "danger",
+            onclick: () => remove(`${base}/versions/${v.version}`, `${t.name} v${v.version}`, () => (t.versions.length > 1 ? show(t.name) : hide())) },
+          `Delete v${v.version}`)),
           h("div", { class: "table-wrap", ...scrolls(`files of v${v.version}`) }, h("table", {}, h("thead", {}, h("tr", {}, h("th", {}, "File"), h("th", { class: "num" }, "Size"), h("th", {}, "sha256"))),
             h("tbody", {}, v.files.map((f) => h("tr", {}, h("td", { class: "mono" }, f.path), h("td", { class: "num" }, fmt(f.size)), h("td", { class: "mono" }, f.sha256.slice(0, 16) + "…")))))))));
       detail.hidden = false;
