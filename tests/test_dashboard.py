@@ -449,6 +449,23 @@ async def test_compare_two_sessions(daemons, db_url, http, scenarios, tmp_path):
         await _wait_points_above(page, "vehicles", 0)  # its charts hold every sample
         await page.screenshot(path=screenshot_path("07-session-ended"), full_page=True)
         await assert_accessible(page, "an ended session with its summary")
+
+        # The list's filters live in the URL (a view to bookmark), and sessions older than the
+        # newest N are a click away, each once, newest first.
+        await page.goto(f"{daemon.url}/#/sessions?status=completed&limit=3")
+        await page.reload()
+        await expect(page.locator("#f-status")).to_have_value("completed")
+        rows = page.locator("#sessions-table tbody tr")
+        await expect(rows).to_have_count(3)
+        await page.click("#show-older")
+        await expect(rows).to_have_count(4)
+        await expect(page.locator("#show-older")).to_be_hidden()
+        ids = await rows.evaluate_all("trs => trs.map(tr => tr.dataset.id)")
+        assert ids == sorted({a["id"], b["id"], *sweep["sessions"]}, reverse=True)
+        await page.fill("#f-label", "seed-2")
+        await page.press("#f-label", "Enter")
+        await expect(rows).to_have_count(1)
+        assert page.url.endswith("#/sessions?status=completed&label=seed-2&limit=3"), page.url
         assert errors == []
 
 

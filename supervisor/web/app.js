@@ -40,7 +40,10 @@ function showLogin(message = "") {
 
 async function route() {
   if (!login.hidden) return;
-  const [, name = "sessions", ...rest] = location.hash.replace(/^#/, "").split("/");
+  // #/page/arg...?query: the query holds a page's own state (the sessions' filters), so a view
+  // can be bookmarked or shared.
+  const [path, query = ""] = location.hash.replace(/^#/, "").split("?");
+  const [, name = "sessions", ...rest] = path.split("/");
   const page = pages[name] ? name : "sessions";
   for (const a of document.querySelectorAll("header nav a")) {
     if (a.dataset.page === page || (page === "session" && a.dataset.page === "sessions")) a.setAttribute("aria-current", "page");
@@ -54,7 +57,7 @@ async function route() {
   if (mine !== generation) return; // another navigation came while this page loaded
   const root = h("div", { class: `page page-${page}` });
   app.append(root);
-  cleanup = module.render(root, rest.map(decodeURIComponent)) || null;
+  cleanup = module.render(root, rest.map(decodeURIComponent), new URLSearchParams(query)) || null;
   document.title = `${page} · sumo-supervisor`;
   // A link or button that led here went with the old page: the focus goes to the new page's
   // start, not back to the top of the document. (Not on the first page: Tab starts at the top.)

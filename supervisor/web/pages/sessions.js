@@ -5,12 +5,20 @@ import { api, stream } from "../api.js";
 import { fields, openapi } from "../schema_form.js";
 import { badge, clear, FINAL, fmt, h, STATUSES, toast, errorText } from "../ui.js";
 
-export function render(root) {
-  const filters = { status: "", label: "", template: "" };
+// Rows a page of the list may have (the session-list stream's limit is at most 1000).
+const PAGE_SIZES = ["50", "200", "1000"];
+
+export function render(root, _args, query = new URLSearchParams()) {
+  // The filters start from the URL (#/sessions?status=running&label=...) and are kept there.
+  const filters = { status: "", label: "", template: "", limit: "200" };
+  for (const key of Object.keys(filters)) if (query.get(key)) filters[key] = query.get(key);
+  const change = (key, value) => { filters[key] = value; keepInUrl(); subscribe(); };
   const tbody = h("tbody");
   const count = h("p", { class: "muted", "aria-live": "polite" });
-  const templateFilter = h("select", { id: "f-template", onchange: (e) => { filters.template = e.target.value; subscribe(); } },
+  const templateFilter = h("select", { id: "f-template", onchange: (e) => change("template", e.target.value) },
     h("option", { value: "" }, "all templates"));
+  // Older sessions than the live page holds, a page at a time (not live: they are read once).
+  const older = h("button", { type: "button", id: "show-older", class: "quiet", hidden: true, onclick: showOlder }, "Show older");
   const form = startForm(() => {});
 
   root.append(
@@ -18,12 +26,15 @@ export function render(root) {
     h("div", { class: "card" },
       h("div", { class: "row", role: "search" },
         h("div", {}, h("label", { for: "f-status" }, "Status"),
-          h("select", { id: "f-status", onchange: (e) => { filters.status = e.target.value; subscribe(); } },
-            h("option", { value: "" }, "any status"), STATUSES.map((s) => h("option", { value: s }, s)))),
+          h("select", { id: "f-status", onchange: (e) => change("status", e.target.value) },
+            h("option", { value: "" }, "any status"), STATUSES.map((s) => h("option", { value: s, selected: s === filters.status }, s)))),
         h("div", {}, h("label", { for: "f-label" }, "Label"),
-          h("input", { id: "f-label", type: "search", placeholder: "exact label",
-            onchange: (e) => { filters.label = e.target.value.trim(); subscribe(); } })),
+          h("input", { id: "f-label", type: "search", placeholder: "exact label", value: filters.label,
+            onchange: (e) => change("label", e.target.value.trim()) })),
         h("div", {}, h("label", { for: "f-template" }, "Template"), templateFilter),
+        h("div", {}, h("label", { for: "f-limit" }, "Newest"),
+          h("select", { id: "f-limit", onchange: (e) => change("limit", e.target.value) },
+            [...new Set([...PAGE_SIZES, filters.limit])].map((n) => h("option", { value: n, selected: n === filters.limit }, `${n} sessions`)))),
       ),
       count,
       h("div", { class: "table-wrap" },
@@ -31,9 +42,32 @@ export function render(root) {
           h("thead", {}, h("tr", {},
             ["Session", "Status", "Template", "Label", "Progress", "Sim time", "Vehicles", "Node", "Actions"]
               .map((t, i) => h("th", { scope: "col", class: i === 5 || i === 6 ? "num" : "" }, t)))),
-          tbody))),
+          tbody)),
+      h("p", {}, older)),
     form.element,
   );
+
+  function keepInUrl() {
+    const q = new URLSearchParams(Object.entries(filters).filter(([k, v]) => v && !(k === "limit" && v === "200")));
+    history.replaceState(null, "", `#/sessions${q.size ? `?${q}` : ""}`);
+  }
+
+  function listQuery(extra = {}) {
+    const q = new URLSearchParams();
+    for (const [k, v] of Object.entries({ ...filters, ...extra })) if (v) q.set(k, v);
+    return q;
+  }
+
+  // The page after the oldest row shown: the list's own paging (`before=`), each row once.
+  async function showOlder() {
+    const last = tbody.lastElementChild?.dataset.id;
+    if (!last) return;
+    try {
+      const { sessions } = await api(`/v1/sessions?${listQuery({ before: last })}`);
+      for (const s of sessions) put(s, true);
+      older.hidden = sessions.length < Number(filters.limit);
+    } catch (err) { toast(`older sessions: ${errorText(err)}`, true); }
+  }
 
   const templatesSeen = new Set();
   const seeTemplate = (n) => {
@@ -42,9 +76,10 @@ export function render(root) {
   // The rows shown, by session id; a change replaces its own row only (focus elsewhere stays).
   let rows = new Map();
   const showCount = () => { count.textContent = `${rows.size} session${rows.size === 1 ? "" : "s"}`; };
-  function put(s) {
+  function put(s, readOnce = false) {
     seeTemplate(s.template);
     const tr = row(s);
+    if (readOnce) tr.dataset.older = "";
     const old = rows.get(s.id);
     rows.set(s.id, tr);
     if (old) { old.replaceWith(tr); return; }
@@ -62,15 +97,14 @@ export function render(root) {
   let feed = null;
   function subscribe() {
     feed?.close();
-    const q = new URLSearchParams({ limit: "200" });
-    for (const [k, v] of Object.entries(filters)) if (v) q.set(k, v);
-    feed = stream(`/v1/sessions/stream?${q}`, {
+    feed = stream(`/v1/sessions/stream?${listQuery()}`, {
       onEvent: (e) => {
         const data = JSON.parse(e.data);
         if (e.type === "page") {
           rows = new Map();
           tbody.replaceChildren();
-          data.sessions.forEach(put);
+          data.sessions.forEach((s) => put(s));
+          older.hidden = data.sessions.length < Number(filters.limit);
           showCount();
           tbody.dataset.cursor = data.cursor;
         } else if (e.type === "session") put(data);
@@ -80,6 +114,8 @@ export function render(root) {
     });
   }
 
+  if (filters.template) seeTemplate(filters.template);
+  templateFilter.value = filters.template;
   subscribe();
   form.load();
   return () => feed?.close();
