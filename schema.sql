@@ -249,3 +249,10 @@ CREATE INDEX IF NOT EXISTS sessions_lease_idx ON sessions (lease_expires_at)
 -- the claim walked the primary key from the oldest session and filtered the status, past
 -- every finished session (43 ms a claim among 100,000 of them, bench/store_scale.py).
 CREATE INDEX IF NOT EXISTS sessions_queued_idx ON sessions (id) WHERE status = 'queued';
+-- The schema texts applied to this database, by their SHA-256: a daemon whose schema.sql is
+-- already applied skips it. Applying it again would take ALTER TABLE's exclusive lock on the
+-- tables other nodes are writing, and a node starting beside running ones deadlocked on it.
+CREATE TABLE IF NOT EXISTS schema_applied (
+    sha256 text PRIMARY KEY,
+    applied_at timestamptz NOT NULL DEFAULT now()
+);

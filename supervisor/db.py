@@ -4,6 +4,8 @@ supervisor/pgretry.py's (its names are also here, for the API's users)."""
 
 from __future__ import annotations
 
+import asyncio
+import hashlib
 import math
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
@@ -49,12 +51,36 @@ async def create_pool(
     )
 
 
+SCHEMA_LOCK_SQL = "SELECT pg_advisory_xact_lock(8750)"
+SCHEMA_APPLIED_SQL = "SELECT to_regclass('schema_applied') IS NOT NULL"
+SCHEMA_DONE_SQL = "SELECT EXISTS (SELECT 1 FROM schema_applied WHERE sha256 = $1)"
+SCHEMA_MARK_SQL = "INSERT INTO schema_applied (sha256) VALUES ($1) ON CONFLICT DO NOTHING"
+# A schema change (ALTER TABLE) waits for the running nodes' transactions on its tables, and may
+# meet one in a deadlock, which PostgreSQL ends by failing one side: the change is tried again.
+SCHEMA_ATTEMPTS = 5
+
+
 async def apply_schema(pool: asyncpg.Pool) -> None:
+    """schema.sql, unless this very text is applied already (then nothing is locked)."""
     sql = resources.files("supervisor").joinpath("schema.sql").read_text()
-    async with pool.acquire() as conn, conn.transaction():
-        # Two daemons starting against one database must not race on CREATE ... IF NOT EXISTS.
-        await conn.execute("SELECT pg_advisory_xact_lock(8750)")
-        await conn.execute(sql)
+    digest = hashlib.sha256(sql.encode()).hexdigest()
+    async with pool.acquire() as conn:
+        for attempt in range(1, SCHEMA_ATTEMPTS + 1):
+            try:
+                async with conn.transaction():
+                    # Two daemons starting on one database apply it one after the other.
+                    await conn.execute(SCHEMA_LOCK_SQL)
+                    if await conn.fetchval(SCHEMA_APPLIED_SQL) and await conn.fetchval(
+                        SCHEMA_DONE_SQL, digest
+                    ):
+                        return
+                    await conn.execute(sql)
+                    await conn.execute(SCHEMA_MARK_SQL, digest)
+                return
+            except asyncpg.DeadlockDetectedError:
+                if attempt == SCHEMA_ATTEMPTS:
+                    raise
+                await asyncio.sleep(0.2 * attempt)
 
 
 async def ping(pool: asyncpg.Pool) -> None:
