@@ -33,6 +33,7 @@ def _env(db_url: str) -> dict[str, str]:
         "readers",
         "nodes",
         "store_scale",
+        "map_cost",
     ],
 )
 def test_benchmark_runs_on_a_tiny_case(script, db_url):
@@ -53,3 +54,14 @@ def test_command_benchmark_runs(db_url):
     )  # fmt: skip
     assert out.returncode == 0, out.stdout + out.stderr
     assert "ratio" in out.stdout
+
+
+@pytest.mark.e2e
+def test_map_paint_benchmark_runs():
+    # The browser half of the map's cost (no daemon: the dashboard's files and a synthetic net).
+    out = subprocess.run(
+        [sys.executable, "-m", "bench.dashboard_map"],
+        cwd=ROOT, capture_output=True, text=True, timeout=600,
+    )  # fmt: skip
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert "glide_paint_vs_empty_map" in out.stdout
