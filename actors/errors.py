@@ -114,6 +114,7 @@ class OwnedElsewhere(SupervisorError):
 
 
 class Busy(SupervisorError):
-    """As many of these requests are running as the daemon allows at once; try again later."""
+    """The daemon cannot serve this now, for a moment only (as many of these requests are
+    running as it allows at once, a session's map is not open yet): try again later."""
 
     status = 503

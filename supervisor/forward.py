@@ -35,17 +35,26 @@ TIMEOUT_S = 170.0
 PASSED_ON = ("Retry-After", "WWW-Authenticate", "Location")
 MAX_ANSWER = 1 << 20
 CLIENT = web.AppKey("forward_client", aiohttp.ClientSession)
+# The relayed map streams (supervisor/map_relay.py) have a client of their own: each holds a
+# connection for as long as someone watches, and they must not take the connections forwarded
+# control requests need. At most this many at once; one more waits its connect timeout, then 503.
+RELAY_CLIENT = web.AppKey("relay_client", aiohttp.ClientSession)
+MAX_RELAYS = 64
 
 
 async def client_ctx(app: web.Application) -> Any:
-    """The one client session forwarded requests use, closed with the app."""
+    """The client sessions requests sent on use, closed with the app."""
     app[CLIENT] = aiohttp.ClientSession(
         timeout=aiohttp.ClientTimeout(total=TIMEOUT_S, sock_connect=5),
         # A forward goes to another node's API, never through a proxy from the environment.
         trust_env=False,
     )
+    app[RELAY_CLIENT] = aiohttp.ClientSession(
+        connector=aiohttp.TCPConnector(limit=MAX_RELAYS), trust_env=False
+    )
     yield
     await app[CLIENT].close()
+    await app[RELAY_CLIENT].close()
 
 
 async def to_owner(

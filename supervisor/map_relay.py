@@ -106,14 +106,16 @@ async def connect(
     owner = forward.reachable(request, owner, session_id)
     url = owner["api_url"].rstrip("/") + request.rel_url.path_qs
     bound = log.bind(session_id=session_id, node=owner["name"], node_id=owner["id"])
-    # The shared client's total timeout would cut an endless stream: this one bounds the
-    # connection's making and its silences only.
-    timeout = aiohttp.ClientTimeout(total=None, sock_connect=SOCK_CONNECT_S, sock_read=IDLE_S)
+    # No total: the stream is endless. `connect` bounds the wait for one of the relay client's
+    # connections as well as the connecting; `sock_read`, the owner's silences.
+    timeout = aiohttp.ClientTimeout(
+        total=None, connect=SOCK_CONNECT_S, sock_connect=SOCK_CONNECT_S, sock_read=IDLE_S
+    )
     headers = {**forward.headers_for(request), "Accept": "text/event-stream"}
     async with contextlib.AsyncExitStack() as stack:
         try:
             answer = await stack.enter_async_context(
-                request.app[forward.CLIENT].get(
+                request.app[forward.RELAY_CLIENT].get(
                     url, headers=headers, timeout=timeout, allow_redirects=False
                 )
             )

@@ -13,7 +13,8 @@ from tests.harness.browser import browser_context, dashboard_files
 
 pytestmark = pytest.mark.e2e
 
-# Two frames 500 ms apart: "near" drove 50 m, "far" 500 m (a teleport), "new" appeared.
+# Two frames 500 ms apart: "near" drove 50 m, "far" 500 m (a teleport), "new" appeared; then
+# a frame in which nothing moved.
 _DRAW = """async (reduced) => {
   const net = { bounds: [0, 0, 1000, 1000], junctions: [], tls: [],
                 edges: [{ id: "e", lanes: [{ id: "e_0", shape: [0, 500, 1000, 500], width: 3.2 }] }] };
@@ -25,16 +26,18 @@ _DRAW = """async (reduced) => {
   const map = new LiveMap(canvas, {});
   await map.load("t", 1);
   map.resize();
-  map.draw = () => {};  // paints only when the test says
+  map.draw = () => {};  // paints only when the test says, at the moment it names
   const frame = (xy, ids) => ({ sim_time: 0, ids, xy, speed: ids.map(() => 10), angle: ids.map(() => 90), tls: {} });
   map.setFrame(frame([100, 500, 200, 500], ["near", "far"]), 0);
-  map.paint();
-  // The next frame came; the display paints 250 ms after it, frames being 2 s apart (wide,
-  // so that a busy machine's pause between these lines still paints mid-glide).
-  map.setFrame(frame([150, 500, 700, 500, 300, 500], ["near", "far", "new"]), performance.now() - 250);
-  map.interval = 2000;
-  map.paint();
-  return { drawn: Array.from(map.drawn), reduced };
+  map.paint(0);
+  // The next frame came 500 ms later; the display paints 125 ms after it.
+  map.setFrame(frame([150, 500, 700, 500, 300, 500], ["near", "far", "new"]), 500);
+  map.paint(625);
+  const drawn = Array.from(map.drawn);
+  // Once there, a frame that moves nothing (a paused session's) starts no glide.
+  map.paint(1000);
+  map.setFrame(frame([150, 500, 700, 500, 300, 500], ["near", "far", "new"]), 1500);
+  return { drawn, gliding: map.gliding };
 }"""
 
 
@@ -44,12 +47,14 @@ async def test_vehicles_glide_between_frames(tmp_path: Path, reduced: bool) -> N
         page = await context.new_page()
         await page.emulate_media(reduced_motion="reduce" if reduced else "no-preference")
         await page.goto(f"{url}/ui/vendor/README.md")
-        drawn = (await page.evaluate(_DRAW, reduced))["drawn"]
+        got = await page.evaluate(_DRAW, reduced)
+    drawn = got["drawn"]
     near_x, far_x, new_x = drawn[0], drawn[2], drawn[4]
     if reduced:
         assert (near_x, far_x, new_x) == (150, 700, 300)
     else:
-        # On its way from 100 to 150 (an eighth of the way, give or take the page's clock).
-        assert 100 < near_x < 150
+        # A quarter of the way from 100 to 150 (frames come 500 ms apart).
+        assert near_x == 112.5
         assert (far_x, new_x) == (700, 300)
     assert drawn[1] == drawn[3] == drawn[5] == 500
+    assert got["gliding"] is False

@@ -388,8 +388,12 @@ async def test_the_live_map_from_a_node_that_does_not_run_the_session(
                                    json={"seconds": 30})  # fmt: skip
         assert status == 200
         await _frame_at(r, 60.0)
-        # One map open on the owner (the relay's), one relay on the other node.
-        assert await _map_streams(http, owner, other) == (1.0, 1.0)
+        # One map open on the owner (the relay's), one relay on the other node. (The direct
+        # stream just closed leaves the owner's watchers when its next send fails: polled.)
+        deadline = time.monotonic() + DEADLINE_S
+        while await _map_streams(http, owner, other) != (1.0, 1.0):
+            assert time.monotonic() < deadline, await _map_streams(http, owner, other)
+            await asyncio.sleep(POLL_S)
         r.close()
     # The client gone, the relay ends and so does its stream from the owner.
     deadline = time.monotonic() + DEADLINE_S
@@ -437,7 +441,11 @@ async def test_a_relayed_map_whose_owner_dies(daemons, db_url, http, scenarios):
                 assert (await _map_event(r))[0] == "frame"
     await wait_until(lambda: other.events("map_relay_ended"), "the relay's end", 10)
     assert other.events("map_relay_ended")[0]["reason"] in ("owner_lost", "owner_closed")
-    # Until the session is rescued, its map cannot be reached: 503, try again.
+    # Until the session is rescued, its map cannot be reached: 503, try again; or, on a slow
+    # machine, the rescue has queued it already: 409 naming `queued` (the page asks again).
     status, body, headers = await _json(http, "GET", url)
-    assert status == 503 and headers["Retry-After"], body
-    assert "cannot be reached" in body["error"] or "changing hands" in body["error"], body
+    if status == 409:
+        assert body["status"] == "queued", body
+    else:
+        assert status == 503 and headers["Retry-After"], body
+        assert "cannot be reached" in body["error"] or "changing hands" in body["error"], body

@@ -61,7 +61,7 @@ const sleep = (ms) => new Promise((resolve) => setTimeout(resolve, ms));
 
 // Server-Sent Events over fetch (EventSource cannot send an Authorization header). Resumes
 // with Last-Event-ID after a cut; ends when `close()` is called, when the server ends the
-// stream or refuses it and `done()` says so, or on 401/403/404.
+// stream or refuses it and `done()` says so, or on a refusal that asking again cannot change.
 export function stream(path, { onEvent, onError, done = () => false, lastEventId = null }) {
   let closed = false;
   let controller = null;
@@ -81,7 +81,9 @@ export function stream(path, { onEvent, onError, done = () => false, lastEventId
           // changing hands) passes: said only when it lasts.
           const busy = r.status === 429 || r.status === 503;
           if (!busy || ++refusals > 2) onError?.(new ApiError(r.status, body));
-          if ([401, 403, 404].includes(r.status) || done()) return;
+          // A request the daemon refuses as it is (a bad filter, a gone session) is not asked
+          // again; a busy or conflicting answer (409, 429, 5xx) may pass.
+          if ([400, 401, 403, 404, 413, 422].includes(r.status) || done()) return;
           const after = Number(r.headers.get("Retry-After"));
           await sleep(busy && after > 0 ? Math.min(after, 30) * 1000 : 2000);
           continue;

@@ -6,6 +6,7 @@
 // Pan by dragging or with the arrow keys, zoom with the wheel or +/-; click (or Enter on the
 // focused map, which picks the thing at its centre) to see an object's values.
 import { api, stream } from "./api.js";
+import { FINAL } from "./ui.js";
 
 const COLORS = {
   // Lanes near black, as sumo-gui draws them: every vehicle and light colour stands at least
@@ -83,12 +84,15 @@ export class LiveMap {
     this.fit();
   }
 
+  // Watches until the session's SUMO is gone (`ended`: a rescued session's next run is watched
+  // again by calling this again) or the session has ended; a session queued for a rerun, or
+  // changing hands, is asked again.
   watch(sessionId) {
     this.stream?.close();
-    let ended = false;
+    this.ended = false;
     this.stream = stream(`/v1/sessions/${encodeURIComponent(sessionId)}/map`, {
       onEvent: (e) => {
-        if (e.type === "end") { ended = true; this.onStatus?.("the session's map has ended"); return; }
+        if (e.type === "end") { this.ended = true; this.onStatus?.("the session's map has ended"); return; }
         if (e.type !== "frame") return;
         this.setFrame(JSON.parse(e.data), performance.now());
         this.onStatus?.(`${this.frame.ids.length} vehicles at ${this.frame.sim_time ?? "–"} s`);
@@ -97,8 +101,11 @@ export class LiveMap {
         this.onFrame?.(this.frame);
         this.draw();
       },
-      onError: (err) => { this.onStatus?.(`map: ${err.message}`); if (err.status === 409) ended = true; },
-      done: () => ended,
+      onError: (err) => {
+        this.onStatus?.(`map: ${err.message}`);
+        if (err.status === 409 && FINAL.has(err.body?.status)) this.ended = true;
+      },
+      done: () => this.ended,
     });
   }
 
@@ -108,12 +115,16 @@ export class LiveMap {
     const drawn = this.drawn;
     const n = frame.ids.length;
     const from = new Float64Array(2 * n).fill(NaN);
+    let moved = false;
     for (let i = 0; i < n; i++) {
       const j = before.get(frame.ids[i]);
       if (j === undefined) continue;
       const x = drawn[2 * j], y = drawn[2 * j + 1];
-      if ((x - frame.xy[2 * i]) ** 2 + (y - frame.xy[2 * i + 1]) ** 2 < JUMP * JUMP) { from[2 * i] = x; from[2 * i + 1] = y; }
+      const d2 = (x - frame.xy[2 * i]) ** 2 + (y - frame.xy[2 * i + 1]) ** 2;
+      if (d2 < JUMP * JUMP) { from[2 * i] = x; from[2 * i + 1] = y; moved ||= d2 > 0; }
     }
+    // A paused session's frames move nothing: no glide, so no paint until something changes.
+    this.gliding = moved;
     if (this.frameAt) this.interval = Math.min(Math.max(0.7 * this.interval + 0.3 * (now - this.frameAt), 100), 2000);
     this.frameAt = now;
     this.frame = frame;
@@ -160,7 +171,8 @@ export class LiveMap {
     requestAnimationFrame(() => { this.pending = false; this.paint(); });
   }
 
-  paint() {
+  // `now`: the moment drawn (performance.now()'s clock), where each vehicle is on its glide.
+  paint(now = performance.now()) {
     const { ctx, canvas } = this;
     const dpr = window.devicePixelRatio || 1;
     ctx.setTransform(1, 0, 0, 1, 0, 0);
@@ -189,7 +201,7 @@ export class LiveMap {
     }
     ctx.drawImage(this.base, 0, 0);
     ctx.setTransform(s, 0, 0, -s, tx, ty);
-    const gliding = this.paintVehicles(dpr);
+    const gliding = this.paintVehicles(dpr, now);
     this.paintSelection(dpr);
     if (gliding) this.draw();
   }
@@ -252,10 +264,10 @@ export class LiveMap {
   vehicleLength(dpr) { return Math.max(5, 7 * dpr / this.view.s); }
 
   // Draws the vehicles where they are at this moment of their glide; whether they still glide.
-  paintVehicles(dpr) {
+  paintVehicles(dpr, now) {
     const f = this.frame;
     if (!f) return false;
-    const t = REDUCED?.matches ? 1 : Math.min(1, (performance.now() - this.frameAt) / this.interval);
+    const t = REDUCED?.matches || !this.gliding ? 1 : Math.min(1, (now - this.frameAt) / this.interval);
     const { from, drawn } = this;
     const len = this.vehicleLength(dpr), wid = len * 0.45;
     const moving = new Path2D(), halted = new Path2D();

@@ -163,7 +163,8 @@ export function render(root, [id]) {
 
   let mapView = null;
   async function startMap() {
-    if (mapView) return;
+    // Running again after a rescue (its old run's map ended): the new run is watched.
+    if (mapView) { if (mapView.ended) mapView.watch(id); return; }
     mapCard.hidden = false;
     // An application to a screen reader: its keys go to the map, not to reading the page.
     const canvas = h("canvas", { class: "map", id: "map", tabindex: 0, role: "application", "aria-roledescription": "map",

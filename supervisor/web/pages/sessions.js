@@ -12,6 +12,8 @@ export function render(root, _args, query = new URLSearchParams()) {
   // The filters start from the URL (#/sessions?status=running&label=...) and are kept there.
   const filters = { status: "", label: "", template: "", limit: "200" };
   for (const key of Object.keys(filters)) if (query.get(key)) filters[key] = query.get(key);
+  // A page size the stream takes (1 to 1000); anything else in a hand-edited URL, the default.
+  if (!/^\d{1,4}$/.test(filters.limit) || Number(filters.limit) < 1 || Number(filters.limit) > 1000) filters.limit = "200";
   const change = (key, value) => { filters[key] = value; keepInUrl(); subscribe(); };
   const tbody = h("tbody");
   const count = h("p", { class: "muted", "aria-live": "polite" });
