@@ -3,7 +3,7 @@ alone and with a map open on it, alternately, medians of R runs each. The map re
 vehicle's position, speed and angle and every light's state from SUMO twice a second (a context
 subscription made and dropped at once) and encodes the frame once for its watchers.
 
-The scenario: a 10x10 grid with traffic lights and a vehicle inserted every 0.1 s, so that some
+The scenario: a 10x10 grid with traffic lights and a vehicle inserted every 0.25 s, so that some
 thousand to two thousand vehicles are on the map at once (the issue's "2,000 vehicles at 2 Hz").
 The figure: the session's wall time (the daemon's own `created_at` to `ended_at`) watched,
 against unwatched; and what the watcher got: frames a second, vehicles and bytes per frame.
@@ -91,7 +91,7 @@ async def main() -> None:
     runs, end = (1, 60.0) if args.small else (args.runs, args.end)
     work = Path(tempfile.mkdtemp(prefix="bench-map-"))
     scn = grid_scenario(
-        work / "scn", grid=10, length=200, end=int(end), period=0.1, min_distance=1500
+        work / "scn", grid=10, length=200, end=int(end), period=0.25, min_distance=1500
     )
     daemon = start_daemon(work / "state", "--max-running", "1")
     try:

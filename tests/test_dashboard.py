@@ -277,14 +277,22 @@ async def test_set_a_traffic_light_from_the_map(daemons, db_url, http, scenarios
             history = (await r.json())["commands"]
         assert any(c["command"]["type"] == "tls.set_phase" for c in history), history
 
-        # The keyboard: the map is in the Tab order (just before its Fit button), shows its
-        # focus, and the arrow keys pan it (and back); "0" fits it again.
+        # A touch screen's zoom: the buttons under the map.
         await page.click("#map-fit")
+        await page.evaluate(
+            "() => new Promise(r => requestAnimationFrame(() => requestAnimationFrame(r)))"
+        )
+        fitted = await canvas.get_attribute("data-view")
+        assert fitted
+        await page.click("#map-zoom-in")
+        await expect(canvas).not_to_have_attribute("data-view", fitted)
+        # The keyboard: the map is in the Tab order (just before its buttons), shows its focus,
+        # "0" fits it, and the arrow keys pan it (and back).
         await page.keyboard.press("Shift+Tab")
         await expect(canvas).to_be_focused()
         await _assert_focus_visible(page)
-        fitted = await canvas.get_attribute("data-view")
-        assert fitted
+        await page.keyboard.press("0")
+        await expect(canvas).to_have_attribute("data-view", fitted)
         await page.keyboard.press("ArrowLeft")
         await expect(canvas).not_to_have_attribute("data-view", fitted)
         panned = await canvas.get_attribute("data-view")

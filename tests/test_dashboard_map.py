@@ -28,16 +28,17 @@ _DRAW = """async (reduced) => {
   map.resize();
   map.draw = () => {};  // paints only when the test says, at the moment it names
   const frame = (xy, ids) => ({ sim_time: 0, ids, xy, speed: ids.map(() => 10), angle: ids.map(() => 90), tls: {} });
-  map.setFrame(frame([100, 500, 200, 500], ["near", "far"]), 0);
-  map.paint(0);
-  // The next frame came 500 ms later; the display paints 125 ms after it.
-  map.setFrame(frame([150, 500, 700, 500, 300, 500], ["near", "far", "new"]), 500);
-  map.paint(625);
-  const drawn = Array.from(map.drawn);
-  // Once there, a frame that moves nothing (a paused session's) starts no glide.
+  map.setFrame(frame([100, 500, 200, 500], ["near", "far"]), 1000);
   map.paint(1000);
+  // The next frame came 500 ms later; the display paints 125 ms after it.
   map.setFrame(frame([150, 500, 700, 500, 300, 500], ["near", "far", "new"]), 1500);
-  return { drawn, gliding: map.gliding };
+  map.paint(1625);
+  const drawn = Array.from(map.drawn);
+  const interval = map.interval;
+  // Once there, a frame that moves nothing (a paused session's) starts no glide.
+  map.paint(2500);
+  map.setFrame(frame([150, 500, 700, 500, 300, 500], ["near", "far", "new"]), 3000);
+  return { drawn, interval, gliding: map.gliding };
 }"""
 
 
@@ -53,8 +54,10 @@ async def test_vehicles_glide_between_frames(tmp_path: Path, reduced: bool) -> N
     if reduced:
         assert (near_x, far_x, new_x) == (150, 700, 300)
     else:
-        # A quarter of the way from 100 to 150 (frames come 500 ms apart).
-        assert near_x == 112.5
+        # On its way from 100 to 150, 125 ms into a glide a little longer than the 500 ms
+        # between the frames.
+        assert 500 < got["interval"] < 600
+        assert near_x == pytest.approx(100 + 50 * 125 / got["interval"])
         assert (far_x, new_x) == (700, 300)
     assert drawn[1] == drawn[3] == drawn[5] == 500
     assert got["gliding"] is False

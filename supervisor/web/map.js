@@ -125,7 +125,9 @@ export class LiveMap {
     }
     // A paused session's frames move nothing: no glide, so no paint until something changes.
     this.gliding = moved;
-    if (this.frameAt) this.interval = Math.min(Math.max(0.7 * this.interval + 0.3 * (now - this.frameAt), 100), 2000);
+    // The glide lasts a little longer than frames have come apart: a frame a little late then
+    // finds the vehicles still on their way (they go on from there), not stopped and waiting.
+    if (this.frameAt) this.interval = Math.min(Math.max(0.5 * this.interval + 0.5 * 1.15 * (now - this.frameAt), 100), 2000);
     this.frameAt = now;
     this.frame = frame;
     this.index = new Map(frame.ids.map((id, i) => [id, i]));

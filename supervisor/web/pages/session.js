@@ -185,6 +185,11 @@ export function render(root, [id]) {
             h("span", {}, h("span", { class: "swatch vehicle sw-moving" }), "moving vehicle"), h("span", {}, h("span", { class: "swatch vehicle sw-halted" }), "halted vehicle"),
             h("span", {}, h("span", { class: "swatch light sw-green" }), "green light"), h("span", {}, h("span", { class: "swatch light sw-yellow" }), "yellow light"),
             h("span", {}, h("span", { class: "swatch light sw-red" }), "red light"), h("span", {}, h("span", { class: "swatch sw-closed" }), "closed edge"),
+            // For a touch screen (no wheel, no keys): zoom about the centre.
+            h("button", { type: "button", class: "quiet", id: "map-zoom-in", "aria-label": "zoom in",
+              onclick: () => mapView.zoom(1.5, canvas.width / 2, canvas.height / 2) }, "+"),
+            h("button", { type: "button", class: "quiet", id: "map-zoom-out", "aria-label": "zoom out",
+              onclick: () => mapView.zoom(1 / 1.5, canvas.width / 2, canvas.height / 2) }, "−"),
             h("button", { type: "button", class: "quiet", id: "map-fit", onclick: () => mapView.fit() }, "Fit")),
           status),
         h("div", {}, h("div", { class: "row" }, h("div", {}, lightPick), h("div", {}, edgePick, edgeList)), panel)));
