@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import math
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping
 from dataclasses import dataclass, field
@@ -660,11 +661,7 @@ async def session_plot(request: web.Request) -> web.Response:
 async def session_stream(request: web.Request) -> web.StreamResponse:
     s = request.app[SERVICES]
     row = await _session_row(request)
-    after = request.headers.get("Last-Event-ID") or request.query.get("after")
-    try:
-        last = float(after) if after else None
-    except ValueError:
-        raise InvalidRequest("Last-Event-ID/after must be a sim time", value=after) from None
+    last = _sample_cursor(request, row)
     async with (
         request.app[ACCESS].hold(request, "streams"),
         s.feeds.watch(row["id"], cap=s.config.max_watchers_per_session) as watcher,
@@ -733,6 +730,28 @@ class _EventStream(EventSourceResponse):
         super()._set_tcp_user_timeout(request)
 
 
+def _sample_cursor(request: web.Request, row: dict[str, Any]) -> float | None:
+    """Where a session stream resumes: after the sim time of its Last-Event-ID (or `after`),
+    `<sim time>@<attempt>`. An id of an attempt before the session's current one resumes at the
+    current attempt's start (a rerun begins again at sim time 0); a bare sim time is taken as
+    one of the current attempt."""
+    after = request.headers.get("Last-Event-ID") or request.query.get("after")
+    if not after:
+        return None
+    time_text, at, attempt_text = after.partition("@")
+    try:
+        last = float(time_text)
+        attempt = int(attempt_text) if at else row["attempt"]
+    except ValueError:
+        raise InvalidRequest(
+            "Last-Event-ID/after must be a sim time, or an event id of this stream",
+            value=after[:100],
+        ) from None
+    if not math.isfinite(last):
+        raise InvalidRequest("Last-Event-ID/after must be a finite sim time", value=after[:100])
+    return last if attempt == row["attempt"] else None
+
+
 async def _stream_events(
     request: web.Request,
     s: Services,
@@ -742,23 +761,32 @@ async def _stream_events(
     stream: EventSourceResponse,
 ) -> None:
     # Subscribed first, then the backlog: together they miss nothing; repeats are skipped. The
-    # backlog is read a page at a time (a slow client holds one page, and no connection).
-    async for page in db.sample_pages(s.pool, row["id"], last, None):
-        for sample in page:
-            await stream.send(_dumps(sample), id=repr(sample["sim_time"]), event="sample")
-            last = sample["sim_time"]
+    # backlog is read a page at a time (a slow client holds one page, and no connection). A
+    # rerun not yet running has none: the rows there are its previous attempt's (the feed says
+    # the same, in feeds._Feed).
+    attempt = row["attempt"]
+    if attempt == 1 or row["status"] not in ("queued", "starting"):
+        async for page in db.sample_pages(s.pool, row["id"], last, None):
+            for sample in page:
+                t = sample["sim_time"]
+                await stream.send(_dumps(sample), id=f"{t!r}@{attempt}", event="sample")
+                last = t
     _with_paused(s, row)
-    state = (row["status"], row["paused"])
+    state = (row["status"], row["paused"], attempt)
     await stream.send(_dumps(_session_json(row)), event="status")
     while (event := await _next_event(request, watcher)) is not None:
         if isinstance(event, SampleEvent):
             t = event.sample["sim_time"]
             if last is None or t > last:
-                await stream.send(_dumps(event.sample), id=repr(t), event="sample")
+                await stream.send(_dumps(event.sample), id=f"{t!r}@{attempt}", event="sample")
                 last = t
         elif isinstance(event, StatusEvent):
-            if (event.status, event.session["paused"]) != state:
-                state = (event.status, event.session["paused"])
+            new = (event.status, event.session["paused"], event.session["attempt"])
+            if new != state:
+                if new[2] != attempt:
+                    # A rerun: its samples start again from sim time 0, after this status.
+                    attempt, last = new[2], None
+                state = new
                 await stream.send(_dumps(_session_json(event.session)), event="status")
         elif isinstance(event, LaggedEvent):
             await stream.send(_dumps({"error": "watcher too slow; reconnect"}), event="error")

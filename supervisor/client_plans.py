@@ -490,17 +490,23 @@ _RETRYABLE = frozenset({429, 502, 503, 504})
 @dataclass
 class _SessionReader:
     """A session stream's events, made typed; where to resume (the last sample's event id);
-    samples at or before the last one given are never given again."""
+    samples at or before the last one given are never given again, within an attempt (a
+    rerun's status comes before its samples, which start again from sim time 0)."""
 
     last_id: str | None
     last_time: float | None = None
-    state: tuple[str, bool | None] | None = None
+    # The attempt the samples given so far belong to: a later one's start again from 0.
+    attempt: int | None = None
+    state: tuple[str, bool | None, int] | None = None
     finished: bool = False
     broken: bool = False
 
     def take(self, sse: ServerSentEvent) -> list[SessionStreamEvent]:
         if sse.event == "sample":
             sample = Sample.from_json(json.loads(sse.data))
+            # Its id is `<sim time>@<attempt>`: the first sample of a later attempt (given
+            # first thing when a stream resumes after a rerun) starts the count again.
+            self._in_attempt(_attempt_of(sse.id))
             if self.last_time is not None and sample.sim_time <= self.last_time:
                 return []
             self.last_id, self.last_time = sse.id or repr(sample.sim_time), sample.sim_time
@@ -509,13 +515,32 @@ class _SessionReader:
             session = Session.from_json(json.loads(sse.data))
             self.finished = session.status in FINAL_STATUSES
             # A resumed stream says the status again: given once per change.
-            if (session.status, session.paused) == self.state:
+            self._in_attempt(session.attempt)
+            state = (session.status, session.paused, session.attempt)
+            if state == self.state:
                 return []
-            self.state = (session.status, session.paused)
+            self.state = state
             return [StatusEvent(session)]
         # "error": the daemon dropped this watcher (too slow); it resumes like a disconnect.
         self.broken = sse.event == "error"
         return []
+
+    def _in_attempt(self, attempt: int | None) -> None:
+        if attempt is None:
+            return
+        if self.attempt is not None and attempt != self.attempt:
+            self.last_time = None  # a rerun: its samples start again from sim time 0
+        self.attempt = attempt
+
+
+def _attempt_of(event_id: str | None) -> int | None:
+    """The attempt an event id names (`<sim time>@<attempt>`), if it names one."""
+    if not event_id or "@" not in event_id:
+        return None
+    try:
+        return int(event_id.rpartition("@")[2])
+    except ValueError:
+        return None
 
 
 @dataclass

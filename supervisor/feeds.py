@@ -42,6 +42,9 @@ MAX_LIST_FEEDS = 32
 # The most sessions one list stream follows.
 LIST_STREAM_LIMIT = 1000
 
+# An attempt in these has no samples of its own yet.
+_NOT_STARTED = frozenset({"queued", "starting"})
+
 # Whether this node's run of a session is paused (None: it runs no such session).
 PausedLookup = Callable[[str], bool | None]
 
@@ -139,11 +142,22 @@ class _Feed(_Fanout[SampleEvent | StatusEvent]):
         # itself (a burst of history would cut it off).
 
     async def run(self) -> None:
+        # A rerun (attempt 2, 3...) starts again from sim time 0 once its SUMO runs; until then
+        # the rows in the database are the attempt before's, about to be cleared. So samples are
+        # read only while an attempt runs (or has ended), and from the start of each new one.
+        attempt: int | None = None
         try:
-            last_time = await db.last_sample_time(self._pool, self.session_id)
+            first = await db.get_session(self._pool, self.session_id)
+            if first is not None:
+                attempt = first["attempt"]
+            last_time = (
+                None
+                if first is None or first["status"] in _NOT_STARTED
+                else await db.last_sample_time(self._pool, self.session_id)
+            )
         finally:
             self.ready.set()
-        last_state: tuple[str, bool | None] | None = None
+        last_state: tuple[str, bool | None, int] | None = None
         pause = POLL_S
         while self.watchers:
             try:
@@ -152,7 +166,9 @@ class _Feed(_Fanout[SampleEvent | StatusEvent]):
                 session = await db.get_session(self._pool, self.session_id)
                 if session is None:
                     break
-                while True:
+                if session["attempt"] != attempt:
+                    attempt, last_time = session["attempt"], None
+                while session["status"] not in _NOT_STARTED:
                     rows = await db.get_samples(self._pool, self.session_id, last_time, BATCH)
                     for row in rows:
                         self._publish(SampleEvent(row))
@@ -170,8 +186,8 @@ class _Feed(_Fanout[SampleEvent | StatusEvent]):
                 continue
             pause = POLL_S
             session["paused"] = self._paused(self.session_id)
-            if (session["status"], session["paused"]) != last_state:
-                last_state = (session["status"], session["paused"])
+            if (session["status"], session["paused"], session["attempt"]) != last_state:
+                last_state = (session["status"], session["paused"], session["attempt"])
                 self._publish(StatusEvent(session["status"], session))
             if session["status"] in db.FINAL_STATUSES:
                 break

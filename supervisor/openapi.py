@@ -630,11 +630,19 @@ OPERATIONS: dict[tuple[str, str], Op] = {
         media="text/event-stream",
         params=(
             _SESSION_ID,
-            Param("after", NUM, "resume after this sim time (or send Last-Event-ID)"),
+            Param(
+                "after",
+                STR,
+                "resume after this event id, `<sim time>@<attempt>`, or a bare sim time of the "
+                "current attempt (or send Last-Event-ID)",
+            ),
         ),
-        errors=(404,),
-        description="Events: `sample` (its id is its sim time: a reconnect with Last-Event-ID "
-        "misses and repeats none), `status`, and `error` (too slow: reconnect).",
+        errors=(400, 404),
+        description="Events: `sample` (its id is `<sim time>@<attempt>`: a reconnect with "
+        "Last-Event-ID misses and repeats none), `status` (a change of status, `paused` or "
+        "`attempt`: after a rerun's status its samples start again from sim time 0, and an id "
+        "of an earlier attempt resumes at the start of the current one), and `error` (too "
+        "slow: reconnect).",
     ),
     ("GET", "/v1/sessions/{id}/{kind}.csv"): Op(
         "exportCsv",

@@ -23,6 +23,7 @@ from tests.harness.http import (
     create_session,
     get_session,
     metric,
+    read_stream,
     samples,
     upload,
     wait_status,
@@ -132,28 +133,60 @@ async def test_a_frozen_node_comes_back_fenced_and_kills_its_sumo(daemons, db_ur
     b_id = b.events("daemon_ready")[0]["node_id"]
     (frozen,) = [s for s in running if s["node"] == b_id]
     sumo_pid = frozen["pid"]
-
-    b.signal(signal.SIGSTOP)
+    # Its live stream, watched from the node that will rescue it, across the rerun.
+    watch = asyncio.create_task(read_stream(http, f"{a.url}/v1/sessions/{frozen['id']}/stream"))
     try:
-        deadline = time.monotonic() + 60
-        while (await get_session(http, a, frozen["id"]))["node"] == b_id:
-            assert time.monotonic() < deadline, "the frozen node's session was never rescued"
+        deadline = time.monotonic() + DEADLINE_S
+        while not (await get_session(http, a, frozen["id"]))["sim_time"]:
+            assert time.monotonic() < deadline, "the session stored no sample"
             await asyncio.sleep(POLL_S)
+        b.signal(signal.SIGSTOP)
+        try:
+            deadline = time.monotonic() + 60
+            while (await get_session(http, a, frozen["id"]))["node"] == b_id:
+                assert time.monotonic() < deadline, "the frozen node's session was never rescued"
+                await asyncio.sleep(POLL_S)
+        finally:
+            b.signal(signal.SIGCONT)
+        # Back, it finds its lease gone: it kills its SUMO and writes nothing of that run.
+        await wait_until(lambda: not pid_alive(sumo_pid), "the frozen node to kill its sumo", 30)
+        await wait_until(
+            lambda: b.events("leases_unrenewable") or b.events("session_lease_lost"),
+            "the frozen node to see it lost its lease",
+            30,
+        )
+        seed = {ids[0]: 1, ids[1]: 2}[frozen["id"]]
+        await _same_data_as_one_node(http, a, scenarios, frozen["id"], seed)
+        history = await _events(http, a, frozen["id"])
+        # After the rescue, the only writes are the new owner's: no end from the stale run.
+        after_rescue = history[[e["status"] for e in history].index("queued", 1) :]
+        assert [e["status"] for e in after_rescue] == ["queued", "starting", "running", "completed"]
+        # The stream said the rerun (a status of attempt 2), then gave its samples from sim time 0:
+        # exactly the stored ones, none of them missing though the first attempt had gone further.
+        events = await asyncio.wait_for(watch, DEADLINE_S)
+        rerun = next(
+            i for i, (kind, d) in enumerate(events) if kind == "status" and d["attempt"] == 2
+        )
+        first = [d["sim_time"] for kind, d in events[:rerun] if kind == "sample"]
+        second = [d["sim_time"] for kind, d in events[rerun:] if kind == "sample"]
+        stored = [r["sim_time"] for r in await samples(http, a, frozen["id"])]
+        assert first and second == stored, (first[-3:], second[:3], stored[:3])
+        assert second[0] < first[-1]
+        # A client that resumes with an id of the first attempt gets the second from its start;
+        # one of the second, what follows it; a bare sim time counts as the current attempt's.
+        url = f"{a.url}/v1/sessions/{frozen['id']}/stream"
+        for after, expected in (
+            (f"{first[-1]!r}@1", stored),
+            (f"{stored[4]!r}@2", stored[5:]),
+            (repr(stored[4]), stored[5:]),
+        ):
+            resumed = await read_stream(http, f"{url}?after={after}")
+            assert [d["sim_time"] for kind, d in resumed if kind == "sample"] == expected, after
+        for bad in ("soon", "1.0@first", "nan@2", "inf"):
+            status, body, _ = await _json(http, "GET", f"{url}?after={bad}")
+            assert status == 400 and "Last-Event-ID/after" in body["error"], (bad, body)
     finally:
-        b.signal(signal.SIGCONT)
-    # Back, it finds its lease gone: it kills its SUMO and writes nothing of that run.
-    await wait_until(lambda: not pid_alive(sumo_pid), "the frozen node to kill its sumo", 30)
-    await wait_until(
-        lambda: b.events("leases_unrenewable") or b.events("session_lease_lost"),
-        "the frozen node to see it lost its lease",
-        30,
-    )
-    seed = {ids[0]: 1, ids[1]: 2}[frozen["id"]]
-    await _same_data_as_one_node(http, a, scenarios, frozen["id"], seed)
-    history = await _events(http, a, frozen["id"])
-    # After the rescue, the only writes are the new owner's: no end from the stale run.
-    after_rescue = history[[e["status"] for e in history].index("queued", 1) :]
-    assert [e["status"] for e in after_rescue] == ["queued", "starting", "running", "completed"]
+        watch.cancel()
 
 
 async def test_control_and_reads_from_any_node(daemons, db_url, http, scenarios):

@@ -43,6 +43,13 @@ export class LiveChart {
     this.dirty = true;
   }
 
+  // Empty again (a rerun's samples start over).
+  reset() {
+    this.x = [];
+    this.y = [];
+    this.dirty = true;
+  }
+
   get points() { return this.x.length; }
 
   flush() {

@@ -75,14 +75,70 @@ def drive(plan: Any, answer: Callable[[Any], Any]) -> tuple[list[Any], list[Any]
     return steps, items, runner.result
 
 
-def sample(t: float) -> ServerSentEvent:
+def sample(t: float, attempt: int | None = None) -> ServerSentEvent:
     data = dict.fromkeys(fields(client_models.Sample), 0) | {"sim_time": t}
-    return ServerSentEvent("sample", json.dumps(data), repr(t))
+    return ServerSentEvent("sample", json.dumps(data), repr(t) + (f"@{attempt}" if attempt else ""))
 
 
-def status(state: str) -> ServerSentEvent:
-    data = dict.fromkeys(fields(client_models.Session)) | {"status": state, "request": {}}
+def status(state: str, attempt: int | None = None) -> ServerSentEvent:
+    data = dict.fromkeys(fields(client_models.Session)) | {
+        "status": state,
+        "request": {},
+        "attempt": attempt,
+    }
     return ServerSentEvent("status", json.dumps(data))
+
+
+def _replay(connections: list[list[Any]]) -> tuple[list[Any], list[Any]]:
+    """A session stream over these connections' events (an exception: the connection breaks
+    there; None: the daemon ends the stream): its steps and what it gave."""
+    pending: list[Any] = []
+
+    def answer(step: Any) -> Any:
+        if isinstance(step, Connect):
+            pending[:] = connections.pop(0)
+            return None
+        if isinstance(step, NextEvent):
+            event = pending.pop(0)
+            if isinstance(event, Exception):
+                raise event
+            return event
+        assert isinstance(step, Sleep)
+
+    steps, items, _ = drive(client_plans.stream_session("s1", resume=Resume(retries=2)), answer)
+    assert not connections
+    return steps, items
+
+
+def _times(items: list[Any]) -> list[float]:
+    return [i.sample.sim_time for i in items if isinstance(i, client_models.SampleEvent)]
+
+
+def test_a_rerun_starts_again_from_sim_time_0_live_and_on_a_resume():
+    lost = client_errors.ConnectionLost("cut")
+    # Live: the rerun's status, then its samples from the start.
+    steps, items = _replay(
+        [
+            [
+                *(sample(10.0, 1), sample(20.0, 1), status("running", 1)),
+                *(status("queued", 2), status("running", 2), sample(10.0, 2), lost),
+            ],
+            [sample(20.0, 2), status("completed", 2), None],
+        ]
+    )
+    assert _times(items) == [10.0, 20.0, 10.0, 20.0]
+    assert [s.last_event_id for s in steps if isinstance(s, Connect)] == [None, "10.0@2"]
+    statuses = [(i.session.status, i.session.attempt) for i in items if hasattr(i, "session")]
+    assert statuses == [("running", 1), ("queued", 2), ("running", 2), ("completed", 2)]
+    # Cut during the first attempt, back during the second: the daemon sends the second's
+    # samples from its start (the id named the first), and none is dropped as seen.
+    _, items = _replay(
+        [
+            [sample(10.0, 1), sample(20.0, 1), status("running", 1), lost],
+            [sample(10.0, 2), sample(20.0, 2), sample(30.0, 2), status("completed", 2), None],
+        ]
+    )
+    assert _times(items) == [10.0, 20.0, 10.0, 20.0, 30.0]
 
 
 def test_a_stream_resumes_from_its_last_sample_and_gives_nothing_twice():

@@ -44,14 +44,24 @@ export function render(root, [id]) {
   METRICS.forEach(chartFor);
   cleanups.push(() => charts.forEach((c) => c.destroy()));
 
+  // The attempt the charts show: a rerun starts again from sim time 0, so its first sample (its
+  // id is `<sim time>@<attempt>`) or its status clears them.
+  let shown = null;
+  const inAttempt = (attempt) => {
+    if (attempt === undefined || attempt === null || Number.isNaN(attempt)) return;
+    if (shown !== null && attempt !== shown) charts.forEach((c) => c.reset());
+    shown = attempt;
+  };
   let ended = false;
   const samples = stream(`${base}/stream`, {
     onEvent: (e) => {
       const data = JSON.parse(e.data);
       if (e.type === "sample") {
+        if (e.id?.includes("@")) inAttempt(Number(e.id.split("@")[1]));
         for (const [k, v] of Object.entries(data)) if (k !== "sim_time" && typeof v === "number") chartFor(k).push(data.sim_time, v);
         if (session) { session.sim_time = data.sim_time; session.vehicles = data.vehicles; }
       } else if (e.type === "status") {
+        inAttempt(data.attempt);
         session = data;
         showHead();
         loadEvents();
