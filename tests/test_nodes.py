@@ -43,6 +43,18 @@ async def _nodes(
     return list(await asyncio.gather(*(daemons.start(db_url, env=env, **kw) for _ in range(count))))
 
 
+async def _stepped_session(
+    http: aiohttp.ClientSession, nodes: list[Daemon], scenarios: Any
+) -> tuple[dict[str, Any], Daemon, Daemon]:
+    """A stepped session (it runs only as far as it is stepped, so it is surely running) on one
+    of `nodes`: the session, the node that runs it, and another node."""
+    await upload(http, nodes[0], "long", scenarios["long"])
+    s = await create_session(http, nodes[0], template="long", mode="stepped")
+    s = await wait_status(http, nodes[0], s["id"], "running")
+    owner = next(d for d in nodes if d.events("daemon_ready")[0]["node_id"] == s["node"])
+    return s, owner, next(d for d in nodes if d is not owner)
+
+
 async def _json(http: aiohttp.ClientSession, method: str, url: str, **kw: Any) -> Any:
     async with http.request(method, url, **kw) as r:
         return r.status, await r.json(), r.headers
@@ -190,12 +202,8 @@ async def test_a_frozen_node_comes_back_fenced_and_kills_its_sumo(daemons, db_ur
 
 
 async def test_control_and_reads_from_any_node(daemons, db_url, http, scenarios):
-    a, b, c = await _nodes(daemons, db_url, 3, max_running=1)
-    await upload(http, a, "long", scenarios["long"])
-    s = await create_session(http, a, template="long", mode="stepped")
-    s = await wait_status(http, a, s["id"], "running")
-    owner = next(d for d in (a, b, c) if d.events("daemon_ready")[0]["node_id"] == s["node"])
-    other = next(d for d in (a, b, c) if d is not owner)
+    nodes = await _nodes(daemons, db_url, 3, max_running=1)
+    s, _, other = await _stepped_session(http, nodes, scenarios)
     base = f"{other.url}/v1/sessions/{s['id']}"
 
     status, body, headers = await _json(http, "POST", f"{base}/step", json={"seconds": 30})
@@ -219,12 +227,8 @@ async def test_control_and_reads_from_any_node(daemons, db_url, http, scenarios)
 
 
 async def test_drain_hands_back_what_is_left_and_exits(daemons, db_url, http, scenarios):
-    a, b = await _nodes(daemons, db_url, 2, max_running=1)
-    await upload(http, a, "long", scenarios["long"])
-    # Stepped: it runs only as far as it is stepped, so it is surely running at the drain.
-    s = await create_session(http, a, template="long", mode="stepped")
-    s = await wait_status(http, a, s["id"], "running")
-    owner, other = (a, b) if s["node"] == a.events("daemon_ready")[0]["node_id"] else (b, a)
+    nodes = await _nodes(daemons, db_url, 2, max_running=1)
+    s, owner, other = await _stepped_session(http, nodes, scenarios)
     status, _, _ = await _json(
         http, "POST", f"{owner.url}/v1/sessions/{s['id']}/step", json={"seconds": 60}
     )
@@ -381,12 +385,8 @@ async def test_the_live_map_from_a_node_that_does_not_run_the_session(
     daemons, db_url, http, scenarios
 ):
     http.headers["Authorization"] = f"Bearer {await make_token(db_url, 'op', 'operator')}"
-    a, b = await _nodes(daemons, db_url, 2, max_running=1)
-    await upload(http, a, "long", scenarios["long"])
-    s = await create_session(http, a, template="long", mode="stepped")
-    s = await wait_status(http, a, s["id"], "running")
-    owner = next(d for d in (a, b) if d.events("daemon_ready")[0]["node_id"] == s["node"])
-    other = b if owner is a else a
+    nodes = await _nodes(daemons, db_url, 2, max_running=1)
+    s, owner, other = await _stepped_session(http, nodes, scenarios)
     _, listed, _ = await _json(http, "GET", f"{other.url}/v1/nodes")
     (owner_name,) = [n["name"] for n in listed["nodes"] if n["id"] == s["node"]]
     path = f"/v1/sessions/{s['id']}/map"
@@ -457,12 +457,8 @@ async def test_the_live_map_from_a_node_that_does_not_run_the_session(
 
 
 async def test_a_relayed_map_whose_owner_dies(daemons, db_url, http, scenarios):
-    a, b = await _nodes(daemons, db_url, 2, max_running=1)
-    await upload(http, a, "long", scenarios["long"])
-    s = await create_session(http, a, template="long", mode="stepped")
-    s = await wait_status(http, a, s["id"], "running")
-    owner = next(d for d in (a, b) if d.events("daemon_ready")[0]["node_id"] == s["node"])
-    other = b if owner is a else a
+    nodes = await _nodes(daemons, db_url, 2, max_running=1)
+    s, owner, other = await _stepped_session(http, nodes, scenarios)
     url = f"{other.url}/v1/sessions/{s['id']}/map"
     async with http.get(url) as r:
         assert r.status == 200

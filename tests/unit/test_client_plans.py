@@ -89,7 +89,9 @@ def status(state: str, attempt: int | None = None) -> ServerSentEvent:
     return ServerSentEvent("status", json.dumps(data))
 
 
-def _replay(connections: list[list[Any]]) -> tuple[list[Any], list[Any]]:
+def _replay(
+    connections: list[list[Any]], resume: Resume | None = None
+) -> tuple[list[Any], list[Any]]:
     """A session stream over these connections' events (an exception: the connection breaks
     there; None: the daemon ends the stream): its steps and what it gave."""
     pending: list[Any] = []
@@ -105,8 +107,9 @@ def _replay(connections: list[list[Any]]) -> tuple[list[Any], list[Any]]:
             return event
         assert isinstance(step, Sleep)
 
-    steps, items, _ = drive(client_plans.stream_session("s1", resume=Resume(retries=2)), answer)
-    assert not connections
+    plan = client_plans.stream_session("s1", resume=resume or Resume(retries=2))
+    steps, items, _ = drive(plan, answer)
+    assert not connections  # every connection was made
     return steps, items
 
 
@@ -150,29 +153,13 @@ def test_a_stream_resumes_from_its_last_sample_and_gives_nothing_twice():
         [sample(2.0), sample(3.0), status("running"), ServerSentEvent("error", "{}")],
         [sample(4.0), status("completed"), None],
     ]
-    pending: list[Any] = []
-
-    def answer(step: Any) -> Any:
-        if isinstance(step, Connect):
-            pending[:] = connections.pop(0)
-            return None
-        if isinstance(step, NextEvent):
-            event = pending.pop(0)
-            if isinstance(event, Exception):
-                raise event
-            return event
-        assert isinstance(step, Sleep)
-
-    resume = Resume(retries=2, backoff_s=0.5)
-    steps, items, _ = drive(client_plans.stream_session("s1", resume=resume), answer)
+    steps, items = _replay(connections, Resume(retries=2, backoff_s=0.5))
     assert [s.last_event_id for s in steps if isinstance(s, Connect)] == [None, "2.0", "2.0", "3.0"]
     # Backoff doubles over failures in a row, and starts again once events come.
     assert [s.seconds for s in steps if isinstance(s, Sleep)] == [0.5, 1.0, 0.5]
-    samples = [i.sample.sim_time for i in items if isinstance(i, client_models.SampleEvent)]
-    assert samples == [1.0, 2.0, 3.0, 4.0]
+    assert _times(items) == [1.0, 2.0, 3.0, 4.0]
     statuses = [i.session.status for i in items if isinstance(i, client_models.StatusEvent)]
     assert statuses == ["running", "completed"]
-    assert not connections
 
 
 def test_a_stream_gives_up_after_its_retries_and_at_once_on_a_refusal():
