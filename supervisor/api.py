@@ -56,6 +56,7 @@ from supervisor.access import AUDIT, Access, Route, error_response
 from supervisor.config import Config
 from supervisor.feeds import (
     LIST_STREAM_LIMIT,
+    NOT_STARTED,
     EndEvent,
     FeedHub,
     LaggedEvent,
@@ -762,10 +763,9 @@ async def _stream_events(
 ) -> None:
     # Subscribed first, then the backlog: together they miss nothing; repeats are skipped. The
     # backlog is read a page at a time (a slow client holds one page, and no connection). A
-    # rerun not yet running has none: the rows there are its previous attempt's (the feed says
-    # the same, in feeds._Feed).
+    # rerun not yet running has none (feeds.NOT_STARTED).
     attempt = row["attempt"]
-    if attempt == 1 or row["status"] not in ("queued", "starting"):
+    if attempt == 1 or row["status"] not in NOT_STARTED:
         async for page in db.sample_pages(s.pool, row["id"], last, None):
             for sample in page:
                 t = sample["sim_time"]

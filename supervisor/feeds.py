@@ -42,8 +42,9 @@ MAX_LIST_FEEDS = 32
 # The most sessions one list stream follows.
 LIST_STREAM_LIMIT = 1000
 
-# An attempt in these has no samples of its own yet.
-_NOT_STARTED = frozenset({"queued", "starting"})
+# An attempt in these has no samples of its own yet (a rerun's rows there are the attempt
+# before's, about to be cleared).
+NOT_STARTED = frozenset({"queued", "starting"})
 
 # Whether this node's run of a session is paused (None: it runs no such session).
 PausedLookup = Callable[[str], bool | None]
@@ -152,7 +153,7 @@ class _Feed(_Fanout[SampleEvent | StatusEvent]):
                 attempt = first["attempt"]
             last_time = (
                 None
-                if first is None or first["status"] in _NOT_STARTED
+                if first is None or first["status"] in NOT_STARTED
                 else await db.last_sample_time(self._pool, self.session_id)
             )
         finally:
@@ -168,14 +169,8 @@ class _Feed(_Fanout[SampleEvent | StatusEvent]):
                     break
                 if session["attempt"] != attempt:
                     attempt, last_time = session["attempt"], None
-                while session["status"] not in _NOT_STARTED:
-                    rows = await db.get_samples(self._pool, self.session_id, last_time, BATCH)
-                    for row in rows:
-                        self._publish(SampleEvent(row))
-                    if rows:
-                        last_time = rows[-1]["sim_time"]
-                    if len(rows) < BATCH:
-                        break
+                if session["status"] not in NOT_STARTED:
+                    last_time = await self._publish_samples(last_time)
             except Exception as exc:
                 if not db.is_transient(exc):
                     raise
@@ -193,6 +188,17 @@ class _Feed(_Fanout[SampleEvent | StatusEvent]):
                 break
             await asyncio.sleep(POLL_S)
         self._publish(EndEvent())
+
+    async def _publish_samples(self, last_time: float | None) -> float | None:
+        """Every sample stored after `last_time`, published; the last one's sim time."""
+        while True:
+            rows = await db.get_samples(self._pool, self.session_id, last_time, BATCH)
+            for row in rows:
+                self._publish(SampleEvent(row))
+            if rows:
+                last_time = rows[-1]["sim_time"]
+            if len(rows) < BATCH:
+                return last_time
 
 
 @dataclass(frozen=True)

@@ -2,16 +2,14 @@
 // request's fields has every field, with this daemon's limits, and never drifts from the API.
 // Each property becomes a control; an empty control is left out of the body, so the daemon's
 // default applies. The daemon checks what is sent: the form's bounds only help the user.
+import { api } from "./api.js";
 import { h } from "./ui.js";
 
 let documentPromise = null;
 
 // The daemon's OpenAPI document, read once per page load (it is public and holds no data).
 export function openapi() {
-  documentPromise ??= fetch("/openapi.json", { headers: { Accept: "application/json" } }).then((r) => {
-    if (!r.ok) throw new Error(`/openapi.json: HTTP ${r.status}`);
-    return r.json();
-  });
+  documentPromise ??= api("/openapi.json");
   documentPromise.catch(() => { documentPromise = null; });
   return documentPromise;
 }

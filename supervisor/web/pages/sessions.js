@@ -7,13 +7,14 @@ import { badge, clear, FINAL, fmt, h, STATUSES, toast, errorText } from "../ui.j
 
 // Rows a page of the list may have (the session-list stream's limit is at most 1000).
 const PAGE_SIZES = ["50", "200", "1000"];
+const DEFAULT_SIZE = "200";
 
 export function render(root, _args, query = new URLSearchParams()) {
   // The filters start from the URL (#/sessions?status=running&label=...) and are kept there.
-  const filters = { status: "", label: "", template: "", limit: "200" };
+  const filters = { status: "", label: "", template: "", limit: DEFAULT_SIZE };
   for (const key of Object.keys(filters)) if (query.get(key)) filters[key] = query.get(key);
   // A page size the stream takes (1 to 1000); anything else in a hand-edited URL, the default.
-  if (!/^\d{1,4}$/.test(filters.limit) || Number(filters.limit) < 1 || Number(filters.limit) > 1000) filters.limit = "200";
+  if (!/^\d{1,4}$/.test(filters.limit) || Number(filters.limit) < 1 || Number(filters.limit) > 1000) filters.limit = DEFAULT_SIZE;
   const change = (key, value) => { filters[key] = value; keepInUrl(); subscribe(); };
   const tbody = h("tbody");
   const count = h("p", { class: "muted", "aria-live": "polite" });
@@ -50,7 +51,8 @@ export function render(root, _args, query = new URLSearchParams()) {
   );
 
   function keepInUrl() {
-    const q = new URLSearchParams(Object.entries(filters).filter(([k, v]) => v && !(k === "limit" && v === "200")));
+    const q = listQuery();
+    if (filters.limit === DEFAULT_SIZE) q.delete("limit");
     history.replaceState(null, "", `#/sessions${q.size ? `?${q}` : ""}`);
   }
 
